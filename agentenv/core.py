@@ -1,0 +1,296 @@
+"""The multi-turn chat environment base: a `gymnasium.Env` whose observation is the chat history and
+whose action is the assistant's next message.
+
+`ChatEnv` owns everything that is the same in every agentenv environment: the chat spaces, seeding, the
+turn limit, parsing tool calls out of the action, running them now or queueing them (IH-GRPO delayed
+execution), and the `info` keys of the public contract. A subclass says only what its task is
+(`_new_episode`) and how an answer is scored (`_score_answer`); it may add per-turn behaviour
+(`_env_turn`).
+
+Nothing an agent writes makes `step` raise: a malformed action, an unknown tool, bad arguments, a tool
+that raises or hangs all come back as an error message in the observation and in `info["error"]`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from agentenv.tools.base import Tool, ToolCall, ToolResult
+from agentenv.tools.parsing import ParsedAction, parse_action
+from agentenv.tools.registry import ToolSpec, resolve_tools
+
+__all__ = ["ChatEnv", "ChatHistory", "Utterance", "Message", "Score", "ROLES"]
+
+Message = dict[str, Any]
+ROLES = ("system", "user", "assistant", "tool")
+MAX_ACTION_CHARS = 1 << 22  # 4 MiB of text: anything longer is cut (and said so) before parsing
+
+EXECUTION_MODES = ("immediate", "delayed")
+
+
+class Utterance(spaces.Text):
+    """Action space: any `str` up to `max_length` characters (any Unicode; `sample()` draws printable ASCII)."""
+
+    def __init__(self, max_length: int = MAX_ACTION_CHARS, seed: int | np.random.Generator | None = None):
+        charset = "".join(chr(c) for c in range(32, 127)) + "\n"
+        super().__init__(max_length=max_length, min_length=0, charset=charset, seed=seed)
+
+    def contains(self, x: Any) -> bool:
+        return isinstance(x, str) and len(x) <= self.max_length
+
+    def sample(self, mask: Any = None, probability: Any = None) -> str:
+        length = int(self.np_random.integers(0, min(self.max_length, 256) + 1))
+        return super().sample(mask=(length, None)) if mask is None and probability is None else super().sample(mask, probability)
+
+    def __repr__(self) -> str:
+        return f"Utterance(max_length={self.max_length})"
+
+
+class ChatHistory(gym.Space[list]):
+    """Observation space: a list of chat messages `{"role": ..., "content": str, ...}` (extra keys allowed)."""
+
+    def __init__(self, max_messages: int = 100_000, seed: int | np.random.Generator | None = None):
+        super().__init__(shape=None, dtype=None, seed=seed)
+        self.max_messages = max_messages
+
+    @property
+    def is_np_flattenable(self) -> bool:
+        return False
+
+    def contains(self, x: Any) -> bool:
+        if not isinstance(x, list) or len(x) > self.max_messages:
+            return False
+        return all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in x
+        )
+
+    def sample(self, mask: Any = None, probability: Any = None) -> list:
+        n = int(self.np_random.integers(1, 5))
+        roles = self.np_random.choice(ROLES, size=n)
+        return [{"role": str(r), "content": f"message {i}"} for i, r in enumerate(roles)]
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, ChatHistory) and other.max_messages == self.max_messages
+
+    def __repr__(self) -> str:
+        return f"ChatHistory(max_messages={self.max_messages})"
+
+
+@dataclass
+class Score:
+    """How an answer scored: `reward`, `success` (for success rates) and the named reward components."""
+
+    reward: float
+    success: bool
+    components: dict[str, float] = field(default_factory=dict)
+
+
+class ChatEnv(gym.Env[list, str]):
+    """Base class of every agentenv environment.
+
+    Args:
+        tools: tools the agent may call: `@agentenv.tool` functions or registered names ("python", ...).
+        execution: "immediate" runs calls when `step` returns; "delayed" queues them until the action holds
+            `<execute/>` or an answer (IH-GRPO).
+        max_turns: `step` returns `truncated=True` after this many assistant turns without an answer.
+        seed: seed used by the first `reset()` that is given none.
+        render_mode: None or "ansi" (the transcript as text).
+
+    Subclasses implement `_new_episode()` and `_score_answer(answer)`.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+    system_prompt = "You are a helpful assistant."
+
+    def __init__(
+        self,
+        tools: Iterable[ToolSpec] = (),
+        execution: str = "immediate",
+        max_turns: int = 8,
+        seed: int | None = None,
+        render_mode: str | None = None,
+    ):
+        if execution not in EXECUTION_MODES:
+            raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {execution!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}")
+        if max_turns < 1:
+            raise ValueError("max_turns must be at least 1")
+        self.tools: dict[str, Tool] = resolve_tools(tools)
+        self.tool_schemas: list[dict[str, Any]] = [t.schema for t in self.tools.values()]
+        self.execution = execution
+        self.max_turns = max_turns
+        self.render_mode = render_mode
+        self.observation_space = ChatHistory()
+        self.action_space = Utterance()
+        self._initial_seed = seed
+        self._messages: list[Message] | None = None
+        self._pending: list[ToolCall] = []
+        self._turn = 0
+        self._delayed_calls = 0
+        self._done = False
+
+    # -- what a subclass provides ------------------------------------------------------------------
+
+    def _new_episode(self) -> list[Message]:
+        """Draw a task with `self.np_random` and return the opening messages (system first)."""
+        raise NotImplementedError
+
+    def _score_answer(self, answer: str, action: str) -> Score:
+        """Score a final answer; `action` is the whole assistant turn that holds it."""
+        raise NotImplementedError
+
+    def _env_turn(self, parsed: ParsedAction) -> list[Message]:
+        """Messages the environment adds after a turn without an answer (default: none)."""
+        return []
+
+    # -- Gymnasium API -----------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[list, dict]:
+        """Start an episode. The same `seed` gives the same task and the same observation, byte for byte."""
+        if seed is None and self._initial_seed is not None:
+            seed, self._initial_seed = self._initial_seed, None
+        super().reset(seed=seed)
+        self._options = options or {}
+        self._pending = []
+        self._turn = 0
+        self._delayed_calls = 0
+        self._done = False
+        self._messages = self._new_episode()
+        return list(self._messages), self._info()
+
+    def step(self, action: str) -> tuple[list, float, bool, bool, dict]:
+        """Take one assistant turn. Returns `(messages, reward, terminated, truncated, info)`."""
+        if self._messages is None:
+            raise gym.error.ResetNeeded("call env.reset() before env.step()")
+        if self._done:
+            note = {"role": "user", "content": "Error: the episode is over; call reset() to start a new one."}
+            return list(self._messages) + [note], 0.0, True, False, self._info(error=note["content"][7:])
+        self._turn += 1
+        action, errors = self._coerce_action(action)
+        self._messages.append({"role": "assistant", "content": action})
+        parsed = parse_action(action, python_blocks="python" in self.tools)
+        errors.extend(e.message for e in parsed.errors)
+
+        results, acks = self._handle_calls(parsed, errors)
+        out: list[Message] = acks + [self._tool_message(r) for r in results]
+
+        reward, terminated, components = 0.0, False, {}
+        if parsed.answer is not None:
+            score = self._score_answer(parsed.answer, action)
+            reward, terminated, components = float(score.reward), True, dict(score.components)
+            components["success"] = float(score.success)
+        else:
+            out.extend(self._env_turn(parsed))
+            if not parsed.calls and not parsed.execute and not parsed.errors:
+                errors.append("no tool call, <execute/> or answer found in the action")
+        error = "; ".join(errors) if errors else None
+        if error and not terminated:
+            out.append({"role": "user", "content": f"Error: {error}. {self._usage_hint()}"})
+        self._messages.extend(out)
+        truncated = not terminated and self._turn >= self.max_turns
+        self._done = terminated or truncated
+        info = self._info(parsed=parsed, results=results, error=error)
+        if terminated:
+            info["reward_components"] = components
+        return list(self._messages), reward, terminated, truncated, info
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi" or self._messages is None:
+            return None
+        return "\n".join(f"[{m['role']}] {m['content']}" for m in self._messages)
+
+    def close(self) -> None:
+        for t in self.tools.values():
+            closer = getattr(t, "close", None)
+            if callable(closer):
+                closer()
+
+    # -- tool calls --------------------------------------------------------------------------------
+
+    def _handle_calls(self, parsed: ParsedAction, errors: list[str]) -> tuple[list[ToolResult], list[Message]]:
+        """Run or queue this turn's calls. Returns the results delivered now and the queue acknowledgements."""
+        acks: list[Message] = []
+        if self.execution == "immediate":
+            return [self._run(call) for call in parsed.calls], acks
+        for call in parsed.calls:
+            if call.name not in self.tools:  # rejected at once: queueing a call that can never run helps no one
+                errors.append(self._unknown_tool(call.name))
+                continue
+            self._pending.append(call)
+            acks.append({"role": "tool", "name": call.name, "content": f"queued #{len(self._pending)} ({call.name}); run queued calls with <execute/>"})
+        if (parsed.execute or parsed.answer is not None) and self._pending:
+            batch, self._pending = self._pending, []
+            self._delayed_calls += len(batch) - 1
+            return [self._run(call) for call in batch], acks
+        if parsed.execute and not self._pending and not parsed.calls:
+            errors.append("<execute/> with no queued tool calls")
+        return [], acks
+
+    def _run(self, call: ToolCall) -> ToolResult:
+        tool = self.tools.get(call.name)
+        if tool is None:
+            error = self._unknown_tool(call.name)
+            return ToolResult(call.name, False, f"Error: {error}", error)
+        return tool.invoke(call.arguments)
+
+    def _unknown_tool(self, name: str) -> str:
+        return f"unknown tool {name[:80]!r}; available tools: {', '.join(self.tools) or 'none'}"
+
+    @staticmethod
+    def _tool_message(result: ToolResult) -> Message:
+        return {"role": "tool", "name": result.name, "content": result.content}
+
+    @staticmethod
+    def _coerce_action(action: Any) -> tuple[str, list[str]]:
+        if not isinstance(action, str):
+            return repr(action)[:1000], [f"the action must be a string, got {type(action).__name__}"]
+        if len(action) > MAX_ACTION_CHARS:
+            return action[:MAX_ACTION_CHARS], [f"the action was longer than {MAX_ACTION_CHARS} characters and was cut"]
+        return action, []
+
+    def _usage_hint(self) -> str:
+        run = " (then <execute/> to run queued calls)" if self.execution == "delayed" else ""
+        return f'Call a tool with <tool_call>{{"name": ..., "arguments": {{...}}}}</tool_call>{run}, or answer with <answer>...</answer>.'
+
+    def tools_prompt(self) -> str:
+        """The system-prompt paragraph that lists the tools and the calling conventions."""
+        lines = ["You can call these tools:", *(json.dumps(s, ensure_ascii=False) for s in self.tool_schemas)]
+        lines.append('To call one, write <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>.')
+        if "python" in self.tools:
+            lines.append("A fenced ```python block is a call of the python tool; print what you need to see.")
+        if self.execution == "delayed":
+            lines.append("Calls are queued, not run: write <execute/> to run every queued call in order.")
+        lines.append("Give the final answer as <answer>...</answer>.")
+        return "\n".join(lines)
+
+    # -- info --------------------------------------------------------------------------------------
+
+    @property
+    def delay_call_rate(self) -> float:
+        """IH-GRPO's metric: delayed calls / (turns − 1 + delayed calls); 0 before any delay."""
+        denominator = max(self._turn - 1, 0) + self._delayed_calls
+        return self._delayed_calls / denominator if denominator else 0.0
+
+    def _info(
+        self,
+        parsed: ParsedAction | None = None,
+        results: Sequence[ToolResult] = (),
+        error: str | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "turn": self._turn,
+            "tools": self.tool_schemas,
+            "tool_calls": [c.as_dict() for c in parsed.calls] if parsed else [],
+            "tool_results": [r.as_dict() for r in results],
+            "error": error,
+            "pending": len(self._pending),
+            "delay_call_rate": self.delay_call_rate,
+            "control_spans": list(parsed.control_spans) if parsed else [],
+        }

@@ -1,0 +1,1 @@
+"""The environments shipped with agentenv (each registered with gymnasium by `agentenv.registration`)."""

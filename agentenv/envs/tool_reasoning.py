@@ -1,0 +1,96 @@
+"""ToolReasoning-v0: multi-step math and logic word problems solved with tools, scored by a verifiable reward.
+
+Tasks come from seeded generators (`tool_reasoning_tasks.py`) or from a user JSONL file of
+`{"question", "answer"}` rows (GSM8K/MATH style). The reward is
+`(1 − format_weight)·correct + format_weight·well_formed`, where `correct` is an exact numeric or symbolic
+match of the answer and `well_formed` says the final turn held one clean answer and no broken tool call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from agentenv.core import ChatEnv, Message, Score
+from agentenv.envs.tool_reasoning_tasks import GENERATORS, Task, generate_task, load_jsonl_tasks
+from agentenv.rewards.math_match import answers_match
+from agentenv.tools.parsing import parse_action
+from agentenv.tools.registry import ToolSpec
+
+__all__ = ["ToolReasoningEnv"]
+
+MAX_ANSWER_CHARS = 200
+
+INSTRUCTIONS = (
+    "Solve the problem step by step. Use the tools for every computation instead of calculating in your head; "
+    "when you know the result, reply with the final answer only, as a number, inside <answer></answer>."
+)
+
+
+class ToolReasoningEnv(ChatEnv):
+    """Math/logic word problems with python and calculator tools.
+
+    Args:
+        tools: tools offered to the agent (default: python and calculator); user `@agentenv.tool`s welcome.
+        execution: "immediate" or "delayed" (IH-GRPO; see `ChatEnv`).
+        difficulty: 1–3, or None to draw it per episode.
+        kinds: restrict the generated task kinds (see `GENERATORS`); None for all.
+        tasks: a JSONL path or a list of `{"question", "answer"}` dicts to use instead of generated tasks.
+        format_weight: weight of the format term in the reward.
+        max_turns, seed, render_mode: as in `ChatEnv`.
+
+    `reset(options={"task_index": i})` picks task `i` of a loaded task list.
+    """
+
+    def __init__(
+        self,
+        tools: Iterable[ToolSpec] = ("python", "calculator"),
+        execution: str = "immediate",
+        difficulty: int | None = None,
+        kinds: Sequence[str] | None = None,
+        tasks: str | Path | Sequence[dict[str, Any]] | None = None,
+        format_weight: float = 0.1,
+        max_turns: int = 6,
+        seed: int | None = None,
+        render_mode: str | None = None,
+    ):
+        super().__init__(tools=tools, execution=execution, max_turns=max_turns, seed=seed, render_mode=render_mode)
+        if difficulty is not None and difficulty not in (1, 2, 3):
+            raise ValueError("difficulty must be 1, 2, 3 or None")
+        unknown = set(kinds or ()) - set(GENERATORS)
+        if unknown:
+            raise ValueError(f"unknown task kinds {sorted(unknown)}; choose from {sorted(GENERATORS)}")
+        if not 0.0 <= format_weight <= 1.0:
+            raise ValueError("format_weight must be in [0, 1]")
+        self.difficulty = difficulty
+        self.kinds = tuple(kinds) if kinds else None
+        self.format_weight = format_weight
+        self.dataset = self._load(tasks)
+        self.task: Task | None = None
+        self._system = f"{INSTRUCTIONS}\n\n{self.tools_prompt()}"
+
+    @staticmethod
+    def _load(tasks: str | Path | Sequence[dict[str, Any]] | None) -> list[Task] | None:
+        if tasks is None:
+            return None
+        if isinstance(tasks, (str, Path)):
+            return load_jsonl_tasks(tasks)
+        return [Task(str(t["question"]), str(t["answer"]), str(t.get("kind", "custom")), int(t.get("difficulty", 0))) for t in tasks]
+
+    def _new_episode(self) -> list[Message]:
+        if self.dataset is not None:
+            index = self._options.get("task_index")
+            if index is None:
+                index = int(self.np_random.integers(len(self.dataset)))
+            self.task = self.dataset[int(index) % len(self.dataset)]
+        else:
+            self.task = generate_task(self.np_random, self.kinds, self.difficulty)
+        return [{"role": "system", "content": self._system}, {"role": "user", "content": self.task.question}]
+
+    def _score_answer(self, answer: str, action: str) -> Score:
+        assert self.task is not None
+        correct = len(answer) <= MAX_ANSWER_CHARS and answers_match(answer, self.task.answer)
+        parsed = parse_action(action, python_blocks="python" in self.tools)
+        well_formed = bool(answer) and len(answer) <= MAX_ANSWER_CHARS and not parsed.errors
+        reward = (1.0 - self.format_weight) * correct + self.format_weight * well_formed
+        return Score(reward, correct, {"correct": float(correct), "format": float(well_formed)})

@@ -1,0 +1,1 @@
+"""Reward functions shared by several environments."""

@@ -1,0 +1,144 @@
+"""Parse what an assistant turn asks for: tool calls, the `<execute/>` control tag and a final answer.
+
+Conventions (DESIGN.md): `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (Hermes/Qwen, several
+per turn), fenced ```` ```python ```` blocks as calls of the `python` tool, `<execute/>` to run queued calls,
+and `<answer>...</answer>` or `\\boxed{...}` for the final answer. Parsing is a single pass of compiled
+regular expressions; it never raises, and reports what it could not read as `ParseError`s.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from agentenv.tools.base import ToolCall
+
+__all__ = ["ParseError", "ParsedAction", "parse_action", "extract_boxed"]
+
+MAX_CALLS_PER_TURN = 16
+
+_TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|(?=<tool_call>)|\Z)", re.DOTALL)
+_PYTHON_BLOCK = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL)
+_EXECUTE = re.compile(r"<execute\s*/>")
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ParseError:
+    """Something in the action that looks like a call but cannot be used; `span` as in `ToolCall`."""
+
+    message: str
+    span: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class ParsedAction:
+    """Everything an environment needs from one assistant turn.
+
+    `control_spans` lists `(start, end, kind)` character ranges of control decisions (`"tool_call"`,
+    `"python"`, `"execute"`, `"answer"`) so that the rollout can map them to token positions.
+    """
+
+    calls: list[ToolCall] = field(default_factory=list)
+    errors: list[ParseError] = field(default_factory=list)
+    execute: bool = False
+    answer: str | None = None
+    control_spans: list[tuple[int, int, str]] = field(default_factory=list)
+
+
+def extract_boxed(text: str) -> tuple[str, tuple[int, int]] | None:
+    r"""Content of the last `\boxed{...}` with balanced braces, and its span; None if absent or unclosed."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth = 0
+    begin = start + len("\\boxed{")
+    for i in range(begin - 1, len(text)):
+        ch = text[i]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[begin:i], (start, i + 1)
+    return None
+
+
+def _decode_call(body: str, span: tuple[int, int]) -> ToolCall | ParseError:
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        return ParseError(f"malformed JSON in <tool_call>: {exc}", span)
+    if not isinstance(payload, dict):
+        return ParseError("a <tool_call> must hold a JSON object with 'name' and 'arguments'", span)
+    name = payload.get("name")
+    if not isinstance(name, str) or not name:
+        return ParseError("a <tool_call> needs a string 'name'", span)
+    arguments = payload.get("arguments", {})
+    if isinstance(arguments, str):  # some models emit arguments as a JSON string
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except (ValueError, RecursionError) as exc:
+            return ParseError(f"arguments of '{name}' are not valid JSON: {exc}", span)
+    if not isinstance(arguments, dict):
+        return ParseError(f"arguments of '{name}' must be a JSON object", span)
+    return ToolCall(name, arguments, span)
+
+
+def parse_action(text: str, *, python_blocks: bool = True) -> ParsedAction:
+    """Parse one assistant turn. Calls are returned in the order they appear in `text`."""
+    parsed = ParsedAction()
+    if not isinstance(text, str):
+        parsed.errors.append(ParseError(f"an action must be a string, got {type(text).__name__}"))
+        return parsed
+    found: list[tuple[int, ToolCall | ParseError]] = []
+    if "<tool_call>" in text:
+        for match in _TOOL_CALL.finditer(text):
+            span = match.span()
+            if not match.group(0).endswith("</tool_call>"):
+                found.append((span[0], ParseError("<tool_call> is not closed by </tool_call>", span)))
+                continue
+            found.append((span[0], _decode_call(match.group(1).strip(), span)))
+    if python_blocks and "```" in text:
+        for match in _PYTHON_BLOCK.finditer(text):
+            if _inside(match.start(), found):  # a fenced block inside a <tool_call> is that call's text
+                continue
+            found.append((match.start(), ToolCall("python", {"code": match.group(1)}, match.span())))
+    found.sort(key=lambda item: item[0])
+    for _, item in found:
+        if isinstance(item, ToolCall):
+            kind = "python" if text.startswith("```", item.span[0]) else "tool_call"
+            parsed.control_spans.append((item.span[0], item.span[1], kind))
+            if len(parsed.calls) < MAX_CALLS_PER_TURN:
+                parsed.calls.append(item)
+            else:
+                parsed.errors.append(ParseError(f"more than {MAX_CALLS_PER_TURN} tool calls in one turn", item.span))
+        else:
+            parsed.errors.append(item)
+    if "<execute" in text:
+        for match in _EXECUTE.finditer(text):
+            parsed.execute = True
+            parsed.control_spans.append((match.start(), match.end(), "execute"))
+    answer = _find_answer(text)
+    if answer is not None:
+        parsed.answer, span = answer
+        parsed.control_spans.append((span[0], span[1], "answer"))
+    parsed.control_spans.sort()
+    return parsed
+
+
+def _inside(position: int, found: list[tuple[int, ToolCall | ParseError]]) -> bool:
+    return any(item.span[0] <= position < item.span[1] for _, item in found)
+
+
+def _find_answer(text: str) -> tuple[str, tuple[int, int]] | None:
+    if "<answer>" in text:
+        last = None
+        for last in _ANSWER.finditer(text):
+            pass
+        if last is not None:
+            return last.group(1).strip(), last.span()
+    if "\\boxed{" in text:
+        return extract_boxed(text)
+    return None
