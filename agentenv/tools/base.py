@@ -9,7 +9,6 @@ for anything an agent wrote.
 
 from __future__ import annotations
 
-import concurrent.futures
 import inspect
 import json
 import re
@@ -69,16 +68,24 @@ def _alarm_handler(signum, frame):  # noqa: ARG001 - signal handler signature
     raise ToolTimeout
 
 
-_executor: concurrent.futures.ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
+def _run_in_daemon_thread(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s: float) -> Any:
+    """Run `fn` on a daemon thread (an abandoned call must not keep the interpreter from exiting)."""
+    outcome: dict[str, Any] = {}
 
+    def target() -> None:
+        try:
+            outcome["value"] = fn(**kwargs)
+        except BaseException as exc:  # re-raised on the calling thread
+            outcome["error"] = exc
 
-def _thread_executor() -> concurrent.futures.ThreadPoolExecutor:
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="agentenv-tool")
-        return _executor
+    thread = threading.Thread(target=target, name="agentenv-tool", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise ToolTimeout
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def call_with_timeout(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s: float | None) -> Any:
@@ -99,11 +106,7 @@ def call_with_timeout(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
-    future = _thread_executor().submit(fn, **kwargs)
-    try:
-        return future.result(timeout=timeout_s)
-    except concurrent.futures.TimeoutError:
-        raise ToolTimeout from None
+    return _run_in_daemon_thread(fn, kwargs, timeout_s)
 
 
 def _json_schema(annotation: Any) -> dict[str, Any]:

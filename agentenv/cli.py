@@ -1,0 +1,114 @@
+"""The `agentenv` command line: `list` and `run` (more subcommands arrive with the learner)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, Sequence
+
+import yaml
+
+__all__ = ["main"]
+
+
+def _parse_kv(pairs: Sequence[str]) -> dict[str, Any]:
+    """`["execution=delayed", "max_turns=4"]` → `{"execution": "delayed", "max_turns": 4}` (values read as YAML)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _make_policy(spec: str):
+    kind, _, path = spec.partition(":")
+    if kind == "scripted":
+        from agentenv.policies.scripted import ScriptedPolicy
+
+        return ScriptedPolicy()
+    raise SystemExit(f"unknown policy {spec!r}: use 'scripted'")
+
+
+def _env_id(name: str) -> str:
+    return name if "/" in name else f"agentenv/{name}"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import agentenv
+
+    for env_id in agentenv.list_envs():
+        print(env_id)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    import agentenv  # noqa: F401 - registers the envs
+    from agentenv.runner import JsonlWriter, run_episodes, summarize
+
+    env_id = _env_id(args.env_id)
+    env_kwargs = _parse_kv(args.env_arg)
+    if args.execution:
+        env_kwargs["execution"] = args.execution
+    policy = _make_policy(args.policy)
+    console = Console(stderr=True)
+    out = args.out or f"runs/{env_id.split('/')[-1]}-{args.policy.split(':')[0]}-episodes.jsonl"
+    logs = []
+    start = time.perf_counter()
+    with JsonlWriter(out) as writer, Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("success {task.fields[success]:.3f}"), console=console, disable=args.quiet,
+    ) as progress:
+        task = progress.add_task(env_id, total=args.episodes, success=0.0)
+        for log in run_episodes(env_id, policy, args.episodes, seed=args.seed, batch_size=args.batch_size, env_kwargs=env_kwargs):
+            logs.append(log)
+            writer.write(log.as_dict())
+            progress.update(task, advance=1, success=sum(l.success for l in logs) / len(logs))
+    elapsed = time.perf_counter() - start
+    stats = summarize(logs)
+    table = Table(title=f"{env_id} · policy {args.policy} · {stats['episodes']} episodes · {elapsed:.2f} s")
+    for column in ("success rate", "mean reward", "mean turns", "tool calls / ep", "errors", "truncated"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{stats['success_rate']:.3f}", f"{stats['mean_reward']:.3f}", f"{stats['mean_turns']:.2f}",
+        f"{stats['mean_tool_calls']:.2f}", str(stats["errors"]), str(stats["truncated"]),
+    )
+    Console().print(table)
+    console.print(f"episodes written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentenv", description="Multi-turn LLM agent environments and a GRPO learner.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_list = sub.add_parser("list", help="list the registered environments")
+    p_list.set_defaults(func=cmd_list)
+
+    p_run = sub.add_parser("run", help="run a policy on an environment and write episodes as JSONL")
+    p_run.add_argument("env_id", help="e.g. ToolReasoning-v0 or agentenv/ToolReasoning-v0")
+    p_run.add_argument("--policy", default="scripted", help="scripted (default)")
+    p_run.add_argument("--episodes", type=int, default=100)
+    p_run.add_argument("--seed", type=int, default=0, help="episode i is reset with seed + i")
+    p_run.add_argument("--batch-size", type=int, default=16, help="episodes stepped together")
+    p_run.add_argument("--execution", choices=("immediate", "delayed"), default=None)
+    p_run.add_argument("--env-arg", action="append", default=[], metavar="KEY=VALUE", help="extra env keyword argument")
+    p_run.add_argument("--out", default=None, help="episodes JSONL path (default runs/<env>-<policy>-episodes.jsonl)")
+    p_run.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
