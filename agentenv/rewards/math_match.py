@@ -87,8 +87,8 @@ def _numbers_equal(a: Fraction | float, b: Fraction | float) -> bool:
 
 
 def _to_sympy_text(s: str) -> str | None:
+    s = _LATEX_SQRT.sub(r"sqrt(\1)", s)  # first: a \frac may hold a \sqrt{...}
     s = _LATEX_FRAC.sub(r"((\1)/(\2))", s)
-    s = _LATEX_SQRT.sub(r"sqrt(\1)", s)
     s = s.replace("\\cdot", "*").replace("\\times", "*").replace("\\pi", "pi").replace("^", "**")
     s = s.replace("{", "(").replace("}", ")").replace("\\", "")
     if len(s) > MAX_SYMBOLIC_CHARS or not _ALLOWED_CHARS.match(s) or _BIG_EXPONENT.search(s):
