@@ -63,11 +63,18 @@ WARMUP_TOOL = 5
 CAP_S = 6.0  # per-measurement wall-clock cap for the timed loop
 
 
+def _version(dist: str) -> str | None:
+    try:
+        return version(dist)
+    except Exception:
+        return None
+
+
 def emit(peer: str, what: str, samples_ns: list[int] | None, *, primary: bool, env: str, action: str,
          note: str, reason: str | None = None) -> None:
     rec: dict[str, Any] = {
         "peer": peer,
-        "version": version(peer),
+        "version": _version(peer),
         "what": what,
         "median_us": round(statistics.median(samples_ns) / 1000.0, 2) if samples_ns else None,
         "n": len(samples_ns or []),

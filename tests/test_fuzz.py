@@ -22,7 +22,7 @@ json_values = st.recursive(
 def tool_call(draw):
     name = draw(st.sampled_from(["calculator", "python", "nope", "", "calculator\x00"]) | st.text(max_size=12))
     arguments = draw(
-        st.sampled_from([{"expression": "1+2"}, {"expression": "10**10**10"}, {"code": "print(1)"}, {"code": "while True: pass"}])
+        st.sampled_from([{"expression": "1+2"}, {"expression": "10**10**10"}, {"code": "print(1)"}, {"code": "1/0"}, {"code": "import os"}])
         | json_values
     )
     payload = json.dumps({"name": name, "arguments": arguments}) if draw(st.booleans()) else draw(st.text(max_size=60))
@@ -62,7 +62,7 @@ def fuzz_env():
     env.close()
 
 
-@settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+@settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", 10_000)), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
 @given(action=actions)
 def test_step_never_raises(fuzz_env, action):
     obs, reward, terminated, truncated, info = fuzz_env.step(action)

@@ -52,3 +52,15 @@ def test_answer_tag_and_boxed():
     assert parse_action("<answer>1</answer> then <answer>2</answer>").answer == "2"
     assert extract_boxed(r"\boxed{unclosed") is None
     assert parse_action("no answer here").answer is None
+
+
+def test_calls_per_turn_are_capped_and_huge_actions_parse_fast():
+    import time
+
+    for unit in ('<tool_call>{"name": "f", "arguments": {}}</tool_call>', "```python\n", "<tool_call>"):
+        text = unit * (1_000_000 // len(unit))
+        start = time.perf_counter()
+        parsed = parse_action(text)
+        assert time.perf_counter() - start < 1.0
+        assert len(parsed.calls) + len(parsed.errors) <= 17
+        assert "more than 16 tool calls" in parsed.errors[-1].message

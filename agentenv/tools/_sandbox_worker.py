@@ -35,27 +35,31 @@ if __name__ == "__main__" and len(sys.argv) > 1:  # worker started with -I -S: t
 try:
     from RestrictedPython import compile_restricted_exec
     from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence, safe_builtins
-    from RestrictedPython.transformer import (
-        INSPECT_ATTRIBUTES,
-        IOPERATOR_TO_STR,
-        RestrictingNodeTransformer,
-        copy_locations,
-    )
+    from RestrictedPython.transformer import IOPERATOR_TO_STR, RestrictingNodeTransformer, copy_locations
 except ImportError as _exc:  # pragma: no cover - reported to the parent by main()
     _IMPORT_ERROR: ImportError | None = _exc
     RestrictingNodeTransformer = object  # type: ignore[assignment,misc]
-    INSPECT_ATTRIBUTES = frozenset()  # type: ignore[assignment]
 else:
     _IMPORT_ERROR = None
+try:  # RestrictedPython >= 7 refuses these at compile time too; the run-time guard refuses them always
+    from RestrictedPython.transformer import INSPECT_ATTRIBUTES
+except ImportError:  # pragma: no cover
+    INSPECT_ATTRIBUTES = frozenset()
+_INTROSPECTION_ATTRS = frozenset(
+    """tb_frame tb_next tb_lasti f_back f_builtins f_code f_generator f_globals f_locals f_trace f_lineno
+    f_lasti co_code gi_frame gi_code gi_yieldfrom gi_running cr_await cr_frame cr_code cr_origin ag_await
+    ag_frame ag_code func_globals func_code im_func im_self mro""".split()
+)
 
 SANDBOX_FILENAME = "<sandbox>"
 REQUEST_HEADER = struct.Struct(">dI")
 LENGTH = struct.Struct(">I")
 
-# Modules the sandboxed program may import, each exposed as a read-only proxy holding only these names
-# (public, non-module attributes; `None` = every public non-module attribute). Anything that reads an
-# attribute or evaluates a string it is given (operator.attrgetter/methodcaller, functools.update_wrapper/
-# wraps/singledispatch -> typing.get_type_hints -> eval, string.Formatter) is left out on purpose.
+# Modules the sandboxed program may import. Each is exposed as a read-only proxy holding its public
+# (`__all__`, else non-underscore) attributes that are not modules, minus the exclusions below: anything
+# that reads an attribute or evaluates a string it is given (operator.attrgetter/methodcaller,
+# functools.update_wrapper/wraps/singledispatch -> typing.get_type_hints -> eval, string.Formatter) is
+# left out on purpose, and functools is an explicit allow-list.
 _FUNCTOOLS = ("cache", "cached_property", "cmp_to_key", "lru_cache", "partial", "partialmethod", "reduce")
 _MODULE_EXCLUDES: dict[str, frozenset[str]] = {
     "operator": frozenset({"attrgetter", "methodcaller"}),
@@ -71,9 +75,7 @@ ALLOWED_MODULES = (
 
 # Attribute names refused at run time on top of RestrictedPython's compile-time checks (names starting
 # with "_" are refused by both): frame/generator/traceback/code introspection and `mro`.
-BLOCKED_ATTRS = frozenset(INSPECT_ATTRIBUTES) | frozenset(
-    {"mro", "gi_running", "f_lineno", "f_lasti", "tb_lasti", "func_globals", "func_code", "im_func", "im_self"}
-)
+BLOCKED_ATTRS = frozenset(INSPECT_ATTRIBUTES) | _INTROSPECTION_ATTRS
 _FORMAT_ATTRS = frozenset({"format", "format_map"})
 # Values an attribute access may never return, whatever the name.
 _BLOCKED_VALUE_TYPES = frozenset(
@@ -103,8 +105,8 @@ _INPLACE_OPS: dict[str, Callable[[Any, Any], Any]] = {
 
 
 class _SandboxPolicy(RestrictingNodeTransformer):  # type: ignore[misc,valid-type]
-    """RestrictedPython's policy plus: more dunder methods, `x[k] += v` / `o.a += v`, and the value of a
-    final expression statement shown like a REPL."""
+    """RestrictedPython's policy plus: more dunder methods, `x[k] += v` / `o.a += v`, annotated assignments
+    (annotation dropped), and the value of a final expression statement shown like a REPL."""
 
     def check_name(self, node, name, allow_magic_methods=False):  # noqa: D102
         if allow_magic_methods and name in EXTRA_MAGIC_METHODS and getattr(node, "col_offset", 0) != 0:
@@ -129,6 +131,18 @@ class _SandboxPolicy(RestrictingNodeTransformer):  # type: ignore[misc,valid-typ
         new_node = ast.Expr(value=call)
         copy_locations(new_node, node)
         return ast.fix_missing_locations(new_node)
+
+    def visit_AnnAssign(self, node):
+        """`x: T = v` becomes `x = v` (the annotation is dropped, never evaluated); `x: T` becomes `pass`."""
+        if node.value is None:
+            new_node: ast.stmt = ast.Pass()
+            copy_locations(new_node, node)
+            return new_node
+        target = node.target
+        target.ctx = ast.Store()
+        new_node = ast.Assign(targets=[target], value=node.value)
+        copy_locations(new_node, node)
+        return self.visit_Assign(new_node)
 
     def visit_Module(self, node):  # noqa: D102
         last = node.body[-1] if node.body and isinstance(node.body[-1], ast.Expr) else None
@@ -688,7 +702,7 @@ def main(argv: list[str]) -> int:
             if ok:
                 reply = b"O" + _encode(output)
             else:
-                reply = b"E" + _encode(error or "Error") + b"\0" + _encode(output)
+                reply = b"E" + _encode((error or "Error").replace("\0", "\\0")) + b"\0" + _encode(output)
         except MemoryError:
             reply = b"E" + b"MemoryError: the program exceeded the sandbox memory limit\0"
         except BaseException as exc:  # noqa: BLE001 - never die on a program's doing

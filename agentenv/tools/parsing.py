@@ -93,29 +93,38 @@ def parse_action(text: str, *, python_blocks: bool = True) -> ParsedAction:
         parsed.errors.append(ParseError(f"an action must be a string, got {type(text).__name__}"))
         return parsed
     found: list[tuple[int, ToolCall | ParseError]] = []
+    too_many = False
     if "<tool_call>" in text:
         for match in _TOOL_CALL.finditer(text):
+            if len(found) == MAX_CALLS_PER_TURN:
+                too_many = True
+                break
             span = match.span()
             if not match.group(0).endswith("</tool_call>"):
                 found.append((span[0], ParseError("<tool_call> is not closed by </tool_call>", span)))
                 continue
             found.append((span[0], _decode_call(match.group(1).strip(), span)))
     if python_blocks and "```" in text:
+        tagged = [item.span for _, item in found]
+        blocks = 0
         for match in _PYTHON_BLOCK.finditer(text):
-            if _inside(match.start(), found):  # a fenced block inside a <tool_call> is that call's text
+            if any(start <= match.start() < end for start, end in tagged):  # a fenced block inside a <tool_call>
                 continue
+            if blocks == MAX_CALLS_PER_TURN:
+                too_many = True
+                break
+            blocks += 1
             found.append((match.start(), ToolCall("python", {"code": match.group(1)}, match.span())))
     found.sort(key=lambda item: item[0])
-    for _, item in found:
+    for _, item in found[:MAX_CALLS_PER_TURN]:
         if isinstance(item, ToolCall):
             kind = "python" if text.startswith("```", item.span[0]) else "tool_call"
             parsed.control_spans.append((item.span[0], item.span[1], kind))
-            if len(parsed.calls) < MAX_CALLS_PER_TURN:
-                parsed.calls.append(item)
-            else:
-                parsed.errors.append(ParseError(f"more than {MAX_CALLS_PER_TURN} tool calls in one turn", item.span))
+            parsed.calls.append(item)
         else:
             parsed.errors.append(item)
+    if too_many or len(found) > MAX_CALLS_PER_TURN:
+        parsed.errors.append(ParseError(f"more than {MAX_CALLS_PER_TURN} tool calls in one turn; the rest were ignored"))
     if "<execute" in text:
         for match in _EXECUTE.finditer(text):
             parsed.execute = True
@@ -126,10 +135,6 @@ def parse_action(text: str, *, python_blocks: bool = True) -> ParsedAction:
         parsed.control_spans.append((span[0], span[1], "answer"))
     parsed.control_spans.sort()
     return parsed
-
-
-def _inside(position: int, found: list[tuple[int, ToolCall | ParseError]]) -> bool:
-    return any(item.span[0] <= position < item.span[1] for _, item in found)
 
 
 def _find_answer(text: str) -> tuple[str, tuple[int, int]] | None:

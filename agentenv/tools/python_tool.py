@@ -1,27 +1,29 @@
 """The `python` tool: RestrictedPython in a persistent, resource-limited worker process.
 
-Design (measured on the 2-core dev box, Python 3.11, RestrictedPython 9.0; `benchmarks/bench_sandbox.py`
-reproduces every number):
+Design (measured on the 2-core dev VM, Python 3.11.7, RestrictedPython 9.0; `python
+benchmarks/bench_sandbox.py` prints every number below; ranges are over runs on a VM shared with other work):
 
 * **Chosen: a pre-started worker subprocess.** `PythonTool` lazily starts
   `python -I -S agentenv/tools/_sandbox_worker.py` (a plain script, so the worker never imports `agentenv`,
   torch or anything else the user's process holds; `subprocess.Popen` = fork+exec, safe with threads) and
   talks to it over two pipes with length-prefixed messages. The worker applies `RLIMIT_AS` (its own
-  baseline, ~16 MB VmSize, plus `memory_mb`), `RLIMIT_FSIZE=0`, `RLIMIT_NPROC=0`, `RLIMIT_CORE=0`, a
-  per-call `RLIMIT_CPU` backstop (in case the parent dies mid-call) and a recursion limit of 1000, then runs
-  each program with RestrictedPython in fresh globals. Compiled code is LRU-cached by source in the worker.
-  The parent enforces wall time with `poll()`: on timeout it SIGKILLs the worker, reaps it and switches to
-  a spare worker that was started in advance, so the next call is not slowed by a cold start.
-  A `MemoryError` (RLIMIT_AS) is a clean error inside the worker and needs no restart.
-  Measured: a trivial call (`print(1+1)`) is ~70-90 µs median end to end from `invoke` (target ≤ 300 µs);
-  a cold start (first call of a new tool: spawn, imports, limits) ~40-60 ms; the first call after a
-  timeout kill ~0.1-1 ms with the spare (vs ~40-60 ms without one).
+  baseline, measured at start-up, ~17.7 MB VmSize / 14.8 MB RSS, plus `memory_mb`), `RLIMIT_FSIZE=0`,
+  `RLIMIT_NPROC=0`, `RLIMIT_CORE=0`, a per-call `RLIMIT_CPU` backstop (timeout + 3 s, in case the parent
+  dies mid-call) and a recursion limit of 1000, then runs each program with RestrictedPython in fresh
+  globals. Compiled code is LRU-cached by source in the worker (256 entries). The parent enforces wall time
+  with `poll()`: on timeout it SIGKILLs the worker, reaps it, promotes the spare worker that was started in
+  advance and starts a new spare, so the next call does not pay a cold start. A `MemoryError` (from
+  RLIMIT_AS) is a clean error inside the worker and needs no restart.
+  Measured: trivial call (`print(1+1)`) from `invoke`: 23-92 µs median, p90 <= 145 µs (target <= 300 µs);
+  a new source each call (RestrictedPython compile, cache miss): 140-260 µs; cold start (new tool -> first
+  result): 45-60 ms; first call after a timeout kill: 0.7-2.7 ms median with the spare, 46-61 ms without.
 * **Rejected: in-process execution with a `sys.settrace` step/time budget.** Its trivial call is faster
-  (~20-30 µs, no IPC), but the trace hook makes loop-heavy programs ~3-5x slower, it cannot interrupt a
-  single long C-level operation (`10**10**10`, `math.factorial(10**7)`, a catastrophic regex: a 50 ms
-  budget overshot by the full length of the operation), and it cannot bound memory at all: `'a'*10**10`
-  in-process allocated 10 GB and the whole process was OOM-killed. Rlimits would apply to the user's
-  whole process (torch, the policy, ...), so they are not an option in-process either.
+  (8-14 µs, no IPC), but the trace hook makes loop-heavy programs 3.4-5.2x slower (300k-iteration loop:
+  ~50 ms -> 216-304 ms), it cannot interrupt one long C-level operation (`math.factorial(250000)` under a
+  50 ms budget ran to completion: 571-1037 ms; the worker stopped it at 52-60 ms; `10**10**10` would never
+  return), and it cannot bound memory: `'a'*10**10` run in-process allocated ~10 GB and the whole process
+  was OOM-killed. Rlimits would apply to the user's whole process (torch, the policy, ...), so they are not
+  an option in-process either.
 
 Sandbox rules (worker side, `_sandbox_worker.py`): RestrictedPython's compile-time checks (no names or
 attributes starting with "_", no `exec`/`eval`, no frame/generator/traceback introspection attributes)
@@ -36,10 +38,17 @@ whitelisted modules, each exposed as a read-only proxy holding its public, non-m
 evaluate strings (`operator.attrgetter`/`methodcaller`, `functools.wraps`/`update_wrapper`/`singledispatch`,
 `string.Formatter`). Every call starts from fresh globals: nothing persists between calls.
 
+Writes are allowed on `decimal.Context` objects (`getcontext().prec = 50`); the thread's decimal context is
+reset after every call that imported `decimal`, and the shared template contexts are not exposed.
+Annotated assignments are accepted (the annotation is dropped); `match`, `async`, `nonlocal`, `except*` are
+refused by RestrictedPython (`match` class patterns look attributes up natively, so it stays refused).
+
 Known limitations: variables do not persist between calls; names starting with "_" cannot be used at all
 (so `self._x`, `namedtuple._replace` are unavailable); `x[k] += v` evaluates `v` before reading `x[k]`;
-output written before a timeout is lost; on platforms without `/proc` and `RLIMIT_AS` (macOS) the memory
-limit is not enforced (wall time still is).
+output written before a timeout is lost; the module-level `random` generator is shared by the calls that
+one worker serves. The worker runs with the user's uid and no seccomp/namespace isolation: RestrictedPython
+plus the guards above is the security boundary, the process only bounds resources. Linux-first: needs
+`fork`/`poll`/`resource`; without `/proc` (macOS) the memory limit is not applied (wall time still is).
 """
 
 from __future__ import annotations
@@ -166,7 +175,10 @@ class _Worker:
         except _Timeout:
             raise _WorkerGone(f"the sandbox did not start within {timeout_s:g} s") from None
         if message[:1] == b"R":
-            self.info = json.loads(message[1:].decode())
+            try:
+                self.info = json.loads(message[1:].decode())
+            except ValueError:
+                raise _WorkerGone("unexpected start-up message") from None
             self.ready = True
             return
         if message[:1] == b"F":
@@ -215,12 +227,17 @@ class _Worker:
 class _Workers:
     """The processes a tool owns; shared with its finalizer (which must not reference the tool)."""
 
-    __slots__ = ("active", "spare", "pid")
+    __slots__ = ("active", "spare", "pid", "final")
 
     def __init__(self) -> None:
         self.active: _Worker | None = None
         self.spare: _Worker | None = None
         self.pid = os.getpid()
+        self.final = False  # set by the finalizer (garbage collection / interpreter exit): spawn no more
+
+    def finalize(self) -> None:
+        self.final = True
+        self.shutdown()
 
     def shutdown(self) -> None:
         if self.pid != os.getpid():  # a forked child must not kill its parent's workers
@@ -288,7 +305,7 @@ class PythonTool(Tool):
         )
         self._lock = threading.Lock()
         self._workers = _Workers()
-        self._finalizer = weakref.finalize(self, _Workers.shutdown, self._workers)
+        self._finalizer = weakref.finalize(self, _Workers.finalize, self._workers)
         self._config: str | None = None
         _live_tools.add(self)
 
@@ -334,8 +351,10 @@ class PythonTool(Tool):
         with self._lock:
             try:
                 return self._run_locked(payload, start)
-            except BaseException:
-                # KeyboardInterrupt or a bug mid-protocol: the worker's state is unknown, replace it
+            except Exception as exc:  # noqa: BLE001 - a bug mid-protocol: the worker's state is unknown
+                self._discard_active()
+                return self._error(f"SystemError: the python tool failed: {type(exc).__name__}: {exc}", "", start)
+            except BaseException:  # KeyboardInterrupt & co. propagate, but never leave a half-read worker
                 self._discard_active()
                 raise
 
@@ -384,6 +403,8 @@ class PythonTool(Tool):
         return self._config
 
     def _spawn(self) -> _Worker:
+        if self._workers.final:  # e.g. a daemon thread still calling while the interpreter exits
+            raise _StartError("the tool has been finalized (interpreter exit)")
         try:
             return _Worker(self._worker_config())
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
@@ -484,4 +505,4 @@ class PythonTool(Tool):
                         pass
                 worker.proc.returncode = 0  # not our child: never wait for it
         self._workers = _Workers()
-        self._finalizer = weakref.finalize(self, _Workers.shutdown, self._workers)
+        self._finalizer = weakref.finalize(self, _Workers.finalize, self._workers)

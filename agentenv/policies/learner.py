@@ -1,0 +1,295 @@
+"""The learner: rollout Episodes → advantages → padded batch → policy-gradient update. Read top to bottom.
+
+One update (`update`) does what verl's actor and TRL's GRPOTrainer do, split into stages:
+
+1. `episode_advantages`: sequence rewards → one advantage per episode (GRPO/Dr.GRPO/RLOO/REINFORCE++),
+   optionally zeroing groups with no reward variance (DAPO dynamic sampling) and truncated episodes.
+2. `make_batch`: every Sample becomes one padded row; loss masks drop prompt and env/tool tokens;
+   row t holds the target token t+1, so `logp[:, t]` lines up with `loss_mask[:, t]`.
+3. `token_logprobs`: log π_θ of the targets from the last hidden state, chunked over the vocabulary
+   (`objectives.selective_log_probs`): a [T, V] logits tensor is never materialised.
+4. `policy_loss`: ratio → loss form → aggregation, plus KL and entropy terms; all pure functions in
+   `objectives.py`, normalised by the whole mini-batch so gradient accumulation is exact.
+5. `update`: PPO epochs × shuffled mini-batches × micro-batches, grad clipping, one optimizer step per
+   mini-batch; bf16 autocast on CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from agentenv.policies import objectives as F
+
+__all__ = ["LearnerConfig", "Batch", "episode_advantages", "make_batch", "token_logprobs", "policy_loss", "update", "sft_update"]
+
+
+@dataclass
+class LearnerConfig:
+    """Every knob of the update; the defaults are DAPO-style GRPO (clip-higher, token-mean, no KL)."""
+
+    advantage: str = "grpo"  # grpo | rloo | reinforce_pp_baseline
+    scale_rewards: str = "group"  # group | batch | none (Dr.GRPO)
+    std: str = "unbiased"  # unbiased | population (CARE)
+    adv_eps: float = 1e-6
+    ratio_level: str = "token"  # token | sequence (GSPO)
+    loss: str = "ppo_clip"  # ppo_clip | cispo | sapo | gpg
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    dual_clip: float | None = None
+    cispo_cap: float = 5.0
+    aggregation: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+    norm_const: float | None = None  # seq-mean-token-sum-norm's constant (default: padded length)
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"  # k1 | abs | k2 | k3 | k3+
+    kl_in_reward: bool = False  # subtract kl_coef·KL from the sequence reward instead of adding it to the loss
+    entropy_coef: float = 0.0
+    mask_truncated: bool = False  # zero the loss of episodes cut by the turn or length limit
+    filter_zero_variance: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal
+    overlong_buffer: int = 0  # DAPO overlong penalty on generated tokens; 0 disables
+    overlong_max_tokens: int = 0
+    overlong_factor: float = 1.0
+    ppo_epochs: int = 1
+    mini_batches: int = 1
+    micro_batch_size: int = 8
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0
+    logprob_chunk: int = 1024
+    bf16: bool = True  # autocast on CUDA only; CPU runs in float32
+
+
+# -- 1. advantages ---------------------------------------------------------------------------------
+
+
+def episode_advantages(episodes: Sequence[Any], cfg: LearnerConfig, kl_per_episode: torch.Tensor | None = None) -> torch.Tensor:
+    """One advantage per episode, `[E]`, from `episode.reward` and `episode.group_id`."""
+    rewards = torch.tensor([float(e.reward) for e in episodes], dtype=torch.float64)
+    groups = torch.tensor([int(e.group_id) for e in episodes], dtype=torch.long)
+    if cfg.overlong_buffer > 0:
+        lengths = torch.tensor([sum(sum(s.loss_mask) for s in e.samples) for e in episodes], dtype=torch.float64)
+        rewards = rewards + F.overlong_penalty(lengths, cfg.overlong_max_tokens, cfg.overlong_buffer, cfg.overlong_factor)
+    if cfg.kl_in_reward and kl_per_episode is not None:
+        rewards = rewards - cfg.kl_coef * kl_per_episode.to(rewards)
+    if cfg.advantage == "grpo":
+        adv = F.grpo_advantages(rewards, groups, scale=cfg.scale_rewards, std=cfg.std, eps=cfg.adv_eps)
+    elif cfg.advantage == "rloo":
+        adv = F.rloo_advantages(rewards, groups)
+    elif cfg.advantage == "reinforce_pp_baseline":
+        adv = F.reinforce_pp_baseline_advantages(rewards, groups)
+    else:
+        raise ValueError(f"unknown advantage estimator {cfg.advantage!r}: grpo | rloo | reinforce_pp_baseline")
+    if cfg.filter_zero_variance:
+        adv = adv * F.nonzero_variance_group_mask(rewards, groups).to(adv)
+    if cfg.mask_truncated:
+        adv = adv * torch.tensor([0.0 if e.truncated else 1.0 for e in episodes], dtype=adv.dtype)
+    return adv.float()
+
+
+# -- 2. batch --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Padded rows, one per Sample. Targets are shifted: column t holds token t+1 of the sample.
+
+    input_ids, attention_mask: [B, L]; targets, loss_mask, old_logp: [B, L-1]; advantages: [B].
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    targets: torch.Tensor
+    loss_mask: torch.Tensor
+    old_logp: torch.Tensor
+    advantages: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def rows(self, index: torch.Tensor) -> "Batch":
+        """The sub-batch of rows `index`, trimmed to its longest row (less padding, less compute)."""
+        length = int(self.attention_mask[index].sum(-1).max())
+        cut = lambda t, n: t[index, :n]  # noqa: E731
+        return Batch(
+            cut(self.input_ids, length), cut(self.attention_mask, length), cut(self.targets, length - 1),
+            cut(self.loss_mask, length - 1), cut(self.old_logp, length - 1), self.advantages[index],
+            {k: cut(v, length - 1) if v.dim() == 2 else v[index] for k, v in self.extras.items()},
+        )
+
+    def to(self, device: torch.device | str) -> "Batch":
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.input_ids), move(self.attention_mask), move(self.targets), move(self.loss_mask),
+                     move(self.old_logp), move(self.advantages), {k: move(v) for k, v in self.extras.items()})
+
+
+def make_batch(episodes: Sequence[Any], advantages: torch.Tensor, pad_id: int) -> Batch:
+    """Right-padded rows for every Sample of every episode; a sample takes its episode's advantage."""
+    samples = [(s, float(a)) for e, a in zip(episodes, advantages.tolist()) for s in e.samples]
+    length = max(len(s.token_ids) for s, _ in samples)
+    n = len(samples)
+    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, length), dtype=torch.long)
+    loss_mask = torch.zeros((n, length), dtype=torch.float32)
+    old_logp = torch.zeros((n, length), dtype=torch.float32)
+    control = torch.zeros((n, length), dtype=torch.float32)
+    for i, (s, _) in enumerate(samples):
+        k = len(s.token_ids)
+        input_ids[i, :k] = torch.tensor(s.token_ids)
+        attention[i, :k] = 1
+        loss_mask[i, :k] = torch.tensor(s.loss_mask, dtype=torch.float32)
+        old_logp[i, :k] = torch.tensor(s.old_logprobs, dtype=torch.float32)
+        if getattr(s, "control_mask", None):
+            control[i, :k] = torch.tensor(s.control_mask, dtype=torch.float32)
+    adv = torch.tensor([a for _, a in samples], dtype=torch.float32)
+    return Batch(input_ids, attention, input_ids[:, 1:].clone(), loss_mask[:, 1:].contiguous(),
+                 old_logp[:, 1:].contiguous(), adv, {"control_mask": control[:, 1:].contiguous()})
+
+
+# -- 3. log-probs ----------------------------------------------------------------------------------
+
+
+def token_logprobs(model: torch.nn.Module, batch: Batch, temperature: float = 1.0, chunk: int = 1024,
+                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π_θ(target) `[B, L-1]` (and entropy) from the final hidden states, chunked over rows."""
+    head = model.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise ValueError("token_logprobs expects an output layer without bias (true of Llama/Qwen/Mistral heads)")
+    hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    hidden = hidden[:, :-1]
+    out = F.selective_log_probs(hidden, head.weight, batch.targets, temperature=temperature, chunk=chunk,
+                                return_entropy=with_entropy)
+    return (out[0], out[1]) if with_entropy else (out, None)
+
+
+# -- 4. loss ---------------------------------------------------------------------------------------
+
+
+def policy_loss(logp: torch.Tensor, batch: Batch, cfg: LearnerConfig, *, num_tokens: float, num_seqs: float,
+                norm_const: float, ref_logp: torch.Tensor | None = None, entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Scalar loss of one micro-batch, normalised by mini-batch totals so micro-batch losses sum exactly."""
+    mask = batch.loss_mask
+    adv = batch.advantages[:, None].expand_as(logp)
+    if cfg.ratio_level == "sequence":
+        log_ratio = F.sequence_log_ratio(logp, batch.old_logp, mask).expand_as(logp)
+    else:
+        log_ratio = F.token_log_ratio(logp, batch.old_logp)
+    if cfg.loss == "ppo_clip":
+        per_token, clipped = F.ppo_clip_loss(log_ratio, adv, cfg.eps_low, cfg.eps_high, dual_clip=cfg.dual_clip)
+    elif cfg.loss == "cispo":
+        per_token, clipped = F.cispo_loss(logp, log_ratio, adv, cfg.cispo_cap)
+    elif cfg.loss == "sapo":
+        per_token, clipped = F.sapo_loss(log_ratio, adv), torch.zeros_like(mask)
+    elif cfg.loss == "gpg":
+        per_token, clipped = F.gpg_loss(logp, adv), torch.zeros_like(mask)
+    else:
+        raise ValueError(f"unknown loss {cfg.loss!r}: ppo_clip | cispo | sapo | gpg")
+    metrics: dict[str, float] = {}
+    if ref_logp is not None and cfg.kl_coef > 0 and not cfg.kl_in_reward:
+        kl = F.kl_penalty(logp, ref_logp, kind=cfg.kl_estimator)
+        per_token = per_token + cfg.kl_coef * kl
+        metrics["kl"] = float((kl.detach() * mask).sum() / num_tokens)
+    if entropy is not None and cfg.entropy_coef > 0:
+        per_token = per_token - cfg.entropy_coef * entropy
+    loss = F.aggregate(per_token, mask, cfg.aggregation, num_tokens_global=num_tokens, num_seqs_global=num_seqs,
+                       norm_const=norm_const)
+    with torch.no_grad():
+        metrics["clip_frac"] = float((clipped.float() * mask).sum() / num_tokens)
+        metrics["approx_kl"] = float(((-log_ratio) * mask).sum() / num_tokens)  # k1 estimate of KL(old‖θ)
+        if entropy is not None:
+            metrics["entropy"] = float((entropy * mask).sum() / num_tokens)
+    return loss, metrics
+
+
+# -- 5. update -------------------------------------------------------------------------------------
+
+
+def _autocast(device: torch.device, cfg: LearnerConfig):
+    enabled = cfg.bf16 and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _micro_batches(batch: Batch, index: torch.Tensor, size: int):
+    for start in range(0, len(index), size):
+        yield batch.rows(index[start : start + size])
+
+
+def update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, cfg: LearnerConfig, *,
+           ref_model: torch.nn.Module | None = None, generator: torch.Generator | None = None) -> dict[str, float]:
+    """PPO epochs × mini-batches × micro-batches over `batch`; one optimizer step per mini-batch.
+
+    With one epoch and one mini-batch the update is on-policy and π_old is π_θ itself (detached), as in
+    TRL; otherwise π_old is recomputed once before the first step so every ratio is exact.
+    """
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    on_policy = cfg.ppo_epochs == 1 and cfg.mini_batches == 1
+    if not on_policy:
+        batch.old_logp = _recompute(model, batch, cfg, device)
+    ref_logp = _recompute(ref_model, batch, cfg, device) if ref_model is not None and cfg.kl_coef > 0 else None
+    if ref_logp is not None:
+        batch.extras["ref_logp"] = ref_logp
+    totals: dict[str, float] = {}
+    steps = 0
+    rows = len(batch)
+    norm_const = cfg.norm_const if cfg.norm_const is not None else float(batch.loss_mask.shape[1])
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(rows, generator=generator) if cfg.mini_batches > 1 else torch.arange(rows)
+        for mini in order.chunk(cfg.mini_batches):
+            mask = batch.loss_mask[mini]
+            num_tokens = float(mask.sum().clamp(min=1))
+            num_seqs = float((mask.sum(-1) > 0).sum().clamp(min=1))
+            step_metrics: dict[str, float] = {"loss": 0.0}
+            for micro in _micro_batches(batch, mini, cfg.micro_batch_size):
+                with _autocast(device, cfg):
+                    logp, entropy = token_logprobs(model, micro, cfg.temperature, cfg.logprob_chunk,
+                                                   with_entropy=cfg.entropy_coef > 0)
+                if on_policy:
+                    micro.old_logp = logp.detach()
+                loss, metrics = policy_loss(logp, micro, cfg, num_tokens=num_tokens, num_seqs=num_seqs,
+                                            norm_const=norm_const, ref_logp=micro.extras.get("ref_logp"), entropy=entropy)
+                loss.backward()
+                step_metrics["loss"] += float(loss.detach())
+                for key, value in metrics.items():
+                    step_metrics[key] = step_metrics.get(key, 0.0) + value
+            step_metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for key, value in step_metrics.items():
+                totals[key] = totals.get(key, 0.0) + value
+            steps += 1
+    return {key: value / steps for key, value in totals.items()}
+
+
+@torch.no_grad()
+def _recompute(model: torch.nn.Module, batch: Batch, cfg: LearnerConfig, device: torch.device) -> torch.Tensor:
+    out = torch.zeros_like(batch.old_logp)
+    index = torch.arange(len(batch), device=device)
+    for start in range(0, len(batch), cfg.micro_batch_size):
+        rows = index[start : start + cfg.micro_batch_size]
+        micro = batch.rows(rows)
+        with _autocast(device, cfg):
+            logp, _ = token_logprobs(model, micro, cfg.temperature, cfg.logprob_chunk)
+        out[rows, : logp.shape[1]] = logp.float()
+    return out
+
+
+def sft_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, cfg: LearnerConfig) -> float:
+    """One supervised step on demonstration tokens: token-mean NLL over the loss mask."""
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    num_tokens = float(batch.loss_mask.sum().clamp(min=1))
+    total = 0.0
+    for micro in _micro_batches(batch, torch.arange(len(batch), device=device), cfg.micro_batch_size):
+        with _autocast(device, cfg):
+            logp, _ = token_logprobs(model, micro, 1.0, cfg.logprob_chunk)
+        loss = F.aggregate(-logp, micro.loss_mask, "token-mean", num_tokens_global=num_tokens)
+        loss.backward()
+        total += float(loss.detach())
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total
