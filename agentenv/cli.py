@@ -1,4 +1,4 @@
-"""The `agentenv` command line: `list` and `run` (more subcommands arrive with the learner)."""
+"""The `agentenv` command line: `list`, `run` and `train`."""
 
 from __future__ import annotations
 
@@ -29,7 +29,14 @@ def _make_policy(spec: str):
         from agentenv.policies.scripted import ScriptedPolicy
 
         return ScriptedPolicy()
-    raise SystemExit(f"unknown policy {spec!r}: use 'scripted'")
+    if kind == "hf" and path:
+        from agentenv.policies.hf import HFPolicy
+
+        try:
+            return HFPolicy(path)  # a saved model directory, or "tiny"/"small" (random tiny models)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(f"cannot load policy {spec!r}: {exc}") from None
+    raise SystemExit(f"unknown policy {spec!r}: use 'scripted' or 'hf:PATH' (PATH a saved HF model dir, or 'tiny')")
 
 
 def _env_id(name: str) -> str:
@@ -84,6 +91,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    from agentenv.policies.train import load_config, train
+
+    cfg = load_config(args.config, overrides)
+    summary = train(cfg, resume=args.resume)
+    return 0 if summary else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentenv", description="Multi-turn LLM agent environments and a GRPO learner.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_run = sub.add_parser("run", help="run a policy on an environment and write episodes as JSONL")
     p_run.add_argument("env_id", help="e.g. ToolReasoning-v0 or agentenv/ToolReasoning-v0")
-    p_run.add_argument("--policy", default="scripted", help="scripted (default)")
+    p_run.add_argument("--policy", default="scripted", help="scripted (default), hf:PATH (saved HF model dir) or hf:tiny")
     p_run.add_argument("--episodes", type=int, default=100)
     p_run.add_argument("--seed", type=int, default=0, help="episode i is reset with seed + i")
     p_run.add_argument("--batch-size", type=int, default=16, help="episodes stepped together")
@@ -102,11 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--out", default=None, help="episodes JSONL path (default runs/<env>-<policy>-episodes.jsonl)")
     p_run.add_argument("--quiet", action="store_true", help="no progress bar")
     p_run.set_defaults(func=cmd_run)
+
+    p_train = sub.add_parser(
+        "train", help="SFT warm start + GRPO; no CONFIG trains the embedded default (tiny model, ToolReasoning-v0, CPU)",
+        description="Extra --key=value arguments override the config (dotted keys for nested ones: --learner.lr=1e-4).",
+    )
+    p_train.add_argument("config", nargs="?", default=None, help="YAML file filling TrainConfig")
+    p_train.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint exactly")
+    p_train.set_defaults(func=cmd_train)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if args.command == "train":
+        return args.func(args, extra)
+    if extra:
+        raise SystemExit(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args)
 
 

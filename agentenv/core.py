@@ -135,6 +135,13 @@ class ChatEnv(gym.Env[list, str]):
         self._turn = 0
         self._delayed_calls = 0
         self._done = False
+        self._python_blocks = "python" in self.tools
+        self._has_env_turn = type(self)._env_turn is not ChatEnv._env_turn  # skip a no-op call per step
+        run = " (then <execute/> to run queued calls)" if execution == "delayed" else ""
+        self._usage_hint = (
+            f'Call a tool with <tool_call>{{"name": ..., "arguments": {{...}}}}</tool_call>{run}, '
+            "or answer with <answer>...</answer>."
+        )
 
     # -- what a subclass provides ------------------------------------------------------------------
 
@@ -173,13 +180,19 @@ class ChatEnv(gym.Env[list, str]):
             note = {"role": "user", "content": "Error: the episode is over; call reset() to start a new one."}
             return list(self._messages) + [note], 0.0, True, False, self._info(error=note["content"][7:])
         self._turn += 1
-        action, errors = self._coerce_action(action)
-        self._messages.append({"role": "assistant", "content": action})
-        parsed = parse_action(action, python_blocks="python" in self.tools)
-        errors.extend(e.message for e in parsed.errors)
+        if type(action) is str and len(action) <= MAX_ACTION_CHARS:
+            errors: list[str] = []
+        else:
+            action, errors = self._coerce_action(action)
+        messages = self._messages
+        messages.append({"role": "assistant", "content": action})
+        parsed = parse_action(action, python_blocks=self._python_blocks)
+        if parsed.errors:
+            errors.extend(e.message for e in parsed.errors)
 
-        results, acks = self._handle_calls(parsed, errors)
-        out: list[Message] = acks + [self._tool_message(r) for r in results]
+        results: list[ToolResult] = []
+        if parsed.calls or parsed.execute or parsed.answer is not None:
+            results = self._handle_calls(parsed, errors, messages)
 
         reward, terminated, components = 0.0, False, {}
         if parsed.answer is not None:
@@ -187,19 +200,19 @@ class ChatEnv(gym.Env[list, str]):
             reward, terminated, components = float(score.reward), True, dict(score.components)
             components["success"] = float(score.success)
         else:
-            out.extend(self._env_turn(parsed))
+            if self._has_env_turn:
+                messages.extend(self._env_turn(parsed))
             if not parsed.calls and not parsed.execute and not parsed.errors:
                 errors.append("no tool call, <execute/> or answer found in the action")
         error = "; ".join(errors) if errors else None
         if error and not terminated:
-            out.append({"role": "user", "content": f"Error: {error}. {self._usage_hint()}"})
-        self._messages.extend(out)
+            messages.append({"role": "user", "content": f"Error: {error}. {self._usage_hint}"})
         truncated = not terminated and self._turn >= self.max_turns
         self._done = terminated or truncated
-        info = self._info(parsed=parsed, results=results, error=error)
+        info = self._info(parsed, results, error)
         if terminated:
             info["reward_components"] = components
-        return list(self._messages), reward, terminated, truncated, info
+        return list(messages), reward, terminated, truncated, info
 
     def render(self) -> str | None:
         if self.render_mode != "ansi" or self._messages is None:
@@ -214,24 +227,30 @@ class ChatEnv(gym.Env[list, str]):
 
     # -- tool calls --------------------------------------------------------------------------------
 
-    def _handle_calls(self, parsed: ParsedAction, errors: list[str]) -> tuple[list[ToolResult], list[Message]]:
-        """Run or queue this turn's calls. Returns the results delivered now and the queue acknowledgements."""
-        acks: list[Message] = []
+    def _handle_calls(self, parsed: ParsedAction, errors: list[str], messages: list[Message]) -> list[ToolResult]:
+        """Run or queue this turn's calls, appending acknowledgements and results to `messages`.
+
+        Returns the results delivered this step.
+        """
         if self.execution == "immediate":
-            return [self._run(call) for call in parsed.calls], acks
-        for call in parsed.calls:
-            if call.name not in self.tools:  # rejected at once: queueing a call that can never run helps no one
-                errors.append(self._unknown_tool(call.name))
-                continue
-            self._pending.append(call)
-            acks.append({"role": "tool", "name": call.name, "content": f"queued #{len(self._pending)} ({call.name}); run queued calls with <execute/>"})
-        if (parsed.execute or parsed.answer is not None) and self._pending:
-            batch, self._pending = self._pending, []
-            self._delayed_calls += len(batch) - 1
-            return [self._run(call) for call in batch], acks
-        if parsed.execute and not self._pending and not parsed.calls:
-            errors.append("<execute/> with no queued tool calls")
-        return [], acks
+            results = [self._run(call) for call in parsed.calls]
+        else:
+            for call in parsed.calls:
+                if call.name not in self.tools:  # rejected at once: queueing a call that can never run helps no one
+                    errors.append(self._unknown_tool(call.name))
+                    continue
+                self._pending.append(call)
+                messages.append({"role": "tool", "name": call.name,
+                                 "content": f"queued #{len(self._pending)} ({call.name}); run queued calls with <execute/>"})
+            results = []
+            if (parsed.execute or parsed.answer is not None) and self._pending:
+                batch, self._pending = self._pending, []
+                self._delayed_calls += len(batch) - 1
+                results = [self._run(call) for call in batch]
+            elif parsed.execute and not parsed.calls:
+                errors.append("<execute/> with no queued tool calls")
+        messages.extend({"role": "tool", "name": r.name, "content": r.content} for r in results)
+        return results
 
     def _run(self, call: ToolCall) -> ToolResult:
         tool = self.tools.get(call.name)
@@ -244,20 +263,12 @@ class ChatEnv(gym.Env[list, str]):
         return f"unknown tool {name[:80]!r}; available tools: {', '.join(self.tools) or 'none'}"
 
     @staticmethod
-    def _tool_message(result: ToolResult) -> Message:
-        return {"role": "tool", "name": result.name, "content": result.content}
-
-    @staticmethod
     def _coerce_action(action: Any) -> tuple[str, list[str]]:
         if not isinstance(action, str):
             return repr(action)[:1000], [f"the action must be a string, got {type(action).__name__}"]
         if len(action) > MAX_ACTION_CHARS:
             return action[:MAX_ACTION_CHARS], [f"the action was longer than {MAX_ACTION_CHARS} characters and was cut"]
         return action, []
-
-    def _usage_hint(self) -> str:
-        run = " (then <execute/> to run queued calls)" if self.execution == "delayed" else ""
-        return f'Call a tool with <tool_call>{{"name": ..., "arguments": {{...}}}}</tool_call>{run}, or answer with <answer>...</answer>.'
 
     def tools_prompt(self) -> str:
         """The system-prompt paragraph that lists the tools and the calling conventions."""
@@ -278,19 +289,19 @@ class ChatEnv(gym.Env[list, str]):
         denominator = max(self._turn - 1, 0) + self._delayed_calls
         return self._delayed_calls / denominator if denominator else 0.0
 
-    def _info(
-        self,
-        parsed: ParsedAction | None = None,
-        results: Sequence[ToolResult] = (),
-        error: str | None = None,
-    ) -> dict[str, Any]:
+    def _info(self, parsed: ParsedAction | None = None, results: Sequence[ToolResult] = (), error: str | None = None) -> dict[str, Any]:
+        if parsed is None:
+            calls, spans = [], []
+        else:
+            calls = [c.as_dict() for c in parsed.calls] if parsed.calls else []
+            spans = parsed.control_spans
         return {
             "turn": self._turn,
             "tools": self.tool_schemas,
-            "tool_calls": [c.as_dict() for c in parsed.calls] if parsed else [],
-            "tool_results": [r.as_dict() for r in results],
+            "tool_calls": calls,
+            "tool_results": [r.as_dict() for r in results] if results else [],
             "error": error,
             "pending": len(self._pending),
-            "delay_call_rate": self.delay_call_rate,
-            "control_spans": list(parsed.control_spans) if parsed else [],
+            "delay_call_rate": self.delay_call_rate if self._delayed_calls else 0.0,
+            "control_spans": spans,
         }

@@ -40,12 +40,15 @@ from importlib.metadata import version
 from typing import Any, Callable
 
 # --- environment the peers' subprocesses see ------------------------------------------------------------
-_BIN = os.path.dirname(os.path.abspath(sys.executable))
-os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
-# gem's sandbox does tempfile.mkdtemp(dir=".") per python call: keep that out of the caller's cwd.
-_WORKDIR = tempfile.mkdtemp(prefix="agentenv-peers-bench-")
-os.chdir(_WORKDIR)
-warnings.filterwarnings("ignore")
+def _prepare_process() -> str:
+    """Run only as a script: bench_env.py imports this module for the task constants alone."""
+    bin_dir = os.path.dirname(os.path.abspath(sys.executable))
+    os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    # gem's sandbox does tempfile.mkdtemp(dir=".") per python call: keep that out of the caller's cwd.
+    workdir = tempfile.mkdtemp(prefix="agentenv-peers-bench-")
+    os.chdir(workdir)
+    warnings.filterwarnings("ignore")
+    return workdir
 
 # --- the task (same word problem for every peer) --------------------------------------------------------
 QUESTION = (
@@ -349,6 +352,7 @@ def bench_skyrl(n_fast: int, n_tool: int, cap_s: float) -> None:
 
 
 def main() -> None:
+    workdir = _prepare_process()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny N, for smoke tests")
     ap.add_argument("--peer", choices=["gem-llm", "skyrl-gym"], action="append",
@@ -364,7 +368,7 @@ def main() -> None:
     finally:
         os.chdir(tempfile.gettempdir())
         try:
-            os.rmdir(_WORKDIR)
+            os.rmdir(workdir)
         except OSError:
             pass
 

@@ -1,6 +1,20 @@
-"""Policies that act in agentenv environments: scripted (deterministic) and model-backed."""
+"""Policies that act in agentenv environments: scripted (deterministic) and model-backed.
+
+`HFPolicy`, `collect`, `demonstrations`, `Episode` and `Sample` are imported lazily (they need torch).
+"""
 
 from agentenv.policies.base import Generation, Policy
 from agentenv.policies.scripted import ScriptedPolicy
 
-__all__ = ["Generation", "Policy", "ScriptedPolicy"]
+__all__ = ["Generation", "Policy", "ScriptedPolicy", "HFPolicy", "collect", "demonstrations", "Episode", "Sample"]
+
+_LAZY = {"HFPolicy": "agentenv.policies.hf", "collect": "agentenv.policies.rollout", "demonstrations": "agentenv.policies.rollout",
+         "Episode": "agentenv.policies.rollout", "Sample": "agentenv.policies.rollout"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'agentenv.policies' has no attribute {name!r}")

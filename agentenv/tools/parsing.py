@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from agentenv.tools.base import ToolCall
 
@@ -32,19 +32,22 @@ class ParseError:
     span: tuple[int, int] = (0, 0)
 
 
-@dataclass
 class ParsedAction:
     """Everything an environment needs from one assistant turn.
 
     `control_spans` lists `(start, end, kind)` character ranges of control decisions (`"tool_call"`,
     `"python"`, `"execute"`, `"answer"`) so that the rollout can map them to token positions.
+    A plain slotted class, not a dataclass: it is built on every `step`, where microseconds count.
     """
 
-    calls: list[ToolCall] = field(default_factory=list)
-    errors: list[ParseError] = field(default_factory=list)
-    execute: bool = False
-    answer: str | None = None
-    control_spans: list[tuple[int, int, str]] = field(default_factory=list)
+    __slots__ = ("calls", "errors", "execute", "answer", "control_spans")
+
+    def __init__(self) -> None:
+        self.calls: list[ToolCall] = []
+        self.errors: list[ParseError] = []
+        self.execute = False
+        self.answer: str | None = None
+        self.control_spans: list[tuple[int, int, str]] = []
 
 
 def extract_boxed(text: str) -> tuple[str, tuple[int, int]] | None:

@@ -1,0 +1,269 @@
+"""Rollout: N tasks × G samples of any agentenv environment → token-in/token-out `Episode` records.
+
+Every turn, the token sequences of all live episodes go to the policy in one batched `generate_ids` call;
+each env then steps with its generation's text. The sequence of an episode grows by appending, never by
+re-tokenizing: prompt ids, generated ids (loss mask 1), the ids of the messages the env added rendered as a
+continuation (`ChatTokens.delta`, loss mask 0), the next generated ids, … If the env rewrites earlier
+history (a compressor), the turn starts a new `Sample` from a fresh prompt; the episode's reward applies to
+all its samples.
+
+Policies:
+* token policies (`HFPolicy`, anything with `generate_ids(prompts, max_new_tokens)` and a `chat`
+  `ChatTokens`): the stored ids and `old_logprobs` are exactly what the model sampled.
+* text-only policies (`ScriptedPolicy`, anything with just `generate(contexts)`): pass `tokenizer=`; each
+  turn's text is tokenized (plus the end-of-turn id) and `old_logprobs` are 0.0. This is how
+  `demonstrations` records scripted episodes for warm-start SFT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import gymnasium as gym
+
+from agentenv.policies.base import Generation, Messages, Policy
+from agentenv.policies.chat_tokens import ChatTokens
+
+__all__ = ["Sample", "Episode", "collect", "demonstrations"]
+
+
+@dataclass
+class Sample:
+    """One contiguous token sequence: `[T]` lists, aligned with `token_ids`.
+
+    `loss_mask` is 1 on policy-generated tokens (the end-of-turn id included), 0 on prompt, env and tool
+    tokens; `old_logprobs` are the sampling log-probs (0.0 where the mask is 0); `control_mask` is 1 on
+    generated tokens that overlap a control span (`<tool_call>…</tool_call>`, a python block, `<execute/>`,
+    `<answer>…</answer>`); `prompt_len` is the number of ids before the first generated one.
+    """
+
+    token_ids: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)
+    old_logprobs: list[float] = field(default_factory=list)
+    control_mask: list[int] = field(default_factory=list)
+    prompt_len: int = 0
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def extend(self, ids: Sequence[int], generated: bool, logprobs: Sequence[float] | None = None, control: Sequence[int] | None = None) -> None:
+        self.token_ids.extend(ids)
+        self.loss_mask.extend([int(generated)] * len(ids))
+        self.old_logprobs.extend(logprobs if logprobs is not None else [0.0] * len(ids))
+        self.control_mask.extend(control if control is not None else [0] * len(ids))
+
+
+@dataclass
+class Episode:
+    """One episode of one task: its samples, outcome and per-turn records.
+
+    `reward` is the sum of the step rewards (for the shipped envs: the final reward); `turns[k]` is the
+    env's `info` of turn k (without the repeated tool schemas) plus: `sample` (index into `samples`),
+    `start`/`end` (generated token range in that sample, end-of-turn id included), `finish_reason`,
+    `reward` (of that step) and `control_positions` (`(start, end, kind)` token ranges of the control spans).
+    """
+
+    group_id: int
+    seed: int
+    samples: list[Sample] = field(default_factory=list)
+    reward: float = 0.0
+    reward_components: dict[str, float] = field(default_factory=dict)
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    terminated: bool = False
+    truncated: bool = False
+    messages: Messages = field(default_factory=list)
+
+    @property
+    def success(self) -> bool:
+        return bool(self.reward_components.get("success", 0.0))
+
+
+@dataclass
+class _Live:
+    env: gym.Env
+    episode: Episode
+    obs: Messages
+
+
+def collect(
+    env: str | Callable[[], gym.Env],
+    policy: Policy,
+    tasks: Sequence[int],
+    group_size: int = 1,
+    *,
+    env_kwargs: dict[str, Any] | None = None,
+    tokenizer: Any = None,
+    max_turns: int | None = None,
+    max_seq_len: int = 4096,
+    batch_size: int | None = None,
+) -> list[Episode]:
+    """Run `group_size` episodes of every task and return them ordered by (group, sample).
+
+    Args:
+        env: an env id (`"agentenv/ToolReasoning-v0"`, the `agentenv/` prefix optional) or a function that
+            builds an env.
+        policy: a token policy (`generate_ids`) or a text-only one (`generate`; then `tokenizer` is needed).
+        tasks: one reset seed per task; task i is group i and its G episodes all reset with `tasks[i]`.
+        env_kwargs: keyword arguments of `gym.make` when `env` is an id.
+        tokenizer: tokenizes a text-only policy's turns (ignored for token policies).
+        max_turns: stop an episode (truncated) after this many turns, on top of the env's own limit.
+        max_seq_len: a sample never grows past this many ids: a turn gets at most the room left, and an
+            episode whose next env delta would not leave room for one generated token ends truncated.
+        batch_size: at most this many episodes live at once (each needs its own env); default all.
+    """
+    if group_size < 1:
+        raise ValueError("group_size must be at least 1")
+    token_policy = hasattr(policy, "generate_ids")
+    if token_policy:
+        chat: ChatTokens = policy.chat
+    elif tokenizer is None:
+        raise ValueError("a text-only policy (no generate_ids) needs tokenizer= to turn its text into token ids")
+    else:
+        chat = ChatTokens(tokenizer)
+    if isinstance(env, str):
+        env_id = env if "/" in env else f"agentenv/{env}"
+        build: Callable[[], gym.Env] = lambda: gym.make(env_id, **(env_kwargs or {}))
+    else:
+        build = env
+
+    jobs = [(group, seed) for group, seed in enumerate(tasks) for _ in range(group_size)]
+    episodes = [Episode(group, int(seed)) for group, seed in jobs]
+    envs = [build() for _ in range(min(batch_size or len(jobs), len(jobs)))]
+    next_job, live = 0, []
+
+    def start(slot_env: gym.Env) -> None:
+        nonlocal next_job
+        while next_job < len(episodes):
+            episode = episodes[next_job]
+            next_job += 1
+            obs, _ = slot_env.reset(seed=episode.seed)
+            episode.messages = obs
+            if _new_sample(episode, chat.prompt(obs), max_seq_len):
+                live.append(_Live(slot_env, episode, obs))
+                return
+
+    try:
+        for slot_env in envs:
+            start(slot_env)
+        while live:
+            budgets = [max_seq_len - len(item.episode.samples[-1]) for item in live]
+            generations = _generate(policy, chat, token_policy, live, budgets)
+            current, live = live, []
+            for item, generation in zip(current, generations):
+                if _step(item, generation, chat, max_turns, max_seq_len):
+                    live.append(item)
+                else:
+                    start(item.env)
+    finally:
+        for slot_env in envs:
+            slot_env.close()
+    return episodes
+
+
+def demonstrations(
+    env: str | Callable[[], gym.Env],
+    n: int,
+    tokenizer: Any,
+    *,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+    policy: Policy | None = None,
+    max_seq_len: int = 4096,
+) -> list[Episode]:
+    """`n` scripted episodes (seeds `seed … seed+n-1`) as token records for supervised warm-start.
+
+    The scripted text of every turn is tokenized with `tokenizer` and masked 1 (the end-of-turn id
+    included); `old_logprobs` are 0.0. Filter on `episode.success` / `episode.reward` as needed.
+    """
+    if policy is None:
+        from agentenv.policies.scripted import ScriptedPolicy
+
+        policy = ScriptedPolicy()
+    return collect(env, policy, list(range(seed, seed + n)), 1, env_kwargs=env_kwargs, tokenizer=tokenizer, max_seq_len=max_seq_len)
+
+
+def _new_sample(episode: Episode, prompt: list[int], max_seq_len: int) -> bool:
+    """Start a sample with `prompt`; False (episode truncated) when it leaves no room to generate."""
+    if len(prompt) >= max_seq_len:
+        episode.truncated = True
+        return False
+    sample = Sample(prompt_len=len(prompt))
+    sample.extend(prompt, generated=False)
+    episode.samples.append(sample)
+    return True
+
+
+def _generate(policy: Any, chat: ChatTokens, token_policy: bool, live: list[_Live], budgets: list[int]) -> list[Generation]:
+    """One generation per live episode, in one batched policy call."""
+    if token_policy:
+        limits = [min(getattr(policy, "max_new_tokens", b), b) for b in budgets]
+        return policy.generate_ids([item.episode.samples[-1].token_ids for item in live], max_new_tokens=limits)
+    generations = []
+    for generation, budget in zip(policy.generate([item.obs for item in live]), budgets):
+        ids = chat.turn(generation.text)
+        if len(ids) > budget:
+            ids = ids[:budget]
+            generation = Generation(chat.decode(ids), ids, [0.0] * len(ids), finish_reason="length")
+        else:
+            generation = Generation(generation.text, ids, [0.0] * len(ids), finish_reason="stop")
+        generations.append(generation)
+    return generations
+
+
+def _control_mask(chat: ChatTokens, generated: list[int], spans: Sequence[tuple[int, int, str]]) -> tuple[list[int], list[tuple[int, int, str]]]:
+    """Per-token control flags `[T]` and the token range of each control span (positions within `generated`)."""
+    mask = [0] * len(generated)
+    ranges: list[tuple[int, int, str]] = []
+    if not spans:
+        return mask, ranges
+    offsets = chat.char_offsets(generated)
+    for start, end, kind in spans:
+        hits = [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
+        for i in hits:
+            mask[i] = 1
+        if hits:
+            ranges.append((hits[0], hits[-1] + 1, kind))
+    return mask, ranges
+
+
+def _continues(previous: Messages, obs: Messages) -> bool:
+    """True when `obs` is `previous` + the assistant turn + new messages (history was not rewritten)."""
+    if len(obs) <= len(previous) or obs[len(previous)].get("role") != "assistant":
+        return False
+    return all(a is b or (a["role"], a["content"]) == (b["role"], b["content"]) for a, b in zip(previous, obs))
+
+
+def _step(item: _Live, generation: Generation, chat: ChatTokens, max_turns: int | None, max_seq_len: int) -> bool:
+    """Record the generation, step the env, append the env's delta. Returns whether the episode goes on."""
+    episode, sample = item.episode, item.episode.samples[-1]
+    obs, reward, terminated, truncated, info = item.env.step(generation.text)
+    ended = generation.finish_reason == "stop"
+    text_ids = generation.token_ids[:-1] if ended else generation.token_ids
+    control, ranges = _control_mask(chat, text_ids, info.get("control_spans", []))
+    start = len(sample)
+    sample.extend(generation.token_ids, generated=True, logprobs=generation.logprobs, control=control + [0] * ended)
+    turn = {k: v for k, v in info.items() if k != "tools"}
+    turn.update(
+        sample=len(episode.samples) - 1, start=start, end=len(sample), finish_reason=generation.finish_reason,
+        reward=float(reward), control_positions=[(start + a, start + b, kind) for a, b, kind in ranges],
+    )
+    episode.turns.append(turn)
+    episode.reward += float(reward)
+    episode.messages = obs
+    if terminated or truncated:
+        episode.terminated, episode.truncated = terminated, truncated
+        episode.reward_components = dict(info.get("reward_components", {}))
+        return False
+    if max_turns is not None and len(episode.turns) >= max_turns:
+        episode.truncated = True
+        return False
+    previous, item.obs = item.obs, obs
+    if not _continues(previous, obs):
+        return _new_sample(episode, chat.prompt(obs), max_seq_len)
+    delta = ([] if ended else [chat.end_id]) + chat.delta(obs[len(previous) + 1 :])
+    if len(sample) + len(delta) >= max_seq_len:
+        episode.truncated = True
+        return False
+    sample.extend(delta, generated=False)
+    return True

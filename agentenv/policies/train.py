@@ -1,0 +1,314 @@
+"""`agentenv train`: warm-start SFT on scripted demonstrations, then GRPO on an agentenv env.
+
+The loop, top to bottom: build the policy → (resume from the last checkpoint, or SFT warm start and a
+held-out evaluation) → for each step: collect N tasks × G samples → advantages → update → log metrics
+→ checkpoint every K steps → final held-out evaluation, reward-curve plot.
+
+Everything a run writes lives in `out_dir`: `metrics.jsonl` (one line per step, rewritten atomically on
+resume so no step is lost or repeated), TensorBoard events in `tb/` (if tensorboard is installed),
+`checkpoint/` (model, optimizer, step, every RNG state; replaced atomically), `eval.json` and
+`reward_curve.png`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+from agentenv.policies.learner import LearnerConfig, episode_advantages, make_batch, sft_update, update
+
+__all__ = ["TrainConfig", "load_config", "train"]
+
+HELD_OUT_SEED_BASE = 1_000_000_000  # training seeds stay far below this, so evaluation tasks are unseen
+
+
+@dataclass
+class TrainConfig:
+    """A training run. Load from YAML with `load_config`; override with `--key=value` (`--learner.lr=1e-4`)."""
+
+    env_id: str = "agentenv/ToolReasoning-v0"
+    env_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"tools": ["calculator"], "kinds": ["combinatorics", "number_theory"], "difficulty": 1, "max_turns": 3}
+    )
+    model: str = "tiny"  # "tiny" | "small" (random init from a config) | a local HF model directory
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+    steps: int = 40
+    tasks_per_step: int = 8
+    group_size: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    max_seq_len: int = 1024
+    sft_episodes: int = 256
+    sft_steps: int = 60
+    sft_batch_size: int = 32
+    sft_lr: float = 2e-3
+    eval_tasks: int = 200
+    checkpoint_every: int = 5
+    out_dir: str = "runs/default"
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=2e-4, micro_batch_size=32))
+
+
+def _coerce(value: Any, current: Any) -> Any:
+    if isinstance(value, str) and not isinstance(current, str):
+        value = yaml.safe_load(value)
+    return value
+
+
+def _apply(target: Any, updates: dict[str, Any], where: str) -> None:
+    names = {f.name for f in dataclasses.fields(target)}
+    for key, value in updates.items():
+        head, _, rest = key.partition(".")
+        if head not in names:
+            raise SystemExit(f"unknown config key {where}{head!r}; known: {', '.join(sorted(names))}")
+        current = getattr(target, head)
+        if dataclasses.is_dataclass(current):
+            _apply(current, {rest: value} if rest else dict(value), f"{where}{head}.")
+        elif rest and isinstance(current, dict):
+            current[rest] = _coerce(value, current.get(rest))
+        else:
+            setattr(target, head, _coerce(value, current))
+
+
+def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Defaults, then the YAML file, then `key=value` overrides (dotted keys reach nested configs)."""
+    cfg = TrainConfig()
+    if path:
+        with open(path, encoding="utf-8") as fh:
+            _apply(cfg, yaml.safe_load(fh) or {}, "")
+    for item in overrides:
+        key, sep, value = item.lstrip("-").partition("=")
+        if not sep:
+            raise SystemExit(f"expected --key=value, got {item!r}")
+        _apply(cfg, {key: value}, "")
+    return cfg
+
+
+# -- small utilities -------------------------------------------------------------------------------
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _rng_state(policy) -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "policy": policy.generator.get_state() if getattr(policy, "generator", None) is not None else None}
+
+
+def _set_rng_state(state: dict[str, Any], policy) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("policy") is not None:
+        policy.generator.set_state(state["policy"])
+
+
+def save_checkpoint(out_dir: Path, step: int, model, optimizer, policy, extra: dict[str, Any]) -> None:
+    """Write `checkpoint/` next to the old one, then swap: a crash never leaves a half checkpoint."""
+    final, tmp = out_dir / "checkpoint", out_dir / "checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(policy),
+                "extra": extra}, tmp / "state.pt")
+    old = out_dir / "checkpoint.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class MetricsLog:
+    """`metrics.jsonl`, one record per step; on resume, records at or past the checkpoint step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        rows = []
+        if resume_step is not None and path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a crash
+                if row.get("step", -1) < resume_step:
+                    rows.append(row)
+        _atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+        self.rows = rows
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(row) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.rows.append(row)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional: metrics.jsonl always has everything
+        return None
+    return SummaryWriter(str(out_dir / "tb"))
+
+
+def plot_curves(rows: list[dict[str, Any]], evals: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = [r["step"] for r in rows]
+    left.plot(steps, [r["reward_mean"] for r in rows], label="reward (train rollouts)")
+    left.plot(steps, [r["success_rate"] for r in rows], label="success (train rollouts)")
+    left.set_xlabel("GRPO step")
+    left.legend()
+    left.grid(alpha=0.3)
+    names = list(evals)
+    right.bar(names, [evals[n] for n in names], color=["#999999", "#3366cc"][: len(names)])
+    right.set_ylim(0, 1)
+    right.set_title("held-out success")
+    for i, n in enumerate(names):
+        right.text(i, evals[n] + 0.02, f"{evals[n]:.3f}", ha="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def _build(cfg: TrainConfig):
+    from agentenv.policies.hf import HFPolicy
+
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    policy = HFPolicy(cfg.model, device=device, temperature=cfg.temperature, top_p=cfg.top_p,
+                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    return policy, policy.model
+
+
+def evaluate(cfg: TrainConfig, policy, n_tasks: int) -> float:
+    """Success rate on held-out seeds (never used for training), sampling as in training."""
+    from agentenv.policies.rollout import collect
+
+    seeds = [HELD_OUT_SEED_BASE + i for i in range(n_tasks)]
+    episodes = collect(cfg.env_id, policy, seeds, group_size=1, env_kwargs=cfg.env_kwargs, max_seq_len=cfg.max_seq_len)
+    return float(np.mean([e.reward_components.get("success", 0.0) for e in episodes]))
+
+
+def warm_start(cfg: TrainConfig, policy, model, log) -> None:
+    """Supervised steps on scripted demonstrations (tokenized once; env tokens masked out)."""
+    from agentenv.policies.rollout import demonstrations
+
+    demos = demonstrations(cfg.env_id, cfg.sft_episodes, policy.tokenizer, env_kwargs=cfg.env_kwargs, seed=cfg.seed + 7_000_000)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    zeros = torch.zeros(len(demos))
+    for step in range(cfg.sft_steps):
+        pick = torch.randperm(len(demos), generator=gen)[: cfg.sft_batch_size].tolist()
+        batch = make_batch([demos[i] for i in pick], zeros[: len(pick)], policy.chat.pad_id)
+        loss = sft_update(model, optimizer, batch, cfg.learner)
+        if step % 10 == 0 or step == cfg.sft_steps - 1:
+            log(f"sft step {step + 1}/{cfg.sft_steps} loss {loss:.3f}")
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
+    """Run (or resume) a training run; returns the summary also written to `eval.json`."""
+    from agentenv.policies.rollout import collect
+
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    started = time.perf_counter()
+    policy, model = _build(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay)
+    checkpoint = out_dir / "checkpoint" / "state.pt"
+    start_step, extra = 0, {}
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], policy)
+        start_step, extra = state["step"], state["extra"]
+        log(f"resumed from step {start_step}")
+    else:
+        _atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+        if cfg.sft_steps > 0:
+            warm_start(cfg, policy, model, log)
+        extra["success_before"] = evaluate(cfg, policy, cfg.eval_tasks) if cfg.eval_tasks else None
+        extra["seconds_before"] = time.perf_counter() - started
+        log(f"held-out success after warm start: {extra['success_before']}")
+        save_checkpoint(out_dir, 0, model, optimizer, policy, extra)
+    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start_step)
+    board = _tensorboard(out_dir)
+    sampler = torch.Generator().manual_seed(cfg.seed)
+    try:
+        for step in range(start_step, cfg.steps):
+            t0 = time.perf_counter()
+            sampler.manual_seed(cfg.seed * 1_000_003 + step)  # mini-batch order depends only on (seed, step)
+            seeds = [cfg.seed * 100_000_000 + step * cfg.tasks_per_step + i for i in range(cfg.tasks_per_step)]
+            episodes = collect(cfg.env_id, policy, seeds, group_size=cfg.group_size, env_kwargs=cfg.env_kwargs,
+                               max_seq_len=cfg.max_seq_len)
+            t1 = time.perf_counter()
+            adv = episode_advantages(episodes, cfg.learner)
+            batch = make_batch(episodes, adv, policy.chat.pad_id)
+            stats = update(model, optimizer, batch, cfg.learner, generator=sampler)
+            t2 = time.perf_counter()
+            tokens = int(batch.attention_mask.sum())
+            row = {
+                "step": step,
+                "reward_mean": float(np.mean([e.reward for e in episodes])),
+                "success_rate": float(np.mean([e.reward_components.get("success", 0.0) for e in episodes])),
+                "turns_mean": float(np.mean([len(e.turns) for e in episodes])),
+                "generated_tokens": int(batch.loss_mask.sum()),
+                "tokens": tokens,
+                "rollout_s": t1 - t0,
+                "update_s": t2 - t1,
+                "throughput_tok_s": tokens / (t2 - t0),
+                **stats,
+            }
+            metrics.write(row)
+            if board is not None:
+                for key, value in row.items():
+                    board.add_scalar(key, value, step)
+            log(f"step {step + 1}/{cfg.steps} reward {row['reward_mean']:.3f} success {row['success_rate']:.3f} "
+                f"loss {row['loss']:+.4f} ({t2 - t0:.1f} s)")
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                save_checkpoint(out_dir, step + 1, model, optimizer, policy, extra)
+    finally:
+        metrics.close()
+        if board is not None:
+            board.close()
+    summary = {"success_before": extra.get("success_before"),
+               "success_after": evaluate(cfg, policy, cfg.eval_tasks) if cfg.eval_tasks else None,
+               "steps": cfg.steps, "eval_tasks": cfg.eval_tasks, "wall_s_this_process": time.perf_counter() - started}
+    if summary["success_before"] is not None and summary["success_after"] is not None:
+        summary["gain"] = summary["success_after"] - summary["success_before"]
+        plot_curves(metrics.rows, {"warm start": summary["success_before"], "after GRPO": summary["success_after"]},
+                    out_dir / "reward_curve.png")
+    _atomic_write_text(out_dir / "eval.json", json.dumps(summary, indent=1))
+    log(json.dumps(summary))
+    return summary
