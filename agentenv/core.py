@@ -13,6 +13,8 @@ that raises or hangs all come back as an error message in the observation and in
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -101,6 +103,10 @@ class ChatEnv(gym.Env[list, str]):
         max_turns: `step` returns `truncated=True` after this many assistant turns without an answer.
         seed: seed used by the first `reset()` that is given none.
         render_mode: None or "ansi" (the transcript as text).
+        compressor, budget_tokens: context compression ("zip", "window", ... or a `Compressor`; see
+            `agentenv.compression`): observations are the compressor's view of the history, at most
+            `budget_tokens` tokens, described in `info["compression"]`; the full history stays in `full_history`.
+            Every subclass accepts these two keywords, whether or not its `__init__` lists them.
 
     Subclasses implement `_new_episode()` and `_score_answer(answer)`.
     """
@@ -115,6 +121,8 @@ class ChatEnv(gym.Env[list, str]):
         max_turns: int = 8,
         seed: int | None = None,
         render_mode: str | None = None,
+        compressor: Any = None,
+        budget_tokens: int | None = None,
     ):
         if execution not in EXECUTION_MODES:
             raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {execution!r}")
@@ -123,6 +131,7 @@ class ChatEnv(gym.Env[list, str]):
         if max_turns < 1:
             raise ValueError("max_turns must be at least 1")
         self.tools: dict[str, Tool] = resolve_tools(tools)
+        self.context_window = _context_window(compressor, budget_tokens)
         self.tool_schemas: list[dict[str, Any]] = [t.schema for t in self.tools.values()]
         self.execution = execution
         self.max_turns = max_turns
@@ -170,7 +179,8 @@ class ChatEnv(gym.Env[list, str]):
         self._delayed_calls = 0
         self._done = False
         self._messages = self._new_episode()
-        return list(self._messages), self._info()
+        info = self._info()
+        return self._observe(info), info
 
     def step(self, action: str) -> tuple[list, float, bool, bool, dict]:
         """Take one assistant turn. Returns `(messages, reward, terminated, truncated, info)`."""
@@ -178,7 +188,8 @@ class ChatEnv(gym.Env[list, str]):
             raise gym.error.ResetNeeded("call env.reset() before env.step()")
         if self._done:
             note = {"role": "user", "content": "Error: the episode is over; call reset() to start a new one."}
-            return list(self._messages) + [note], 0.0, True, False, self._info(error=note["content"][7:])
+            info = self._info(error=note["content"][7:])
+            return self._observe(info) + [note], 0.0, True, False, info
         self._turn += 1
         if type(action) is str and len(action) <= MAX_ACTION_CHARS:
             errors: list[str] = []
@@ -212,7 +223,33 @@ class ChatEnv(gym.Env[list, str]):
         info = self._info(parsed, results, error)
         if terminated:
             info["reward_components"] = components
-        return list(messages), reward, terminated, truncated, info
+        return self._observe(info), reward, terminated, truncated, info
+
+    @property
+    def full_history(self) -> list[Message]:
+        """The full history of the current episode (what observations show, before any compression)."""
+        return list(self._messages or [])
+
+    def _observe(self, info: dict[str, Any]) -> list[Message]:
+        """The observation: the history, or the compressor's view of it (which writes `info["compression"]`)."""
+        if self.context_window is None:
+            return list(self._messages)
+        return self.context_window.observe(self._messages, info)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Let every subclass take `compressor=` and `budget_tokens=`, even when its `__init__` does not list them."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or "compressor" in inspect.signature(init).parameters:
+            return
+
+        @functools.wraps(init)
+        def __init__(self: ChatEnv, *args: Any, compressor: Any = None, budget_tokens: int | None = None, **kw: Any) -> None:
+            init(self, *args, **kw)
+            if compressor is not None or budget_tokens is not None:
+                self.context_window = _context_window(compressor, budget_tokens)
+
+        cls.__init__ = __init__
 
     def render(self) -> str | None:
         if self.render_mode != "ansi" or self._messages is None:
@@ -305,3 +342,11 @@ class ChatEnv(gym.Env[list, str]):
             "delay_call_rate": self.delay_call_rate if self._delayed_calls else 0.0,
             "control_spans": spans,
         }
+
+
+def _context_window(compressor: Any, budget_tokens: int | None) -> Any:
+    if compressor is None and budget_tokens is None:
+        return None
+    from agentenv.compression.context import make_window  # imported on use: most envs run uncompressed
+
+    return make_window(compressor, budget_tokens)

@@ -8,6 +8,9 @@ __all__ = ["register_envs", "list_envs", "ENV_IDS"]
 
 _ENTRY_POINTS = {
     "agentenv/ToolReasoning-v0": "agentenv.envs.tool_reasoning:ToolReasoningEnv",
+    "agentenv/Ledger-v0": "agentenv.envs.ledger:LedgerEnv",
+    "agentenv/Recommend-v0": "agentenv.envs.recommend.env:RecommendEnv",
+    "agentenv/AudioReasoning-v0": "agentenv.envs.audio.env:AudioReasoningEnv",
 }
 ENV_IDS = tuple(_ENTRY_POINTS)
 

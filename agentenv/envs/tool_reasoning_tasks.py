@@ -146,27 +146,36 @@ WORDS = ("BANANA", "LETTER", "MISSISSIPPI", "STATISTICS", "COMMITTEE", "BOOKKEEP
          "CALCULUS", "TOMORROW", "BALLOON", "ASSESSMENT", "PARALLEL", "CHEESE", "REFERENCE")
 
 
-def combinatorics(rng: np.random.Generator, difficulty: int) -> Task:
+def _combinatorial(rng: np.random.Generator, difficulty: int, forms: tuple[str, ...], kind: str) -> Task:
     n = _int(rng, 4 + 3 * difficulty, 8 + 8 * difficulty)
     k = _int(rng, 2, min(n - 1, 2 + 2 * difficulty))
-    form = _pick(rng, ("choose", "arrange", "codes", "word"))
+    form = _pick(rng, forms)
     if form == "choose":
-        return Task(f"In how many ways can {k} people be chosen from a group of {n}?", str(math.comb(n, k)), "combinatorics", difficulty)
+        return Task(f"In how many ways can {k} people be chosen from a group of {n}?", str(math.comb(n, k)), kind, difficulty)
     if form == "arrange":
-        return Task(f"In how many ways can {k} of {n} different books be arranged in a row?", str(math.perm(n, k)), "combinatorics", difficulty)
+        return Task(f"In how many ways can {k} of {n} different books be arranged in a row?", str(math.perm(n, k)), kind, difficulty)
     if form == "codes":
         symbols = _int(rng, 2, 4 + 4 * difficulty)
         return Task(
             f"How many codes of length {k} can be made from {symbols} different symbols if symbols may repeat?",
             str(symbols**k),
-            "combinatorics",
+            kind,
             difficulty,
         )
     word = _pick(rng, WORDS)
     count = math.factorial(len(word))
     for repeats in Counter(word).values():
         count //= math.factorial(repeats)
-    return Task(f"How many distinct arrangements are there of the letters in {word}?", str(count), "combinatorics", difficulty)
+    return Task(f"How many distinct arrangements are there of the letters in {word}?", str(count), kind, difficulty)
+
+
+def combinatorics(rng: np.random.Generator, difficulty: int) -> Task:
+    return _combinatorial(rng, difficulty, ("choose", "arrange", "codes", "word"), "combinatorics")
+
+
+def counting(rng: np.random.Generator, difficulty: int) -> Task:
+    """The one-formula subset of combinatorics (choose, arrange, codes): the embedded training default."""
+    return _combinatorial(rng, difficulty, ("choose", "arrange", "codes"), "counting")
 
 
 NAMES = ("Ana", "Ben", "Chloe", "Dev", "Emil", "Fatima", "Goran", "Hana", "Ivo", "Jun", "Kemal", "Lena")
@@ -244,6 +253,7 @@ GENERATORS: dict[str, Callable[[np.random.Generator, int], Task]] = {
     "arithmetic_chain": arithmetic_chain,
     "unit_conversion": unit_conversion,
     "combinatorics": combinatorics,
+    "counting": counting,
     "shopping": shopping,
     "number_theory": number_theory,
     "sequences": sequences,

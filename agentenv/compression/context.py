@@ -1,0 +1,130 @@
+"""`ContextWindow`: what an environment shows the agent of its history, under a token budget.
+
+`ChatEnv` keeps the full history (for the record: `env.unwrapped.full_history`) and passes every observation
+through its window. New messages are appended to the view while it fits `budget_tokens`; when it does not,
+the compressor rewrites the whole history down to `fill × budget_tokens` (hysteresis, so that a rewrite
+happens every few turns rather than every turn). The view therefore never exceeds the budget.
+
+A rewrite breaks the token sequence a rollout is growing: the rollout starts a new Sample at that turn
+(same episode reward; per-turn reshaping such as HRR allowed). `info["compression"]["rewritten"]` is True on
+exactly those steps, and then also carries the per-turn levels and Q_com record of the compressor.
+
+`info["compression"]` on every step: compressor, tokenizer, budget_tokens, rewritten, tokens_full (the whole
+history), tokens_before / tokens_after (the view before and after this step's compression), keep_ratio
+(after / full), q_com (mean Q_com of the compressed turns in the view; None before the first rewrite),
+ignored_tags; on rewrites: turns (per completed turn: turn, level, q_com, ratio, consistency, retention,
+completeness).
+
+Control tags: with a controllable compressor (zip), `<zip turn=K level=N/>` in an action fixes the level of
+turn K (N in 1..5) for the rest of the episode and forces a rewrite; the tags' character spans are added to
+`info["control_spans"]` as kind "zip", so a learner can treat them as control decisions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from agentenv.compression.base import MIN_BUDGET, Compressor
+from agentenv.compression.baselines import NoCompression
+
+__all__ = ["ContextWindow", "ZIP_TAG", "make_window"]
+
+Message = dict[str, Any]
+ZIP_TAG = re.compile(r"<zip\s+turn\s*=\s*\"?(\d{1,6})\"?\s+level\s*=\s*\"?(\d{1,2})\"?\s*/>")
+
+
+class ContextWindow:
+    """Applies `compressor` to an environment's growing history.
+
+    Args:
+        compressor: a `Compressor` (each window needs its own instance: it indexes one history).
+        budget_tokens: the most tokens an observation may have.
+        fill: a rewrite compresses to `fill × budget_tokens`, leaving room for the next turns.
+    """
+
+    def __init__(self, compressor: Compressor, budget_tokens: int, fill: float = 0.75):
+        if not isinstance(budget_tokens, int) or budget_tokens < MIN_BUDGET:
+            raise ValueError(f"budget_tokens must be an int of at least {MIN_BUDGET} when a compressor is set, got {budget_tokens!r}")
+        if not 0.0 < fill <= 1.0:
+            raise ValueError("fill must be in (0, 1]")
+        self.compressor = compressor
+        self.budget_tokens = budget_tokens
+        self.target_tokens = max(MIN_BUDGET, int(fill * budget_tokens))
+        self._source: list[Message] | None = None
+
+    def _restart(self, messages: list[Message]) -> None:
+        self._source = messages
+        self._view: list[Message] = []
+        self._seen = 0
+        self._view_tokens = 0
+        self._full_tokens = 0
+        self._levels: dict[int, int] = {}
+        self._q: float | None = None
+        self._turn = 0
+
+    def observe(self, messages: list[Message], info: dict[str, Any]) -> list[Message]:
+        """The observation for the history `messages` (the env's own list, which only grows within an
+        episode); writes `info["compression"]`."""
+        if messages is not self._source or len(messages) < self._seen:
+            self._restart(messages)
+        new = messages[self._seen :]
+        self._seen = len(messages)
+        counter = self.compressor.counter
+        added = counter.count_messages(new)
+        self._full_tokens += added
+        self._view_tokens += added
+        self._view.extend(new)
+        forced, ignored = self._read_tags(new, info)
+        before = self._view_tokens
+        record: dict[str, Any] = {"compressor": self.compressor.name, "tokenizer": counter.name, "budget_tokens": self.budget_tokens,
+                                  "rewritten": False, "tokens_full": self._full_tokens, "tokens_before": before}
+        if not isinstance(self.compressor, NoCompression) and (before > self.budget_tokens or forced):
+            options = {"levels": dict(self._levels)} if self.compressor.controllable else {}
+            self._view, result = self.compressor(messages, self.target_tokens, **options)
+            self._view_tokens = result["tokens_after"]
+            self._q = result["q_com"]
+            record.update(rewritten=True, turns=result["turns"])
+        record.update(tokens_after=self._view_tokens, keep_ratio=self._view_tokens / max(self._full_tokens, 1),
+                      q_com=self._q, ignored_tags=ignored)
+        info["compression"] = record
+        return list(self._view)
+
+    def _read_tags(self, new: Sequence[Message], info: dict[str, Any]) -> tuple[bool, list[str]]:
+        """Apply the `<zip .../>` tags of the new assistant message(s). Returns (any applied, tags ignored)."""
+        forced = False
+        ignored: list[str] = []
+        for m in new:
+            if m["role"] != "assistant":
+                continue
+            self._turn += 1
+            if "<zip" not in m["content"]:
+                continue
+            spans = []
+            for match in ZIP_TAG.finditer(m["content"]):
+                turn, level = int(match.group(1)), int(match.group(2))
+                if not self.compressor.controllable or not 1 <= level <= 5 or not 1 <= turn < self._turn:
+                    ignored.append(match.group(0))
+                    continue
+                self._levels[turn] = level
+                forced = True
+                spans.append((match.start(), match.end(), "zip"))
+            if spans and "control_spans" in info:
+                info["control_spans"] = sorted([*info["control_spans"], *spans])
+        return forced, ignored
+
+
+def make_window(compressor: Any, budget_tokens: int | None) -> ContextWindow | None:
+    """The window for `ChatEnv(compressor=..., budget_tokens=...)`: None without a compressor.
+
+    `compressor`: a name in `COMPRESSORS` (a fresh instance is built) or a `Compressor`.
+    """
+    from agentenv.compression import get
+
+    if compressor is None:
+        if budget_tokens is not None:
+            raise ValueError("budget_tokens needs a compressor: pass compressor='zip' (or another name in agentenv.compression.COMPRESSORS)")
+        return None
+    if budget_tokens is None:
+        raise ValueError(f"compressor={compressor!r} needs budget_tokens=N (the most tokens an observation may have)")
+    return ContextWindow(get(compressor), budget_tokens)

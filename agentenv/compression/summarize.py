@@ -1,0 +1,131 @@
+"""Summarisation by the policy itself: old turns are folded into one summary the policy writes from a
+coarse-to-fine prompt (an overview line, then the facts, then other details), updated incrementally.
+
+`ExtractiveSummarizer` is a deterministic policy that really summarises such prompts (it keeps the latest
+fact per task key and the lines that mention task identifiers, copied exactly): the default, and the
+stand-in for a model in tests and stress runs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from agentenv.compression.base import Compressor, History, Message
+from agentenv.compression.turns import FACT_LINE, task_terms, terms
+from agentenv.policies.base import Generation, Policy
+
+__all__ = ["Summarize", "ExtractiveSummarizer", "SUMMARY_SYSTEM", "SUMMARY_PROMPT"]
+
+SUMMARY_SYSTEM = "You compress the history of an agent's episode so that the agent can continue its task from your summary alone."
+SUMMARY_PROMPT = """Task:
+{task}
+
+Summary so far (turns 1-{covered}):
+{previous}
+
+New turns {first}-{last}:
+{turns}
+
+Write the summary of turns 1-{last} from coarse to fine, in at most {limit} tokens:
+OVERVIEW: one line on what has happened so far.
+FACTS: every fact the task still needs, one per line, exactly as written (`key = value`), latest value only.
+DETAILS: other lines the task may need (events, identifiers), copied exactly, newest last.
+Leave out everything else."""
+_SECTIONS = re.compile(r"^Task:\n(?P<task>.*?)\n\nSummary so far \(turns 1-\d+\):\n(?P<previous>.*?)\n\nNew turns (?P<first>\d+)-(?P<last>\d+):\n(?P<turns>.*?)\n\nWrite the summary.*?at most (?P<limit>\d+) tokens", re.S)
+_LABELS = ("OVERVIEW:", "FACTS:", "DETAILS:", "[turn ", "(none)")
+
+
+class ExtractiveSummarizer:
+    """A deterministic `Policy` that answers `SUMMARY_PROMPT`s extractively.
+
+    FACTS: the latest line per fact key whose key names a task identifier; DETAILS: other lines that
+    mention one, newest last. Over the token limit (estimated at 3.5 characters a token) it drops the
+    oldest details, then the oldest facts. Any other prompt gets an empty summary.
+    """
+
+    def generate(self, contexts: Sequence[list[dict[str, Any]]]) -> list[Generation]:
+        return [Generation(self.summarize(context[-1]["content"])) for context in contexts]
+
+    @staticmethod
+    def summarize(prompt: str) -> str:
+        match = _SECTIONS.search(prompt)
+        if match is None:
+            return "OVERVIEW: nothing to summarise."
+        ids = {t for t, w in task_terms([{"role": "user", "content": match["task"]}]).items() if w == 1.0}
+        facts: dict[str, str] = {}
+        details: dict[str, None] = {}
+        for line in (match["previous"] + "\n" + match["turns"]).split("\n"):
+            if not line.strip() or line.startswith(_LABELS):
+                continue
+            fact = FACT_LINE.match(line)
+            if fact and ids.intersection(terms(fact.group(1))):
+                facts.pop(fact.group(1), None)
+                facts[fact.group(1)] = line
+            elif ids.intersection(terms(line)):
+                details.pop(line, None)
+                details[line] = None
+        budget = int(match["limit"]) * 3.5
+        fact_lines, detail_lines = list(facts.values()), list(details)
+        while detail_lines and sum(len(x) + 1 for x in fact_lines + detail_lines) > budget:
+            detail_lines.pop(0)
+        while fact_lines and sum(len(x) + 1 for x in fact_lines) > budget:
+            fact_lines.pop(0)
+        overview = f"OVERVIEW: turns 1-{match['last']}; {len(fact_lines)} current facts and {len(detail_lines)} other relevant lines."
+        return "\n".join([overview, "FACTS:", *fact_lines, "DETAILS:", *detail_lines])
+
+
+class Summarize(Compressor):
+    """Fold every compressible turn into one summary written by `policy` (default `ExtractiveSummarizer`).
+
+    The summary is incremental: while the history only grows, the policy sees its previous summary and
+    the turns since, not the whole history. A summary over its token limit keeps its first line and as
+    many of its last lines as fit.
+    """
+
+    name = "summarize"
+
+    def __init__(self, *args: Any, policy: Policy | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.policy = policy if policy is not None else ExtractiveSummarizer()
+        self._memo: tuple[Any, int, str] | None = None  # (first message of the last folded turn, its number, summary)
+
+    def _prompt(self, history: History, fold: list[Any], limit: int) -> str:
+        task = "\n".join(m["content"] for m in history.head if m["role"] == "user")
+        covered, previous = 0, "(none)"
+        memo = self._memo
+        if memo is not None and memo[1] <= len(fold) and fold[memo[1] - 1].first is memo[0]:
+            covered, previous = memo[1], memo[2]
+        turns = []
+        for digest in fold[covered:]:
+            turns.append(f"[turn {digest.number}]")
+            turns.extend(m["content"] for m in history.messages_of(digest.number))
+        first = fold[covered].number if covered < len(fold) else fold[-1].number
+        return SUMMARY_PROMPT.format(task=task, covered=covered, previous=previous, first=first, last=fold[-1].number,
+                                     turns="\n".join(turns) or "(none)", limit=limit)
+
+    def _fit(self, summary: str, limit: int) -> str:
+        lines = summary.split("\n")
+        while len(lines) > 1 and self.counter.count("\n".join(lines)) > limit:
+            del lines[1]
+        return "\n".join(lines) if self.counter.count(lines[0]) <= limit else ""
+
+    def _compress(self, history: History, budget: int) -> tuple[list[Message], list[int], list[int]]:
+        fold = history.candidates
+        if not fold:
+            return list(history.messages), [5] * len(history.turns), [d.tokens for d in history.turns]
+        header = f"[summary of turns 1-{fold[-1].number}]"
+        count = self.counter.count_messages
+        limit = budget - count(history.head) - count(history.tail) - self.counter.count_message({"content": header + "\n"})
+        summary = ""
+        if limit > 0:
+            summary = self.policy.generate([[{"role": "system", "content": SUMMARY_SYSTEM},
+                                             {"role": "user", "content": self._prompt(history, fold, limit)}]])[0].text
+            summary = self._fit(summary.strip(), limit)
+            self._memo = (fold[-1].first, len(fold), summary)
+        note = {"role": "user", "content": f"{header}\n{summary}" if summary else header}
+        out = [*history.head, note, *history.tail]
+        share = self.counter.count_message(note) // len(fold)
+        levels = [2] * len(fold) + [5] * (len(history.turns) - len(fold))
+        kept = [share] * len(fold) + [d.tokens for d in history.turns[len(fold):]]
+        return out, levels, kept

