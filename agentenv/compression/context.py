@@ -2,8 +2,11 @@
 
 `ChatEnv` keeps the full history (for the record: `env.unwrapped.full_history`) and passes every observation
 through its window. New messages are appended to the view while it fits `budget_tokens`; when it does not,
-the compressor rewrites the whole history down to `fill × budget_tokens` (hysteresis, so that a rewrite
-happens every few turns rather than every turn). The view therefore never exceeds the budget.
+the compressor rewrites the whole history to `budget_tokens − headroom` (hysteresis, so that a rewrite
+happens every few turns rather than every turn), where `headroom = (1 − fill) × budget_tokens` but at most
+half of what the opening messages and the latest turn leave free, and 0 when it is smaller than the latest
+turn (then every turn needs a rewrite anyway, so the memory gets all the room). The view never exceeds
+the budget.
 
 A rewrite breaks the token sequence a rollout is growing: the rollout starts a new Sample at that turn
 (same episode reward; per-turn reshaping such as HRR allowed). `info["compression"]["rewritten"]` is True on
@@ -50,7 +53,7 @@ class ContextWindow:
             raise ValueError("fill must be in (0, 1]")
         self.compressor = compressor
         self.budget_tokens = budget_tokens
-        self.target_tokens = max(MIN_BUDGET, int(fill * budget_tokens))
+        self.headroom = int((1.0 - fill) * budget_tokens)
         self._source: list[Message] | None = None
 
     def _restart(self, messages: list[Message]) -> None:
@@ -59,6 +62,7 @@ class ContextWindow:
         self._seen = 0
         self._view_tokens = 0
         self._full_tokens = 0
+        self._head_tokens: int | None = None
         self._levels: dict[int, int] = {}
         self._q: float | None = None
         self._turn = 0
@@ -72,6 +76,8 @@ class ContextWindow:
         self._seen = len(messages)
         counter = self.compressor.counter
         added = counter.count_messages(new)
+        if self._head_tokens is None:
+            self._head_tokens = added
         self._full_tokens += added
         self._view_tokens += added
         self._view.extend(new)
@@ -81,7 +87,11 @@ class ContextWindow:
                                   "rewritten": False, "tokens_full": self._full_tokens, "tokens_before": before}
         if not isinstance(self.compressor, NoCompression) and (before > self.budget_tokens or forced):
             options = {"levels": dict(self._levels)} if self.compressor.controllable else {}
-            self._view, result = self.compressor(messages, self.target_tokens, **options)
+            headroom = min(self.headroom, max(self.budget_tokens - self._head_tokens - added, 0) // 2)
+            if headroom < added:  # the next turn would not fit anyway: rewrite every turn, with all the room
+                headroom = 0
+            target = max(MIN_BUDGET, self.budget_tokens - headroom)
+            self._view, result = self.compressor(messages, target, **options)
             self._view_tokens = result["tokens_after"]
             self._q = result["q_com"]
             record.update(rewritten=True, turns=result["turns"])

@@ -12,6 +12,7 @@ import re
 from typing import Any, Sequence
 
 from agentenv.compression.base import Compressor, History, Message
+from agentenv.compression.tokens import RegexTokenizer
 from agentenv.compression.turns import FACT_LINE, task_terms, terms
 from agentenv.policies.base import Generation, Policy
 
@@ -34,14 +35,15 @@ DETAILS: other lines the task may need (events, identifiers), copied exactly, ne
 Leave out everything else."""
 _SECTIONS = re.compile(r"^Task:\n(?P<task>.*?)\n\nSummary so far \(turns 1-\d+\):\n(?P<previous>.*?)\n\nNew turns (?P<first>\d+)-(?P<last>\d+):\n(?P<turns>.*?)\n\nWrite the summary.*?at most (?P<limit>\d+) tokens", re.S)
 _LABELS = ("OVERVIEW:", "FACTS:", "DETAILS:", "[turn ", "(none)")
+_TOKENS = RegexTokenizer()
 
 
 class ExtractiveSummarizer:
     """A deterministic `Policy` that answers `SUMMARY_PROMPT`s extractively.
 
     FACTS: the latest line per fact key whose key names a task identifier; DETAILS: other lines that
-    mention one, newest last. Over the token limit (estimated at 3.5 characters a token) it drops the
-    oldest details, then the oldest facts. Any other prompt gets an empty summary.
+    mention one, newest last. Over the token limit (counted with `RegexTokenizer`) it drops the oldest
+    details, then the oldest facts. Any other prompt gets an empty summary.
     """
 
     def generate(self, contexts: Sequence[list[dict[str, Any]]]) -> list[Generation]:
@@ -65,11 +67,13 @@ class ExtractiveSummarizer:
             elif ids.intersection(terms(line)):
                 details.pop(line, None)
                 details[line] = None
-        budget = int(match["limit"]) * 3.5
+        limit = int(match["limit"]) - 32  # the overview and the two labels
+        size = lambda lines: sum(len(_TOKENS.encode(x)) + 1 for x in lines)  # noqa: E731
         fact_lines, detail_lines = list(facts.values()), list(details)
-        while detail_lines and sum(len(x) + 1 for x in fact_lines + detail_lines) > budget:
+        room = limit - size(fact_lines)
+        while detail_lines and size(detail_lines) > room:
             detail_lines.pop(0)
-        while fact_lines and sum(len(x) + 1 for x in fact_lines) > budget:
+        while fact_lines and size(fact_lines) > limit:
             fact_lines.pop(0)
         overview = f"OVERVIEW: turns 1-{match['last']}; {len(fact_lines)} current facts and {len(detail_lines)} other relevant lines."
         return "\n".join([overview, "FACTS:", *fact_lines, "DETAILS:", *detail_lines])
@@ -79,8 +83,7 @@ class Summarize(Compressor):
     """Fold every compressible turn into one summary written by `policy` (default `ExtractiveSummarizer`).
 
     The summary is incremental: while the history only grows, the policy sees its previous summary and
-    the turns since, not the whole history. A summary over its token limit keeps its first line and as
-    many of its last lines as fit.
+    the turns since, not the whole history. A summary over its token limit keeps as many whole lines from its start as fit: the prompt asks for coarse to fine, so the finest details go first.
     """
 
     name = "summarize"
@@ -105,10 +108,11 @@ class Summarize(Compressor):
                                      turns="\n".join(turns) or "(none)", limit=limit)
 
     def _fit(self, summary: str, limit: int) -> str:
+        """The longest prefix of whole lines within `limit` tokens (coarse comes first, so fine goes first)."""
         lines = summary.split("\n")
-        while len(lines) > 1 and self.counter.count("\n".join(lines)) > limit:
-            del lines[1]
-        return "\n".join(lines) if self.counter.count(lines[0]) <= limit else ""
+        while lines and self.counter.count("\n".join(lines)) > limit:
+            lines.pop()
+        return "\n".join(lines)
 
     def _compress(self, history: History, budget: int) -> tuple[list[Message], list[int], list[int]]:
         fold = history.candidates

@@ -4,8 +4,9 @@ Turn 0 is the opening messages (system prompt, task); turn k ≥ 1 is the k-th a
 messages the environment added after it (tool results, probes, errors), as `info["turn"]` counts them.
 
 Each line gets a **lexical relevance** to the task (the user messages of turn 0) in [0, 1]: the summed
-weights of the task's terms it contains, capped at 1, where identifier-like terms (with a digit, `-` or
-`_`: `acct-417`, `var-qzt`, `order_id`) weigh 1 and other words `WORD_WEIGHT`. A line that assigns a value
+weights of the task's terms it contains, capped at 1, where identifier-like terms (with `-` or `_`, or
+letters mixed with digits: `acct-417`, `var-qzt`, `order_id`, `v2`) weigh 1 and other words and numbers
+`WORD_WEIGHT`. A line that assigns a value
 (`key = value`, `key: value`) is *about* its key, so only the key's terms count, and it is a **fact**;
 a later fact for the same key **supersedes** it. A line's value to the task is
 `relevance × (1 if fact else NON_FACT) × (1 if current else SUPERSEDED)`.
@@ -29,6 +30,7 @@ WORD_WEIGHT = 0.15
 NON_FACT = 0.5
 SUPERSEDED = 0.1
 _TERM = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")
+_IDENTIFIER = re.compile(r"[-_]|[a-z].*[0-9]|[0-9].*[a-z]")  # a separator, or letters mixed with digits
 FACT_LINE = re.compile(r"^\s*([A-Za-z_][\w.\-#\[\]]*)\s*(?::=|=|:)\s*(\S.*)$")
 _STOPWORDS = frozenset(
     "a an and are as at be but by can do for from had has have if in into is it its may no not of on one or "
@@ -59,10 +61,9 @@ def task_terms(messages: Sequence[Message]) -> dict[str, float]:
             break
         if m["role"] == "user":
             for term in _TERM.findall(m["content"].lower()):
-                if term in _STOPWORDS or (len(term) < 3 and not term.isdigit()):
+                if term in _STOPWORDS or len(term) < 3:
                     continue
-                identifier = any(c.isdigit() or c in "-_" for c in term)
-                terms[term] = 1.0 if identifier else WORD_WEIGHT
+                terms[term] = 1.0 if _IDENTIFIER.search(term) else WORD_WEIGHT
     return terms
 
 

@@ -230,26 +230,24 @@ class LedgerStream:
         rng = self._rng
         ledger = rng.randrange(self.config.ledgers)
         if rng.random() < 0.6:
-            field = rng.choice(self.set_fields[ledger])
-            key = f"{self.names.accounts[ledger]}.{field}"
-            value = self._value(field)
-            line = f"{key} = {value}"
+            key = f"{self.names.accounts[ledger]}.{rng.choice(self.set_fields[ledger])}"
         else:
             chain = self.names.chains[ledger]
             position = rng.randrange(len(chain))
             key = chain[position]
-            if position == len(chain) - 1:
-                value = str(rng.randrange(1, 100))
-                self._defs[key] = int(value)
-                line = f"{key} = {value}"
-            else:
-                op, constant = rng.choice("+-"), rng.randrange(1, 10)
-                self._defs[key] = (chain[position + 1], op, constant)
-                value = f"{chain[position + 1]} {op} {constant}"
-                line = f"{key} = {value}"
         if key in keys_this_page:  # one fact per key per page, so "latest" never depends on line order
             return None
         keys_this_page.add(key)
+        if not key.startswith("var-"):
+            value = self._value(key.rsplit(".", 1)[1])
+        elif position == len(chain) - 1:
+            value = str(rng.randrange(1, 100))
+            self._defs[key] = int(value)
+        else:
+            op, constant = rng.choice("+-"), rng.randrange(1, 10)
+            self._defs[key] = (chain[position + 1], op, constant)
+            value = f"{chain[position + 1]} {op} {constant}"
+        line = f"{key} = {value}"
         self._set(page, key, value, line)
         return line
 

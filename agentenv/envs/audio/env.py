@@ -120,6 +120,7 @@ class AudioReasoningEnv(ChatEnv):
 
     def _score_answer(self, answer: str, action: str) -> Score:
         assert self.task is not None
+        # score_response finds the answer in `action` as the core did (last <answer>, else \boxed{})
         return score_response(
             action, self.task.label, self.task.answer_type, choices=self.task.choices, weights=self.weights,
             ref_words=self.task.ref_words or self.length_target_words, require_think=self.require_think,

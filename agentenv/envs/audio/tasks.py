@@ -45,10 +45,11 @@ class Difficulty:
     Attributes:
         snr_db: white noise level relative to the mean power of the sound events; None for a clean clip.
         max_tones: most tones in a sequence (count, highest, longest, rhythm, arithmetic, spoken_rule); ≥ 3.
-        min_gap_s: shortest silence between consecutive tones (gaps are drawn from [min_gap_s, min_gap_s + 0.2]).
-        distractors: low tones among the beeps to count; irrelevant premises in syllogisms.
-        min_semitones: smallest pitch difference between the tones compared (compare, highest).
-        min_duration_ratio: the longest tone lasts at least this many times the next longest (longest).
+        min_gap_s: shortest silence between consecutive tones (gaps are drawn from [min_gap_s, min_gap_s + 0.2]);
+            0.03–1 s.
+        distractors: low tones among the beeps to count; irrelevant premises in syllogisms; 0–4.
+        min_semitones: smallest pitch difference between the tones compared (compare, highest); 1–4.
+        min_duration_ratio: the longest tone lasts at least this many times the next longest (longest); ≥ 1.1.
     """
 
     snr_db: float | None = 30.0
@@ -110,6 +111,9 @@ class AudioTask:
     transcript: str = ""
     tones: tuple[Tone, ...] = ()
     ref_words: int | None = None
+
+    def __post_init__(self) -> None:
+        self.audio.flags.writeable = False  # shared by the observation, the tools and later episodes
 
     @property
     def duration(self) -> float:

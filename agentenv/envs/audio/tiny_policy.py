@@ -116,7 +116,7 @@ class TinyAudioPolicy(nn.Module):
             audio = message["audio"]
             if audio["sampling_rate"] != c.sample_rate:
                 raise ValueError(f"audio at {audio['sampling_rate']} Hz; this policy expects {c.sample_rate} Hz")
-            clips.append(torch.as_tensor(np.asarray(audio["array"], dtype=np.float32)))
+            clips.append(torch.tensor(np.asarray(audio["array"], dtype=np.float32)))  # a copy: observations are read-only
             texts.append(torch.tensor(list(message["content"].encode("utf-8")[-c.max_text_bytes :]), dtype=torch.long))
         wave_lengths = torch.tensor([x.numel() for x in clips])
         text_lengths = torch.tensor([t.numel() for t in texts])
