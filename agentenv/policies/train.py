@@ -62,8 +62,16 @@ class TrainConfig:
 
 
 def _coerce(value: Any, current: Any) -> Any:
+    """A CLI/YAML value in the type of the field it replaces (YAML reads `3e-3` as a string)."""
     if isinstance(value, str) and not isinstance(current, str):
         value = yaml.safe_load(value)
+    if isinstance(current, bool) or current is None:
+        return value
+    if isinstance(current, (int, float)) and isinstance(value, (str, int, float)):
+        try:
+            return type(current)(value) if not isinstance(current, int) or float(value).is_integer() else float(value)
+        except ValueError:
+            raise SystemExit(f"expected a number, got {value!r}") from None
     return value
 
 
