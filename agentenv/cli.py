@@ -23,12 +23,15 @@ def _parse_kv(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _make_policy(spec: str):
+def _make_policy(spec: str, env_id: str):
     kind, _, path = spec.partition(":")
     if kind == "scripted":
-        from agentenv.policies.scripted import ScriptedPolicy
+        from agentenv.registration import scripted_policy
 
-        return ScriptedPolicy()
+        try:
+            return scripted_policy(env_id)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
     if kind == "hf" and path:
         from agentenv.policies.hf import HFPolicy
 
@@ -63,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     env_kwargs = _parse_kv(args.env_arg)
     if args.execution:
         env_kwargs["execution"] = args.execution
-    policy = _make_policy(args.policy)
+    policy = _make_policy(args.policy, env_id)
     console = Console(stderr=True)
     out = args.out or f"runs/{env_id.split('/')[-1]}-{args.policy.split(':')[0]}-episodes.jsonl"
     logs = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-__all__ = ["register_envs", "list_envs", "ENV_IDS"]
+__all__ = ["register_envs", "list_envs", "scripted_policy", "ENV_IDS"]
 
 _ENTRY_POINTS = {
     "agentenv/ToolReasoning-v0": "agentenv.envs.tool_reasoning:ToolReasoningEnv",
@@ -13,6 +13,12 @@ _ENTRY_POINTS = {
     "agentenv/AudioReasoning-v0": "agentenv.envs.audio.env:AudioReasoningEnv",
 }
 ENV_IDS = tuple(_ENTRY_POINTS)
+
+# The deterministic agent of each env, for `agentenv run --policy scripted`, tests and stress runs.
+_SCRIPTED_POLICIES = {
+    "agentenv/ToolReasoning-v0": "agentenv.policies.scripted:ScriptedPolicy",
+    "agentenv/AudioReasoning-v0": "agentenv.envs.audio.scripted:ScriptedAudioAgent",
+}
 
 
 def register_envs() -> None:
@@ -26,3 +32,13 @@ def register_envs() -> None:
 def list_envs() -> list[str]:
     """The registered agentenv environment ids."""
     return sorted(env_id for env_id in gym.registry if env_id.startswith("agentenv/"))
+
+
+def scripted_policy(env_id: str):
+    """A fresh instance of the scripted (deterministic) agent written for `env_id`."""
+    import importlib
+
+    if env_id not in _SCRIPTED_POLICIES:
+        raise ValueError(f"no scripted policy for {env_id}; envs with one: {', '.join(sorted(_SCRIPTED_POLICIES))}")
+    module, _, name = _SCRIPTED_POLICIES[env_id].partition(":")
+    return getattr(importlib.import_module(module), name)()

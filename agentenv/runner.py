@@ -100,6 +100,15 @@ def summarize(logs: list[EpisodeLog]) -> dict[str, float]:
     }
 
 
+def _jsonable(value: Any) -> Any:
+    """JSON stand-in for what json cannot hold: arrays (e.g. waveforms) become a short summary."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return {"array": {"shape": list(value.shape), "dtype": str(value.dtype)}}
+    if hasattr(value, "item"):
+        return value.item()
+    return repr(value)
+
+
 class JsonlWriter:
     """Append JSON lines to `path + '.partial'`, flushed per record; renamed to `path` on close.
 
@@ -113,7 +122,7 @@ class JsonlWriter:
         self._fh = open(self._partial, "w", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.write(json.dumps(record, ensure_ascii=False, default=_jsonable) + "\n")
         self._fh.flush()
 
     def close(self) -> None:

@@ -208,6 +208,7 @@ def test_observation_carries_the_waveform_and_the_contract_keys():
     audio = obs[1]["audio"]
     assert audio["sampling_rate"] == 16_000 and audio["array"].dtype == np.float32 and audio["array"].ndim == 1
     assert np.abs(audio["array"]).max() <= 1.0 and obs[1]["content"].startswith("[audio clip: ")
+    assert not audio["array"].flags.writeable  # the tools read the same array
     assert {s["function"]["name"] for s in info["tools"]} == {"spectrum", "pitch_track", "count_onsets", "loudness"}
 
 
