@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 
-ARGS = ["--steps=4", "--checkpoint_every=1", "--sft_steps=2", "--sft_episodes=8", "--eval_tasks=0", "--tasks_per_step=2",
+ARGS = ["--steps=4", "--checkpoint_every=1", "--sft_steps=2", "--sft_episodes=8", "--learner.lr=2e-4", "--eval_tasks=0", "--tasks_per_step=2",
         "--group_size=2", "--max_new_tokens=12", "--learner.micro_batch_size=4", "--env_kwargs.kinds=[counting]"]
 COMPARED = ("step", "reward_mean", "success_rate", "generated_tokens", "tokens", "loss", "grad_norm", "clip_frac")
 

@@ -39,26 +39,26 @@ class TrainConfig:
 
     env_id: str = "agentenv/ToolReasoning-v0"
     env_kwargs: dict[str, Any] = field(
-        default_factory=lambda: {"tools": ["calculator"], "kinds": ["combinatorics", "number_theory"], "difficulty": 1, "max_turns": 3}
+        default_factory=lambda: {"tools": ["calculator"], "kinds": ["counting"], "difficulty": 1, "max_turns": 3}
     )
     model: str = "tiny"  # "tiny" | "small" (random init from a config) | a local HF model directory
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
-    steps: int = 40
+    steps: int = 30
     tasks_per_step: int = 8
     group_size: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 48
     max_seq_len: int = 1024
-    sft_episodes: int = 256
-    sft_steps: int = 60
+    sft_episodes: int = 1024
+    sft_steps: int = 200
     sft_batch_size: int = 32
-    sft_lr: float = 2e-3
+    sft_lr: float = 3e-3
     eval_tasks: int = 200
     checkpoint_every: int = 5
     out_dir: str = "runs/default"
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=2e-4, micro_batch_size=32))
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=5e-4, micro_batch_size=32))
 
 
 def _coerce(value: Any, current: Any) -> Any:
