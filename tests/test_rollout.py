@@ -275,6 +275,6 @@ def test_text_policy_needs_a_tokenizer():
 def test_cli_builds_the_tiny_hf_policy():
     from agentenv.cli import _make_policy
 
-    assert isinstance(_make_policy("hf:tiny"), HFPolicy)
+    assert isinstance(_make_policy("hf:tiny", ENV), HFPolicy)
     with pytest.raises(SystemExit, match="not a model directory"):
-        _make_policy("hf:/no/such/dir")
+        _make_policy("hf:/no/such/dir", ENV)
