@@ -1,4 +1,4 @@
-"""The `agentenv` command line: `list`, `run` and `train`."""
+"""The `agentenv` command line: `list`, `run`, `train` and `stress`."""
 
 from __future__ import annotations
 
@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("config", nargs="?", default=None, help="YAML file filling TrainConfig")
     p_train.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint exactly")
     p_train.set_defaults(func=cmd_train)
+
+    from agentenv.compression.stress import add_stress_parser
+
+    add_stress_parser(sub)
     return parser
 
 

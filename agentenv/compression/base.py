@@ -1,4 +1,5 @@
-"""The compressor interface: `compressor(messages, budget_tokens) → (messages, record)`.
+"""The compressor interface: `compressor.compress(messages, budget_tokens) → (messages, record)` (a compressor
+is also callable the same way).
 
 A compressor rewrites a chat history into a context of at most `budget_tokens` tokens (counted by its
 `TokenCounter`, template overhead included). Turn 0 (system prompt and task) and the last `keep_recent`
@@ -6,7 +7,7 @@ turns are kept verbatim; every older turn gets a **level** from 1 (dropped; at m
 (verbatim). The record (a JSON-able dict, what `info["compression"]` carries) holds the token counts, the
 level of every completed turn and its Q_com score with the four terms (`quality.py`).
 
-Subclasses implement `_compress(messages, plan)` and return the new messages, the level of each
+Subclasses implement `_compress(history, budget)` and return a `Plan`: the new messages, the level of each
 completed turn and the tokens each of those turns costs in the new context.
 """
 
@@ -15,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from agentenv.compression.quality import QComWeights, score_turns
+from agentenv.compression.quality import QComWeights, kept_by_presence, score_turns
 from agentenv.compression.tokens import TokenCounter, get_counter
 from agentenv.compression.turns import HistoryIndex, TurnDigest
 
-__all__ = ["Compressor", "History", "fit_to_budget", "MIN_BUDGET"]
+__all__ = ["Compressor", "History", "Plan", "fit_to_budget", "MIN_BUDGET"]
 
 Message = dict[str, Any]
 MIN_BUDGET = 64
@@ -33,7 +34,7 @@ class History:
 
     starts: index of the first message of each turn; turns: digests of the completed turns 1..n-1
     (`turns[i]` is turn i + 1); open: digest of the last turn n (None before the first assistant turn);
-    values: per completed turn, per line values with the open turn's facts counted as superseding;
+    tail_superseded: lines of completed turns that the open turn's facts supersede (turn number → lines);
     protected: how many of the last completed turns are kept verbatim (with the open turn).
     """
 
@@ -41,8 +42,12 @@ class History:
     starts: list[int]
     turns: list[TurnDigest]
     open: TurnDigest | None
-    values: list[list[float]]
+    tail_superseded: dict[int, frozenset[int]]
     protected: int
+
+    def values(self, digest: TurnDigest) -> list[float]:
+        """Line values of a completed turn, counting the open turn's facts as superseding."""
+        return digest.values(self.tail_superseded.get(digest.number, _NO_EXTRA))
 
     def messages_of(self, number: int) -> Sequence[Message]:
         """The messages of turn `number` (0 = the opening messages)."""
@@ -55,7 +60,7 @@ class History:
 
     @property
     def candidates(self) -> list[TurnDigest]:
-        """Completed turns a compressor may shorten (all but the protected recent ones)."""
+        """Completed turns a compressor may shorten (all but the protected recent ones): turns 1..C."""
         return self.turns[: len(self.turns) - self.protected]
 
     @property
@@ -67,8 +72,22 @@ class History:
         return self.messages[self.starts[first] :]
 
 
+@dataclass
+class Plan:
+    """What a compressor made of a history: the new messages and, per completed turn, its level and the
+    tokens it costs in them; `kept_value`, `complete` and `mass` (for Q_com, see `quality.score_turns`)
+    when the compressor knows them, else they are measured by which lines appear in the new messages."""
+
+    messages: list[Message]
+    levels: list[int]
+    kept_tokens: list[int]
+    kept_value: list[float] | None = None
+    complete: list[float] | None = None
+    mass: list[float] | None = None
+
+
 class Compressor:
-    """Base class: `compressor(messages, budget_tokens) → (messages, record)`.
+    """Base class: `compress(messages, budget_tokens) → (messages, record)`; calling the compressor is the same.
 
     Args:
         tokenizer: what counts tokens (see `tokens.get_counter`): None (cl100k offline, else regex),
@@ -92,24 +111,32 @@ class Compressor:
         self.index = HistoryIndex(self.counter)
 
     def __call__(self, messages: Sequence[Message], budget_tokens: int, **options: Any) -> tuple[list[Message], dict[str, Any]]:
+        """`compress(messages, budget_tokens)`."""
+        return self.compress(messages, budget_tokens, **options)
+
+    def compress(self, messages: Sequence[Message], budget_tokens: int, **options: Any) -> tuple[list[Message], dict[str, Any]]:
         """Compress `messages` to at most `budget_tokens` tokens. Returns (new messages, record)."""
         if not isinstance(budget_tokens, int) or budget_tokens < MIN_BUDGET:
             raise ValueError(f"budget_tokens must be an int of at least {MIN_BUDGET}, got {budget_tokens!r}")
         history = self.history(messages)
-        new, levels, kept_tokens = self._compress(history, budget_tokens, **options)
-        new = fit_to_budget(new, budget_tokens, self.counter)
-        before = sum(d.tokens for d in history.turns) + self.counter.count_messages(history.head)
-        before += history.open.tokens if history.open is not None else 0
-        scores = score_turns(history.turns, history.values, levels, kept_tokens, new, self.weights)
-        compressed = [q for q, level in zip(scores["q_com"], levels) if level < 5]
+        plan = self._compress(history, budget_tokens, **options)
+        new, tokens_after = fit_to_budget(plan.messages, budget_tokens, self.counter)
+        turns = history.turns
+        if plan.kept_value is None or plan.complete is None or plan.mass is None or new is not plan.messages:
+            values = [history.values(d) for d in turns]
+            plan.kept_value, plan.complete = kept_by_presence(turns, values, new)
+            plan.mass = [sum(v) for v in values]
+        scores = score_turns(plan.levels, plan.kept_tokens, [d.tokens for d in turns], plan.kept_value, plan.mass, plan.complete, self.weights)
+        compressed = [q for q, level in zip(scores["q_com"], plan.levels) if level < 5]
+        before = sum(d.tokens for d in turns) + self.counter.count_messages(history.head)
         record = {
             "compressor": self.name,
             "tokenizer": self.counter.name,
             "budget_tokens": budget_tokens,
-            "tokens_before": before,
-            "tokens_after": self.counter.count_messages(new),
+            "tokens_before": before + (history.open.tokens if history.open is not None else 0),
+            "tokens_after": tokens_after,
             "q_com": sum(compressed) / len(compressed) if compressed else None,
-            "turns": {"turn": [d.number for d in history.turns], "level": list(levels), **scores},
+            "turns": {"turn": [d.number for d in turns], "level": list(plan.levels), **scores},
         }
         return new, record
 
@@ -118,11 +145,10 @@ class Compressor:
         starts, turns = self.index.update(messages)
         open_turn = self.index.open_turn(messages) if len(starts) > 1 else None
         extra = self.index.tail_superseded(open_turn) if open_turn is not None else {}
-        values = [d.values(extra.get(i, _NO_EXTRA)) for i, d in enumerate(turns)]
-        return History(messages, starts, turns, open_turn, values, min(self.keep_recent - 1, len(turns)))
+        return History(messages, starts, turns, open_turn, extra, min(self.keep_recent - 1, len(turns)))
 
-    def _compress(self, history: History, budget: int, **options: Any) -> tuple[list[Message], list[int], list[int]]:
-        """(new messages, level of each completed turn, tokens each completed turn costs in them)."""
+    def _compress(self, history: History, budget: int, **options: Any) -> Plan:
+        """The plan for `history` within `budget` tokens."""
         raise NotImplementedError
 
 
@@ -134,11 +160,14 @@ def _shrink(text: str, keep: float) -> str:
     return text[: chars // 2] + _CUT + text[len(text) - chars // 2 :]
 
 
-def fit_to_budget(messages: Sequence[Message], budget: int, counter: TokenCounter) -> list[Message]:
+def fit_to_budget(messages: Sequence[Message], budget: int, counter: TokenCounter) -> tuple[list[Message], int]:
     """Last resort so that a context always fits: cut the largest message in the middle (repeatedly),
-    and drop messages after the first when even empty ones do not fit."""
+    and drop messages after the first when even empty ones do not fit. Returns (messages, their tokens);
+    the same list when it already fits."""
+    total = counter.count_messages(messages)
+    if total <= budget:
+        return (messages if isinstance(messages, list) else list(messages)), total
     out = list(messages)
-    total = counter.count_messages(out)
     while total > budget:
         sizes = [counter.count(m["content"]) for m in out]
         i = max(range(len(out)), key=sizes.__getitem__)
@@ -150,4 +179,4 @@ def fit_to_budget(messages: Sequence[Message], budget: int, counter: TokenCounte
             keep = max(0.0, (sizes[i] - (total - budget) - 16) / sizes[i])
             out[i] = {**out[i], "content": _shrink(out[i]["content"], keep * 0.95)}
         total = counter.count_messages(out)
-    return out
+    return out, total

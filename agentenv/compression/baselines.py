@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentenv.compression.base import Compressor, History, Message
+from agentenv.compression.base import Compressor, History, Message, Plan
 
 __all__ = ["NoCompression", "Window", "MaskObservations"]
 
@@ -16,7 +16,7 @@ class NoCompression(Compressor):
 
     name = "none"
 
-    def __call__(self, messages: list[Message], budget_tokens: int, **options: Any) -> tuple[list[Message], dict[str, Any]]:
+    def compress(self, messages: list[Message], budget_tokens: int, **options: Any) -> tuple[list[Message], dict[str, Any]]:
         tokens = self.counter.count_messages(messages)
         return list(messages), {
             "compressor": self.name, "tokenizer": self.counter.name, "budget_tokens": budget_tokens,
@@ -49,7 +49,7 @@ class Window(Compressor):
             raise ValueError("turns must be None or >= 0")
         self.turns = turns
 
-    def _compress(self, history: History, budget: int) -> tuple[list[Message], list[int], list[int]]:
+    def _compress(self, history: History, budget: int) -> Plan:
         candidates = history.candidates
         note = self.counter.count_message(_omitted(10**4, 10**4))
         room = budget - self.counter.count_messages(history.head) - self.counter.count_messages(history.tail) - note
@@ -64,7 +64,7 @@ class Window(Compressor):
         out.extend(history.tail)
         kept = set(d.number for d in candidates[first:]) | {d.number for d in history.turns[len(candidates):]}
         levels = [5 if d.number in kept else 1 for d in history.turns]
-        return out, levels, [d.tokens if d.number in kept else 0 for d in history.turns]
+        return Plan(out, levels, [d.tokens if d.number in kept else 0 for d in history.turns])
 
 
 class MaskObservations(Compressor):
@@ -91,7 +91,7 @@ class MaskObservations(Compressor):
                 out.append({**m, "content": f"Old environment output: ({lines} lines omitted)"})
         return out
 
-    def _compress(self, history: History, budget: int) -> tuple[list[Message], list[int], list[int]]:
+    def _compress(self, history: History, budget: int) -> Plan:
         candidates = history.candidates
         count = self.counter.count_messages
         masked = [self._masked(list(history.messages_of(d.number))) for d in candidates]
@@ -119,4 +119,4 @@ class MaskObservations(Compressor):
         for digest in history.turns[len(candidates):]:
             levels.append(5)
             kept.append(digest.tokens)
-        return out, levels, kept
+        return Plan(out, levels, kept)

@@ -43,7 +43,7 @@ class ContextWindow:
     Args:
         compressor: a `Compressor` (each window needs its own instance: it indexes one history).
         budget_tokens: the most tokens an observation may have.
-        fill: a rewrite compresses to `fill × budget_tokens`, leaving room for the next turns.
+        fill: a rewrite leaves `(1 − fill) × budget_tokens` free for the next turns (see the module doc).
     """
 
     def __init__(self, compressor: Compressor, budget_tokens: int, fill: float = 0.75):

@@ -3,7 +3,8 @@ computed per turn from what the compressed context kept of it. No reward model: 
 
 * **ratio**: `1 − kept tokens / original tokens` of the turn.
 * **consistency** (level–strategy): `1 − |pct(level) − pct(relevance)|`, with `pct` the percentile rank
-  among the compressed turns, so more relevant turns should sit at finer levels whatever the budget.
+  among the completed turns and relevance a turn's total line value, so more relevant turns should sit at
+  finer levels whatever the budget.
 * **retention**: value-weighted fraction of the turn's lines still in the context (values from
   `turns.TurnDigest.values`: relevant current facts weigh most), 1 when the turn held nothing of value.
 * **completeness**: fraction of the turn's kept relevant lines whose references to task identifiers
@@ -18,9 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
+
 from agentenv.compression.turns import TurnDigest, terms
 
-__all__ = ["QComWeights", "score_turns"]
+__all__ = ["QComWeights", "score_turns", "kept_by_presence", "completeness"]
 
 RELEVANT = 0.3  # a line whose value is at least this counts for completeness
 
@@ -35,37 +38,21 @@ class QComWeights:
     completeness: float = 0.25
 
 
-def _percentiles(xs: Sequence[float]) -> list[float]:
-    """Percentile rank of each value in [0, 1], ties averaged; 0.5 for a single value."""
-    n = len(xs)
+def _percentiles(x: np.ndarray) -> np.ndarray:
+    """Percentile rank of each value in [0, 1], ties averaged; 0.5 everywhere for fewer than two values."""
+    n = len(x)
     if n < 2:
-        return [0.5] * n
-    order = sorted(range(n), key=xs.__getitem__)
-    out = [0.0] * n
-    i = 0
-    while i < n:
-        j = i
-        while j + 1 < n and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        rank = (i + j) / 2 / (n - 1)
-        for k in range(i, j + 1):
-            out[order[k]] = rank
-        i = j + 1
-    return out
+        return np.full(n, 0.5)
+    ordered = np.sort(x)
+    low = np.searchsorted(ordered, x, "left")
+    high = np.searchsorted(ordered, x, "right") - 1
+    return (low + high) / (2 * (n - 1))
 
 
-def score_turns(
-    turns: Sequence[TurnDigest],
-    values: Sequence[Sequence[float]],
-    levels: Sequence[int],
-    kept_tokens: Sequence[int],
-    view: Sequence[dict[str, Any]],
-    weights: QComWeights = QComWeights(),
-) -> dict[str, list[float]]:
-    """Q_com and its four terms for each turn in `turns` (aligned lists), judged against `view`.
-
-    values: per turn, per line values; levels: 1–5 per turn; kept_tokens: what each turn costs in `view`.
-    """
+def kept_by_presence(
+    turns: Sequence[TurnDigest], values: Sequence[Sequence[float]], view: Sequence[dict[str, Any]]
+) -> tuple[list[float], list[float]]:
+    """(kept value, completeness) of each turn, judged by which of its lines appear verbatim in `view`."""
     present = {line.strip() for m in view for line in m["content"].split("\n")}
     kept: list[list[int]] = []
     defined: set[str] = set()
@@ -73,21 +60,39 @@ def score_turns(
         lines = [i for i, v in enumerate(vals) if v > 0 and digest.lines[i].strip() in present]
         kept.append(lines)
         for i in lines:
-            key = digest.keys[i]
-            if key is not None:
-                defined.update(terms(key))
-    mass = [sum(vals) for vals in values]
-    consistency = [1.0 - abs(a - b) for a, b in zip(_percentiles(levels), _percentiles(mass))]
-    out: dict[str, list[float]] = {"ratio": [], "consistency": consistency, "retention": [], "completeness": [], "q_com": []}
-    for k, (digest, vals) in enumerate(zip(turns, values)):
-        ratio = min(1.0, max(0.0, 1.0 - kept_tokens[k] / max(digest.tokens, 1)))
-        retention = sum(vals[i] for i in kept[k]) / mass[k] if mass[k] > 0 else 1.0
-        relevant = [i for i in kept[k] if vals[i] >= RELEVANT]
-        complete = sum(all(r in defined for r in digest.refs[i]) for i in relevant) / len(relevant) if relevant else 1.0
-        out["ratio"].append(ratio)
-        out["retention"].append(retention)
-        out["completeness"].append(complete)
-        out["q_com"].append(
-            weights.ratio * ratio + weights.consistency * consistency[k] + weights.retention * retention + weights.completeness * complete
-        )
-    return out
+            if digest.keys[i] is not None:
+                defined.update(terms(digest.keys[i]))
+    kept_value = [sum(vals[i] for i in lines) for vals, lines in zip(values, kept)]
+    complete = [completeness(digest, vals, lines, defined) for digest, vals, lines in zip(turns, values, kept)]
+    return kept_value, complete
+
+
+def completeness(digest: TurnDigest, values: Sequence[float], kept: Sequence[int], defined: set[str]) -> float:
+    """Fraction of the kept relevant lines whose referenced task identifiers are all in `defined`."""
+    relevant = [i for i in kept if values[i] >= RELEVANT]
+    if not relevant:
+        return 1.0
+    return sum(all(r in defined for r in digest.refs[i]) for i in relevant) / len(relevant)
+
+
+def score_turns(
+    levels: Sequence[int],
+    kept_tokens: Sequence[int],
+    tokens: Sequence[int],
+    kept_value: Sequence[float],
+    mass: Sequence[float],
+    complete: Sequence[float],
+    weights: QComWeights = QComWeights(),
+) -> dict[str, list[float]]:
+    """Q_com and its four terms per turn (aligned lists): `mass` is a turn's total value, `kept_value` the
+    value of what the context kept of it, `complete` its completeness."""
+    level = np.asarray(levels, dtype=float)
+    mass_ = np.asarray(mass, dtype=float)
+    ratio = np.clip(1.0 - np.asarray(kept_tokens, dtype=float) / np.maximum(np.asarray(tokens, dtype=float), 1.0), 0.0, 1.0)
+    safe = np.where(mass_ > 0, mass_, 1.0)
+    retention = np.where(mass_ > 0, np.minimum(np.asarray(kept_value, dtype=float) / safe, 1.0), 1.0)
+    consistency = 1.0 - np.abs(_percentiles(level) - _percentiles(mass_))
+    complete_ = np.asarray(complete, dtype=float)
+    q = weights.ratio * ratio + weights.consistency * consistency + weights.retention * retention + weights.completeness * complete_
+    return {"q_com": q.tolist(), "ratio": ratio.tolist(), "consistency": consistency.tolist(),
+            "retention": retention.tolist(), "completeness": complete_.tolist()}

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from agentenv.compression.base import Compressor, History, Message
+from agentenv.compression.base import Compressor, History, Plan
 from agentenv.compression.tokens import RegexTokenizer
-from agentenv.compression.turns import FACT_LINE, task_terms, terms
+from agentenv.compression.turns import FACT_LINE, TurnDigest, task_terms, terms
 from agentenv.policies.base import Generation, Policy
 
 __all__ = ["Summarize", "ExtractiveSummarizer", "SUMMARY_SYSTEM", "SUMMARY_PROMPT"]
@@ -83,7 +83,8 @@ class Summarize(Compressor):
     """Fold every compressible turn into one summary written by `policy` (default `ExtractiveSummarizer`).
 
     The summary is incremental: while the history only grows, the policy sees its previous summary and
-    the turns since, not the whole history. A summary over its token limit keeps as many whole lines from its start as fit: the prompt asks for coarse to fine, so the finest details go first.
+    the turns since, not the whole history. A summary over its token limit keeps as many whole lines from
+    its start as fit: the prompt asks for coarse to fine, so the finest details go first.
     """
 
     name = "summarize"
@@ -93,7 +94,7 @@ class Summarize(Compressor):
         self.policy = policy if policy is not None else ExtractiveSummarizer()
         self._memo: tuple[Any, int, str] | None = None  # (first message of the last folded turn, its number, summary)
 
-    def _prompt(self, history: History, fold: list[Any], limit: int) -> str:
+    def _prompt(self, history: History, fold: list[TurnDigest], limit: int) -> str:
         task = "\n".join(m["content"] for m in history.head if m["role"] == "user")
         covered, previous = 0, "(none)"
         memo = self._memo
@@ -109,15 +110,20 @@ class Summarize(Compressor):
 
     def _fit(self, summary: str, limit: int) -> str:
         """The longest prefix of whole lines within `limit` tokens (coarse comes first, so fine goes first)."""
-        lines = summary.split("\n")
+        lines, total = [], 0
+        for line in summary.split("\n"):
+            total += self.counter.count(line + "\n")
+            if total > limit:
+                break
+            lines.append(line)
         while lines and self.counter.count("\n".join(lines)) > limit:
             lines.pop()
         return "\n".join(lines)
 
-    def _compress(self, history: History, budget: int) -> tuple[list[Message], list[int], list[int]]:
+    def _compress(self, history: History, budget: int) -> Plan:
         fold = history.candidates
         if not fold:
-            return list(history.messages), [5] * len(history.turns), [d.tokens for d in history.turns]
+            return Plan(list(history.messages), [5] * len(history.turns), [d.tokens for d in history.turns])
         header = f"[summary of turns 1-{fold[-1].number}]"
         count = self.counter.count_messages
         limit = budget - count(history.head) - count(history.tail) - self.counter.count_message({"content": header + "\n"})
@@ -132,4 +138,4 @@ class Summarize(Compressor):
         share = self.counter.count_message(note) // len(fold)
         levels = [2] * len(fold) + [5] * (len(history.turns) - len(fold))
         kept = [share] * len(fold) + [d.tokens for d in history.turns[len(fold):]]
-        return out, levels, kept
+        return Plan(out, levels, kept)

@@ -9,11 +9,12 @@ count.
 A context's size is `Σ_messages (tokens(content) + per_message)`, where `per_message` is the chat template's
 cost of one message (5 for ChatML: `<|im_start|>`, role, `\\n`, `<|im_end|>`, `\\n`).
 
-Counts are cached. For cl100k and the regex tokenizer the count of a text is the sum of the counts of its
-lines (split after a newline that is followed by a non-space character: no pre-tokenizer piece of either
-crosses such a boundary), so a text is counted line by line and each distinct line is encoded once: a
-256-turn history costs one encode per new line, and a compressed rendering that reuses old lines costs
-nothing new. `tests/test_compression.py` checks this equality against direct encoding.
+Counts are cached per text, so a 256-turn history costs one encode per new message. For cl100k and the
+regex tokenizer the count of a text is also the sum of the counts of its lines (split after a newline that
+is followed by a non-space character: no pre-tokenizer piece of either crosses such a boundary), so a
+compressed rendering made of lines counted before (a compressor counts the lines it may keep) is counted
+line by line from the cache, without encoding it again. `tests/test_compression.py` checks the equality
+against direct encoding.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 __all__ = ["RegexTokenizer", "TokenCounter", "get_counter", "split_segments"]
 
 CHATML_PER_MESSAGE = 5
-_MAX_CACHE = 1 << 20  # cached texts; the cache is cleared when it grows past this (long-lived counters)
+_MAX_CACHE = 1 << 17  # cached texts (a 1024-turn episode has ~20k distinct lines); cleared when full
 _SEGMENT_END = re.compile(r"\n(?=\S)")
 
 
@@ -78,12 +79,14 @@ class TokenCounter:
 
     def count(self, text: str) -> int:
         """Tokens in `text`."""
-        if not self.additive or "\n" not in text:
-            return self._encoded(text)
         n = self._cache.get(text)
-        if n is None:
-            n = self._cache[text] = sum(self._encoded(s) for s in split_segments(text))
-        return n
+        if n is not None:
+            return n
+        if self.additive and "\n" in text:
+            segments = split_segments(text)
+            if any(s in self._cache for s in segments):  # a rendering of known lines: counted line by line, and
+                return sum(self._encoded(s) for s in segments)  # not cached itself (renderings rarely recur)
+        return self._encoded(text)
 
     def count_message(self, message: dict[str, Any]) -> int:
         """Tokens of one chat message: its content plus the template's per-message cost."""
@@ -109,9 +112,11 @@ def _hf_per_message(tokenizer: Any) -> int:
     render = getattr(tokenizer, "apply_chat_template", None)
     if render is None or not getattr(tokenizer, "chat_template", None):
         return CHATML_PER_MESSAGE
-    one = render([{"role": "user", "content": ""}], tokenize=True)
-    two = render([{"role": "user", "content": ""}, {"role": "user", "content": ""}], tokenize=True)
-    return max(len(two) - len(one), 0)
+    def ids(n: int) -> Sequence[int]:
+        out = render([{"role": "user", "content": ""}] * n, tokenize=True)
+        return out["input_ids"] if hasattr(out, "keys") else out  # a BatchEncoding in recent transformers
+
+    return max(len(ids(2)) - len(ids(1)), 0)
 
 
 _DEFAULT: TokenCounter | None = None

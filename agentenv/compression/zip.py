@@ -15,26 +15,46 @@ Kept lines of consecutive non-verbatim turns form one memory message, each turn 
 policy can see (and learn) the levels. The choice of levels maximises the kept value under the budget: a
 greedy multiple-choice knapsack over each turn's upper convex hull of (tokens, value) points, densest
 upgrade first, newer turns first on ties, then a check of the exact count that undoes the last upgrades
-while the context is over budget.
+while the context is over budget. The upgrades stay sorted between calls and only the turns that are new
+or had a fact superseded are re-planned, so a call costs O(kept turns + changes), not O(history).
 
 The policy can choose levels itself: pass `levels={turn: level}` (the env reads `<zip turn=K level=N/>`
-control tags from actions, `context.py`); chosen levels are honoured first, and dropped oldest-first only
-when they alone cannot fit.
+control tags from actions, `context.py`); a chosen level that keeps nothing more than a coarser one falls
+back to that one; chosen levels are honoured first, and released (oldest first, for the greedy choice to
+place) only when they alone cannot fit.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from typing import Any
 
-from agentenv.compression.base import Compressor, History, Message
-from agentenv.compression.turns import TurnDigest
+from agentenv.compression.base import Compressor, History, Message, Plan
+from agentenv.compression.quality import completeness
+from agentenv.compression.turns import TurnDigest, terms
 
 __all__ = ["Zip", "THRESHOLDS"]
 
 THRESHOLDS = {2: 0.6, 3: 0.3, 4: 0.05}
+_LOWEST = min(THRESHOLDS.values())
 VERBATIM_BONUS = 1e-3  # value of each line at L5: spare budget goes to verbatim turns, newest first
+MAX_MISFITS = 64  # upgrades tried after the first one that did not fit (small ones may fill the gaps)
 
 Option = tuple[int, int, float, list[int]]  # (level, tokens, value, kept line indices)
+_DROPPED: Option = (1, 0, 0.0, [])
+
+
+class _TurnPlan:
+    """A candidate turn's options per level and its upgrades (hull segments) in the sorted list."""
+
+    __slots__ = ("digest", "values", "options", "items", "mass")
+
+    def __init__(self, digest: TurnDigest, values: list[float], options: dict[int, Option], items: list[tuple]):
+        self.digest = digest
+        self.values = values
+        self.options = options
+        self.items = items
+        self.mass = sum(values)
 
 
 class Zip(Compressor):
@@ -45,25 +65,27 @@ class Zip(Compressor):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._options: dict[int, tuple[TurnDigest, list[float], list[Option], list[Option]]] = {}
+        self._epoch: list[TurnDigest] | None = None
+        self._plans: list[_TurnPlan] = []  # candidate turns 1..C (index = number - 1)
+        self._items: list[tuple] = []  # (-density, -number, from level, to option, extra tokens), sorted
+        self._tail: dict[int, frozenset[int]] = {}
 
-    def _turn_options(self, digest: TurnDigest, values: list[float]) -> tuple[list[Option], list[Option]]:
-        """(the option of every level, the upper convex hull of those options from L1 up)."""
-        cached = self._options.get(digest.number)
-        if cached is not None and cached[0] is digest and cached[1] is values:
-            return cached[2], cached[3]
-        count = self.counter.count
-        options: list[Option] = [(1, 0, 0.0, [])]
+    # -- planning --------------------------------------------------------------------------------
+
+    def _plan_turn(self, digest: TurnDigest, values: list[float]) -> _TurnPlan:
+        count, costs = self.counter.count, digest.costs
+        options: dict[int, Option] = {1: _DROPPED}
+        relevant = [i for i, v in enumerate(values) if v >= _LOWEST]
         for level, threshold in THRESHOLDS.items():
-            kept = [i for i, v in enumerate(values) if v >= threshold]
+            kept = [i for i in relevant if values[i] >= threshold]
             if kept:
-                tokens = count(f"[t{digest.number} L{level}]\n") + sum(digest.costs[i] for i in kept)
-                options.append((level, tokens, sum(values[i] for i in kept), kept))
-        everything = list(range(len(digest.lines)))
+                tokens = count(f"[t{digest.number} L{level}]\n") + sum(costs[i] for i in kept)
+                options[level] = (level, tokens, sum(values[i] for i in kept), kept)
         block_split = 2 * self.counter.per_message + self._header_cost  # a verbatim turn may split a block in two
-        options.append((5, digest.tokens + block_split, sum(values) + VERBATIM_BONUS * len(everything), everything))
+        everything = list(range(len(digest.lines)))
+        options[5] = (5, digest.tokens + block_split, sum(values) + VERBATIM_BONUS * digest.line_count, everything)
         hull: list[Option] = []
-        for option in sorted(options, key=lambda o: (o[1], -o[2])):
+        for option in sorted(options.values(), key=lambda o: (o[1], -o[2])):
             if hull and option[2] <= hull[-1][2]:
                 continue  # costs at least as much for no more value
             while len(hull) >= 2:
@@ -73,84 +95,145 @@ class Zip(Compressor):
                 else:
                     break
             hull.append(option)
-        self._options[digest.number] = (digest, values, options, hull)
-        return options, hull
+        items = []
+        for low, high in zip(hull, hull[1:]):
+            extra = high[1] - low[1]
+            density = (high[2] - low[2]) / extra if extra > 0 else float("inf")
+            items.append((-density, -digest.number, low[0], high, extra))
+        return _TurnPlan(digest, values, options, items)
+
+    def _refresh(self, history: History, count: int) -> None:
+        """Bring the plans of candidate turns 1..count up to date (new turns, superseded lines)."""
+        if history.turns is not self._epoch:  # another history: start over
+            self._epoch, self._plans, self._items, self._tail = history.turns, [], [], {}
+            self.index.take_dirty()
+        stale = self.index.take_dirty() | set(history.tail_superseded) | set(self._tail)
+        self._tail = history.tail_superseded
+        for number in sorted(stale):
+            if number > len(self._plans):
+                continue
+            old = self._plans[number - 1]
+            values = history.values(old.digest)
+            if values is old.values or values == old.values:  # e.g. superseded by the open turn, then for good
+                old.values = values
+                continue
+            for item in old.items:
+                i = bisect_left(self._items, item)
+                assert self._items[i] is item
+                del self._items[i]
+            self._plans[number - 1] = self._add(history, old.digest)
+        while len(self._plans) < count:
+            self._plans.append(self._add(history, history.turns[len(self._plans)]))
+
+    def _add(self, history: History, digest: TurnDigest) -> _TurnPlan:
+        plan = self._plan_turn(digest, history.values(digest))
+        for item in plan.items:
+            insort(self._items, item)
+        return plan
 
     @property
     def _header_cost(self) -> int:
-        return self.counter.count("[zip: turns 1000-1000 compressed; [tK Ln] = turn K kept at level n of 5, others omitted]\n")
+        return self.counter.count(self._header(100000, 100000, True) + "\n")
 
-    def _compress(self, history: History, budget: int, levels: dict[int, int] | None = None) -> tuple[list[Message], list[int], list[int]]:
-        candidates = history.candidates
-        if not candidates:
-            return list(history.messages), [5] * len(history.turns), [d.tokens for d in history.turns]
+    # -- compressing -----------------------------------------------------------------------------
+
+    def _compress(self, history: History, budget: int, levels: dict[int, int] | None = None) -> Plan:
+        count = len(history.candidates)
+        if count == 0:
+            return Plan(list(history.messages), [5] * len(history.turns), [d.tokens for d in history.turns])
+        self._refresh(history, count)
         count_messages = self.counter.count_messages
         fixed = count_messages(history.head) + count_messages(history.tail) + self.counter.per_message + self._header_cost
         available = budget - fixed
-        chosen: dict[int, Option] = {}
-        hulls: list[list[Option]] = []
-        forced = levels or {}
-        for digest, values in zip(candidates, history.values):
-            options, hull = self._turn_options(digest, values)
-            hulls.append(hull)
-            level = forced.get(digest.number)
-            option = next((o for o in options if o[0] == level), None) if level is not None else None
-            chosen[digest.number] = option or options[0]
-        for number in sorted(n for n in chosen if chosen[n][0] > 1):  # the policy's levels, oldest dropped first
+        chosen: dict[int, Option] = {}  # turns above L1
+        pinned: set[int] = set()
+        for number, level in sorted((levels or {}).items()):  # the policy's levels (the finest one <= it that exists)
+            if 1 <= number <= count:
+                options = self._plans[number - 1].options
+                pinned.add(number)
+                if level > 1:
+                    chosen[number] = options[max(lvl for lvl in options if lvl <= level)]
+        for number in sorted(chosen):  # released oldest first while they alone do not fit
             if sum(o[1] for o in chosen.values()) <= available:
                 break
-            chosen[number] = (1, 0, 0.0, [])
-        pinned = {n for n, o in chosen.items() if o[0] > 1}
+            del chosen[number]
+            pinned.discard(number)
         available -= sum(o[1] for o in chosen.values())
-        upgrades = []
-        for digest, hull in zip(candidates, hulls):
-            if digest.number in pinned:
-                continue
-            for low, high in zip(hull, hull[1:]):
-                extra = high[1] - low[1]
-                density = (high[2] - low[2]) / extra if extra > 0 else float("inf")
-                upgrades.append((-density, -digest.number, low[0], high, extra))
-        upgrades.sort(key=lambda u: (u[0], u[1]))
         applied: list[tuple[int, Option]] = []
-        for _, negative_number, low_level, high, extra in upgrades:
-            number = -negative_number
-            previous = chosen[number]
-            if previous[0] != low_level or extra > available:
+        misfits = 0
+        for _, negative, low, high, extra in self._items:
+            number = -negative
+            previous = chosen.get(number, _DROPPED)
+            if previous[0] != low or number in pinned:
+                continue
+            if extra > available:
+                misfits += 1
+                if misfits > MAX_MISFITS:
+                    break
                 continue
             available -= extra
             chosen[number] = high
             applied.append((number, previous))
-        out = self._render(history, chosen)
+        out = self._render(history, chosen, count)
         while count_messages(out) > budget and applied:  # estimates were low: undo the least dense upgrades
             number, previous = applied.pop()
-            chosen[number] = previous
-            out = self._render(history, chosen)
-        levels_out = [chosen[d.number][0] if d.number in chosen else 5 for d in history.turns]
-        kept = [chosen[d.number][1] if d.number in chosen and chosen[d.number][0] < 5 else d.tokens for d in history.turns]
-        return out, levels_out, kept
+            if previous[0] == 1:
+                del chosen[number]
+            else:
+                chosen[number] = previous
+            out = self._render(history, chosen, count)
+        return self._plan_record(history, chosen, count, out)
 
-    def _render(self, history: History, chosen: dict[int, Option]) -> list[Message]:
+    @staticmethod
+    def _header(first: int, last: int, kept: bool) -> str:
+        if not kept:
+            return f"[zip: turns {first}-{last} omitted]"
+        return f"[zip: turns {first}-{last} compressed; [tK Ln] = turn K kept at level n of 5, others omitted]"
+
+    def _render(self, history: History, chosen: dict[int, Option], count: int) -> list[Message]:
         out: list[Message] = list(history.head)
         block: list[str] = []
-        span: list[int] = []
-
-        def flush() -> None:
-            if span:
-                header = f"[zip: turns {span[0]}-{span[-1]} compressed; [tK Ln] = turn K kept at level n of 5, others omitted]"
-                out.append({"role": "user", "content": "\n".join([header, *block])})
-                block.clear()
-                span.clear()
-
-        for digest in history.candidates:
-            level, _, _, kept = chosen[digest.number]
+        first = 1
+        for number in sorted(chosen):
+            level, _, _, kept = chosen[number]
             if level == 5:
-                flush()
-                out.extend(history.messages_of(digest.number))
-                continue
-            span.append(digest.number)
-            if level > 1:
-                block.append(f"[t{digest.number} L{level}]")
-                block.extend(digest.lines[i] for i in kept)
-        flush()
+                if number > first:
+                    out.append({"role": "user", "content": "\n".join([self._header(first, number - 1, bool(block)), *block])})
+                out.extend(history.messages_of(number))
+                block, first = [], number + 1
+            else:
+                lines = self._plans[number - 1].digest.lines
+                block.append(f"[t{number} L{level}]")
+                block.extend(lines[i] for i in kept)
+        if count >= first:
+            out.append({"role": "user", "content": "\n".join([self._header(first, count, bool(block)), *block])})
         out.extend(history.tail)
         return out
+
+    def _plan_record(self, history: History, chosen: dict[int, Option], count: int, out: list[Message]) -> Plan:
+        """The plan with what Q_com needs, from the chosen options (no re-reading of the context)."""
+        plans = self._plans
+        levels, kept_tokens = [1] * count, [0] * count
+        kept_value, complete = [0.0] * count, [1.0] * count
+        mass = [p.mass for p in plans[:count]]
+        defined: set[str] = set()
+        for number, (_, _, _, kept) in chosen.items():
+            keys = plans[number - 1].digest.keys
+            defined.update(t for i in kept if keys[i] is not None for t in terms(keys[i]))
+        protected = history.turns[count:] + ([history.open] if history.open is not None else [])
+        for digest in protected:
+            defined.update(t for key in digest.keys if key is not None for t in terms(key))
+        for number, (level, tokens, value, kept) in chosen.items():
+            plan = plans[number - 1]
+            levels[number - 1] = level
+            kept_tokens[number - 1] = tokens if level < 5 else plan.digest.tokens
+            kept_value[number - 1] = min(value, plan.mass)
+            complete[number - 1] = completeness(plan.digest, plan.values, kept, defined)
+        for digest in history.turns[count:]:
+            values = history.values(digest)
+            levels.append(5)
+            kept_tokens.append(digest.tokens)
+            kept_value.append(sum(values))
+            mass.append(sum(values))
+            complete.append(completeness(digest, values, range(len(values)), defined))
+        return Plan(out, levels, kept_tokens, kept_value, complete, mass)

