@@ -18,6 +18,7 @@ ENV_IDS = tuple(_ENTRY_POINTS)
 _SCRIPTED_POLICIES = {
     "agentenv/ToolReasoning-v0": "agentenv.policies.scripted:ScriptedPolicy",
     "agentenv/AudioReasoning-v0": "agentenv.envs.audio.scripted:ScriptedAudioAgent",
+    "agentenv/Ledger-v0": "agentenv.envs.ledger_scripted:LedgerReader",
 }
 
 
