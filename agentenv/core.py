@@ -162,6 +162,13 @@ class ChatEnv(gym.Env[list, str]):
         """Score a final answer; `action` is the whole assistant turn that holds it."""
         raise NotImplementedError
 
+    def _pick_task(self, dataset: Sequence[Any]) -> Any:
+        """Item `options["task_index"]` of `dataset` when `reset` was given one, else one drawn with `self.np_random`."""
+        index = self._options.get("task_index")
+        if index is None:
+            index = int(self.np_random.integers(len(dataset)))
+        return dataset[int(index) % len(dataset)]
+
     def _env_turn(self, parsed: ParsedAction) -> list[Message]:
         """Messages the environment adds after a turn without an answer (default: none)."""
         return []

@@ -79,10 +79,7 @@ class ToolReasoningEnv(ChatEnv):
 
     def _new_episode(self) -> list[Message]:
         if self.dataset is not None:
-            index = self._options.get("task_index")
-            if index is None:
-                index = int(self.np_random.integers(len(self.dataset)))
-            self.task = self.dataset[int(index) % len(self.dataset)]
+            self.task = self._pick_task(self.dataset)
         else:
             self.task = generate_task(self.np_random, self.kinds, self.difficulty)
         return [{"role": "system", "content": self._system}, {"role": "user", "content": self.task.question}]

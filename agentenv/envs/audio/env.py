@@ -105,10 +105,7 @@ class AudioReasoningEnv(ChatEnv):
 
     def _new_episode(self) -> list[Message]:
         if self.dataset is not None:
-            index = self._options.get("task_index")
-            if index is None:
-                index = int(self.np_random.integers(len(self.dataset)))
-            self.task = self.dataset[int(index) % len(self.dataset)]
+            self.task = self._pick_task(self.dataset)
         else:
             kind = self.kinds[int(self.np_random.integers(len(self.kinds)))]
             difficulty = self.difficulty or LEVELS[int(self.np_random.integers(1, 4))]
