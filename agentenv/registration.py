@@ -19,6 +19,7 @@ _SCRIPTED_POLICIES = {
     "agentenv/ToolReasoning-v0": "agentenv.policies.scripted:ScriptedPolicy",
     "agentenv/AudioReasoning-v0": "agentenv.envs.audio.scripted:ScriptedAudioAgent",
     "agentenv/Ledger-v0": "agentenv.envs.ledger_scripted:LedgerReader",
+    "agentenv/Recommend-v0": "agentenv.envs.recommend.baselines:ConstraintAwareRecommender",
 }
 
 

@@ -1,5 +1,9 @@
 """Parsing tool calls, <execute/>, answers and control spans out of an assistant turn."""
 
+import re
+
+from hypothesis import given, settings, strategies as st
+
 from agentenv.tools.parsing import extract_boxed, parse_action
 
 
@@ -64,3 +68,26 @@ def test_calls_per_turn_are_capped_and_huge_actions_parse_fast():
         assert time.perf_counter() - start < 1.0
         assert len(parsed.calls) + len(parsed.errors) <= 17
         assert "more than 16 tool calls" in parsed.errors[-1].message
+
+
+# The scanners behind python blocks and answers must agree with the lazy regexes they replace, which
+# rescan to the end of the text from every unclosed opener (quadratic on a 2 MB action).
+_REFERENCE_BLOCK = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL)
+_REFERENCE_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_ATOMS = ["```", "```python\n", "```py \n", "````python\n", "<answer>", "</answer>", "x", "\n", " 1", "<answer></answer>"]
+
+
+@settings(max_examples=2000, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.sampled_from(_ATOMS), max_size=12).map("".join))
+def test_block_and_answer_scanners_match_the_lazy_regexes(text):
+    parsed = parse_action(text)
+    blocks = [(m.start(), m.end(), m.group(1)) for m in _REFERENCE_BLOCK.finditer(text)][:16]
+    assert [(c.span[0], c.span[1], c.arguments["code"]) for c in parsed.calls] == blocks
+    answers = list(_REFERENCE_ANSWER.finditer(text))
+    assert parsed.answer == (answers[-1].group(1).strip() if answers else None)
+
+
+def test_unclosed_openers_repeated_over_two_megabytes_parse():
+    for text in ["<answer>[" * 233_000, "```python\n" * 200_000, "<tool_call>" * 190_000]:
+        parsed = parse_action(text)
+        assert parsed.answer is None

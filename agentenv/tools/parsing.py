@@ -19,9 +19,8 @@ __all__ = ["ParseError", "ParsedAction", "parse_action", "extract_boxed"]
 MAX_CALLS_PER_TURN = 16
 
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|(?=<tool_call>)|\Z)", re.DOTALL)
-_PYTHON_BLOCK = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL)
+_PYTHON_FENCE = re.compile(r"```(?:python|py)[ \t]*\n")
 _EXECUTE = re.compile(r"<execute\s*/>")
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -110,14 +109,14 @@ def parse_action(text: str, *, python_blocks: bool = True) -> ParsedAction:
     if python_blocks and "```" in text:
         tagged = [item.span for _, item in found]
         blocks = 0
-        for match in _PYTHON_BLOCK.finditer(text):
-            if any(start <= match.start() < end for start, end in tagged):  # a fenced block inside a <tool_call>
+        for start, end, code in _python_blocks(text):
+            if any(a <= start < b for a, b in tagged):  # a fenced block inside a <tool_call>
                 continue
             if blocks == MAX_CALLS_PER_TURN:
                 too_many = True
                 break
             blocks += 1
-            found.append((match.start(), ToolCall("python", {"code": match.group(1)}, match.span())))
+            found.append((start, ToolCall("python", {"code": code}, (start, end))))
     found.sort(key=lambda item: item[0])
     for _, item in found[:MAX_CALLS_PER_TURN]:
         if isinstance(item, ToolCall):
@@ -140,13 +139,37 @@ def parse_action(text: str, *, python_blocks: bool = True) -> ParsedAction:
     return parsed
 
 
+def _python_blocks(text: str):
+    """`(start, end, code)` of each ```` ```python ```` block, as a lazy regex would find them, in linear time.
+
+    A regex `(.*?)```` rescans to the end of the text from every unclosed fence (quadratic on a 1 MB
+    action); once one fence has no closing ```` ``` ```` no later fence can have one either, so stop there.
+    """
+    pos = 0
+    while (i := text.find("```", pos)) >= 0:
+        header = _PYTHON_FENCE.match(text, i)
+        if header is None:
+            pos = i + 1
+            continue
+        close = text.find("```", header.end())
+        if close < 0:
+            return
+        yield i, close + 3, text[header.end() : close]
+        pos = close + 3
+
+
 def _find_answer(text: str) -> tuple[str, tuple[int, int]] | None:
-    if "<answer>" in text:
+    if "<answer>" in text:  # the last closed <answer>...</answer>, scanned like a lazy regex but linear
         last = None
-        for last in _ANSWER.finditer(text):
-            pass
+        pos = 0
+        while (start := text.find("<answer>", pos)) >= 0:
+            close = text.find("</answer>", start + 8)
+            if close < 0:
+                break
+            last = (text[start + 8 : close].strip(), (start, close + 9))
+            pos = close + 9
         if last is not None:
-            return last.group(1).strip(), last.span()
+            return last
     if "\\boxed{" in text:
         return extract_boxed(text)
     return None
