@@ -278,3 +278,16 @@ def test_cli_builds_the_tiny_hf_policy():
     assert isinstance(_make_policy("hf:tiny", ENV), HFPolicy)
     with pytest.raises(SystemExit, match="not a model directory"):
         _make_policy("hf:/no/such/dir", ENV)
+
+
+def test_a_saved_policy_reloads_with_the_same_weights_and_token_ids(model, tmp_path):
+    # transformers 5's AutoTokenizer would reload the tiny tokenizer as Qwen2Tokenizer and split digits
+    # differently: a trained checkpoint would then read every prompt with the wrong ids.
+    original = policy(model)
+    model.save_pretrained(tmp_path)
+    original.tokenizer.save_pretrained(tmp_path)
+    reloaded = HFPolicy(str(tmp_path))
+    messages = [{"role": "user", "content": "In how many ways can 3 of 15 books be arranged? perm(15, 3) = 2730"}]
+    assert reloaded.render_prompt(messages) == original.render_prompt(messages)
+    ids = torch.tensor([original.render_prompt(messages)])
+    assert torch.equal(reloaded.model(ids).logits, model(ids).logits)

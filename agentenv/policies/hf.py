@@ -174,6 +174,20 @@ class HFPolicy:
         return generations
 
 
+def _load_tokenizer(path: Path):
+    """The tokenizer saved in `path`, exactly as saved.
+
+    transformers 5's AutoTokenizer picks the class from the model type (Qwen2Tokenizer for a qwen2
+    config), which re-applies that family's pre-tokenizer and so re-tokenizes a custom tokenizer
+    (the tiny one splits digits differently); `tokenizer.json` is the complete spec, so load it as is.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if (path / "tokenizer.json").exists():
+        return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
 def _load(model_or_path: Any, tokenizer: Any, device: str, dtype: torch.dtype | None):
     """(model on `device` in eval mode, tokenizer) from a model object, a local directory or a tiny size."""
     from agentenv.policies.tiny import TINY_SIZES, tiny_model, tiny_tokenizer
@@ -182,7 +196,7 @@ def _load(model_or_path: Any, tokenizer: Any, device: str, dtype: torch.dtype | 
         model = tiny_model(str(model_or_path))
         tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
     elif isinstance(model_or_path, (str, Path)):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         path = Path(model_or_path)
         if not path.is_dir():
@@ -191,15 +205,13 @@ def _load(model_or_path: Any, tokenizer: Any, device: str, dtype: torch.dtype | 
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True) if (path / "tokenizer_config.json").exists() else tiny_tokenizer()
+            tokenizer = _load_tokenizer(path) if (path / "tokenizer_config.json").exists() else tiny_tokenizer()
     else:
         model = model_or_path
         if tokenizer is None:
             name = getattr(model, "name_or_path", "")
             if name and (Path(name) / "tokenizer_config.json").exists():
-                from transformers import AutoTokenizer
-
-                tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+                tokenizer = _load_tokenizer(Path(name))
             elif model.config.vocab_size == len(tiny_tokenizer()):
                 tokenizer = tiny_tokenizer()
             else:
