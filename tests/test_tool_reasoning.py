@@ -3,9 +3,11 @@
 import json
 from fractions import Fraction
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
+import agentenv  # noqa: F401 - registers the envs
 from agentenv.cli import main
 from agentenv.envs.tool_reasoning_tasks import GENERATORS, format_exact, generate_task
 from agentenv.policies import ScriptedPolicy
@@ -69,3 +71,11 @@ def test_cli_run_prints_summary_and_writes_jsonl(tmp_path, capsys):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 20 and rows[0]["seed"] == 0 and rows[0]["messages"][0]["role"] == "system"
     assert not (tmp_path / "episodes.jsonl.partial").exists()
+
+
+def test_system_prompt_override_replaces_the_default_and_keeps_the_tools():
+    env = gym.make("agentenv/ToolReasoning-v0", tools=["calculator"], system_prompt="Use the calculator.")
+    obs, info = env.reset(seed=0)
+    assert obs[0] == {"role": "system", "content": "Use the calculator."}
+    obs, *_ = env.step('<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>')
+    assert obs[-1]["content"] == "42"

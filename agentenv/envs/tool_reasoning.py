@@ -37,6 +37,8 @@ class ToolReasoningEnv(ChatEnv):
         kinds: restrict the generated task kinds (see `GENERATORS`); None for all.
         tasks: a JSONL path or a list of `{"question", "answer"}` dicts to use instead of generated tasks.
         format_weight: weight of the format term in the reward.
+        system_prompt: replaces the default system prompt (instructions + every tool's JSON schema), e.g. a
+            one-line prompt for a tiny model whose cost and difficulty grow with the context length.
         max_turns, seed, render_mode: as in `ChatEnv`.
 
     `reset(options={"task_index": i})` picks task `i` of a loaded task list.
@@ -50,6 +52,7 @@ class ToolReasoningEnv(ChatEnv):
         kinds: Sequence[str] | None = None,
         tasks: str | Path | Sequence[dict[str, Any]] | None = None,
         format_weight: float = 0.1,
+        system_prompt: str | None = None,
         max_turns: int = 6,
         seed: int | None = None,
         render_mode: str | None = None,
@@ -67,7 +70,7 @@ class ToolReasoningEnv(ChatEnv):
         self.format_weight = format_weight
         self.dataset = self._load(tasks)
         self.task: Task | None = None
-        self._system = f"{INSTRUCTIONS}\n\n{self.tools_prompt()}"
+        self._system = system_prompt if system_prompt is not None else f"{INSTRUCTIONS}\n\n{self.tools_prompt()}"
 
     @staticmethod
     def _load(tasks: str | Path | Sequence[dict[str, Any]] | None) -> list[Task] | None:
