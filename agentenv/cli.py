@@ -39,7 +39,14 @@ def _make_policy(spec: str, env_id: str):
             return HFPolicy(path)  # a saved model directory, or "tiny"/"small" (random tiny models)
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(f"cannot load policy {spec!r}: {exc}") from None
-    raise SystemExit(f"unknown policy {spec!r}: use 'scripted' or 'hf:PATH' (PATH a saved HF model dir, or 'tiny')")
+    if kind == "vllm" and path:
+        from agentenv.policies.vllm import VLLMPolicy
+
+        try:
+            return VLLMPolicy(path)  # a saved model directory, or "tiny"/"small"; needs the `vllm` extra and a GPU
+        except (ImportError, FileNotFoundError, ValueError) as exc:
+            raise SystemExit(f"cannot load policy {spec!r}: {exc}") from None
+    raise SystemExit(f"unknown policy {spec!r}: use 'scripted', 'hf:PATH' or 'vllm:PATH' (PATH a saved HF model dir, or 'tiny')")
 
 
 def _env_id(name: str) -> str:
@@ -115,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_run = sub.add_parser("run", help="run a policy on an environment and write episodes as JSONL")
     p_run.add_argument("env_id", help="e.g. ToolReasoning-v0 or agentenv/ToolReasoning-v0")
-    p_run.add_argument("--policy", default="scripted", help="scripted (default), hf:PATH (saved HF model dir) or hf:tiny")
+    p_run.add_argument("--policy", default="scripted", help="scripted (default), hf:PATH (saved HF model dir) or hf:tiny, vllm:PATH (extra `vllm`, GPU)")
     p_run.add_argument("--episodes", type=int, default=100)
     p_run.add_argument("--seed", type=int, default=0, help="episode i is reset with seed + i")
     p_run.add_argument("--batch-size", type=int, default=16, help="episodes stepped together")

@@ -105,8 +105,12 @@ class ChatEnv(gym.Env[list, str]):
         render_mode: None or "ansi" (the transcript as text).
         compressor, budget_tokens: context compression ("zip", "window", ... or a `Compressor`; see
             `agentenv.compression`): observations are the compressor's view of the history, at most
-            `budget_tokens` tokens, described in `info["compression"]`; the full history stays in `full_history`.
-            Every subclass accepts these two keywords, whether or not its `__init__` lists them.
+            `budget_tokens` tokens, described in `info["compression"]`.
+        keep_full_history: with a compressor, also keep every message of the episode (`full_history`) and let
+            the compressor rewrite the whole history each time. Default False: the env keeps no copy and the
+            compressor releases the turns it drops for good, so an episode's memory follows the budget, not
+            its length. (Without a compressor the observation is the full history anyway.)
+            Every subclass accepts these three keywords, whether or not its `__init__` lists them.
 
     Subclasses implement `_new_episode()` and `_score_answer(answer)`.
     """
@@ -123,6 +127,7 @@ class ChatEnv(gym.Env[list, str]):
         render_mode: str | None = None,
         compressor: Any = None,
         budget_tokens: int | None = None,
+        keep_full_history: bool = False,
     ):
         if execution not in EXECUTION_MODES:
             raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {execution!r}")
@@ -132,6 +137,7 @@ class ChatEnv(gym.Env[list, str]):
             raise ValueError("max_turns must be at least 1")
         self.tools: dict[str, Tool] = resolve_tools(tools)
         self.context_window = _context_window(compressor, budget_tokens)
+        self.keep_full_history = bool(keep_full_history)
         self.tool_schemas: list[dict[str, Any]] = [t.schema for t in self.tools.values()]
         self.execution = execution
         self.max_turns = max_turns
@@ -186,6 +192,8 @@ class ChatEnv(gym.Env[list, str]):
         self._delayed_calls = 0
         self._done = False
         self._messages = self._new_episode()
+        if self.context_window is not None:
+            self.context_window.reset(self.keep_full_history)
         info = self._info()
         return self._observe(info), info
 
@@ -234,34 +242,51 @@ class ChatEnv(gym.Env[list, str]):
 
     @property
     def full_history(self) -> list[Message]:
-        """The full history of the current episode (what observations show, before any compression)."""
+        """The full history of the current episode (what observations show, before any compression).
+
+        With a compressor it is kept only when the env was made with `keep_full_history=True`."""
+        if self.context_window is not None and not self.keep_full_history:
+            raise RuntimeError("this env streams its history through the compressor and keeps no full copy; "
+                               "make it with keep_full_history=True to keep one")
         return list(self._messages or [])
 
     def _observe(self, info: dict[str, Any]) -> list[Message]:
         """The observation: the history, or the compressor's view of it (which writes `info["compression"]`)."""
         if self.context_window is None:
             return list(self._messages)
-        return self.context_window.observe(self._messages, info)
+        obs = self.context_window.observe(self._messages, info)
+        if not self.keep_full_history:
+            self._messages.clear()  # the window took them in; step() appends the next ones to the same list
+        return obs
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Let every subclass take `compressor=` and `budget_tokens=`, even when its `__init__` does not list them."""
+        """Let every subclass take `compressor=`, `budget_tokens=` and `keep_full_history=`, even when its
+        `__init__` does not list them."""
         super().__init_subclass__(**kwargs)
         init = cls.__dict__.get("__init__")
-        if init is None or "compressor" in inspect.signature(init).parameters:
+        if init is None:
             return
+        params = inspect.signature(init).parameters
+        if "compressor" in params and "keep_full_history" in params:
+            return
+        takes_compressor = "compressor" in params
 
         @functools.wraps(init)
-        def __init__(self: ChatEnv, *args: Any, compressor: Any = None, budget_tokens: int | None = None, **kw: Any) -> None:
+        def __init__(self: ChatEnv, *args: Any, keep_full_history: bool = False, **kw: Any) -> None:
+            compressor = None if takes_compressor else kw.pop("compressor", None)
+            budget_tokens = None if takes_compressor else kw.pop("budget_tokens", None)
             init(self, *args, **kw)
             if compressor is not None or budget_tokens is not None:
                 self.context_window = _context_window(compressor, budget_tokens)
+            self.keep_full_history = bool(keep_full_history)
 
         cls.__init__ = __init__
 
     def render(self) -> str | None:
         if self.render_mode != "ansi" or self._messages is None:
             return None
-        return "\n".join(f"[{m['role']}] {m['content']}" for m in self._messages)
+        shown = self._messages if self.context_window is None or self.keep_full_history else self.context_window.view
+        return "\n".join(f"[{m['role']}] {m['content']}" for m in shown)
 
     def close(self) -> None:
         for t in self.tools.values():

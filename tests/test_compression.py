@@ -1,9 +1,11 @@
 """Context compression: exact token counts, the five compressors, their records, and the env integration."""
 
+import gc
 import json
 import os
 import subprocess
 import sys
+import tracemalloc
 
 import gymnasium as gym
 import pytest
@@ -255,10 +257,11 @@ def test_compression_kwargs_are_checked():
         gym.make("agentenv/Ledger-v0", compressor="gzip", budget_tokens=2048)
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["streamed", "full-history"])
 @pytest.mark.parametrize("name", NAMES)
-def test_context_stays_within_budget_on_every_turn_and_rewrites_are_flagged(name):
+def test_context_stays_within_budget_on_every_turn_and_rewrites_are_flagged(name, keep):
     budget = 1536
-    env = gym.make("agentenv/Ledger-v0", turns=64, compressor=name, budget_tokens=budget)
+    env = gym.make("agentenv/Ledger-v0", turns=64, compressor=name, budget_tokens=budget, keep_full_history=keep)
     counter = env.unwrapped.context_window.compressor.counter
     policy = LedgerReader()
     obs, info = env.reset(seed=3)
@@ -273,9 +276,14 @@ def test_context_stays_within_budget_on_every_turn_and_rewrites_are_flagged(name
         rewrites += record["rewritten"]
         if terminated or truncated:
             break
+    assert record["tokens_full"] > 10 * budget and rewrites >= 5
+    if not keep:
+        with pytest.raises(RuntimeError, match="keep_full_history=True"):
+            env.unwrapped.full_history
+        return
     full = env.unwrapped.full_history
-    assert counter.count_messages(full) == record["tokens_full"] > 10 * budget
-    assert sum(m["role"] == "assistant" for m in full) == info["turn"] and rewrites >= 5
+    assert counter.count_messages(full) == record["tokens_full"]
+    assert sum(m["role"] == "assistant" for m in full) == info["turn"]
 
 
 def test_zip_control_tags_set_levels_and_are_control_spans():
@@ -291,6 +299,56 @@ def test_zip_control_tags_set_levels_and_are_control_spans():
     assert record["rewritten"] and record["ignored_tags"] == ["<zip turn=99 level=2/>"]
     assert dict(zip(record["turns"]["turn"], record["turns"]["level"]))[3] == 5
     assert (0, 21, "zip") in info["control_spans"]
+
+
+def stepping_heap_peak(turns: int, budget: int = 2048, **kwargs):
+    """Peak Python heap (tracemalloc) allocated while a zip Ledger-v0 episode of `turns` pages is played, from
+    just after reset (the stream's answer key, built at reset, is the task's own data). Returns (peak, env)."""
+    zip_ = compression.get("zip", tokenizer="regex")  # a counter of its own: earlier tests do not pre-fill the cache
+    env = gym.make("agentenv/Ledger-v0", turns=turns, compressor=zip_, budget_tokens=budget, **kwargs)
+    policy = LedgerReader()
+    obs, _ = env.reset(seed=5)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        while True:
+            obs, _, terminated, truncated, _ = env.step(policy.act(obs))
+            if terminated or truncated:
+                break
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak, env
+
+
+@pytest.mark.parametrize("long_turns", [640, pytest.param(1024, marks=pytest.mark.slow)])
+def test_a_streamed_episode_holds_memory_by_the_budget_not_by_the_number_of_turns(long_turns):
+    stepping_heap_peak(64)  # first use: lazy imports and module-level caches
+    short, _ = stepping_heap_peak(128)
+    long, env = stepping_heap_peak(long_turns)
+    assert long < 1.5 * short, (short, long)  # 5x / 8x the turns
+    window = env.unwrapped.context_window
+    assert len(window.compressor.index.turns) <= 2048 // 16 and env.unwrapped._messages == []
+    # the same measurement does see the growth when the env keeps the full history (3x the turns)
+    kept_short, _ = stepping_heap_peak(128, keep_full_history=True)
+    kept_long, _ = stepping_heap_peak(384, keep_full_history=True)
+    assert kept_long > 2 * kept_short and kept_long > long, (kept_short, kept_long, long)
+
+
+def test_streamed_zip_releases_dropped_turns_and_ignores_tags_for_them():
+    env = gym.make("agentenv/Ledger-v0", turns=64, compressor="zip", budget_tokens=1024)
+    obs, _ = env.reset(seed=2)
+    policy = LedgerReader()
+    for _ in range(40):
+        obs, _, _, _, info = env.step(policy.act(obs))
+    index = env.unwrapped.context_window.compressor.index
+    held = {d.number for d in index.turns}
+    gone = next(t for t in range(1, 30) if t not in held)
+    assert index.forgotten > 0 and len(held) < 30
+    assert set(info["compression"].get("turns", {"turn": held})["turn"]) <= held | set(range(41))
+    obs, _, _, _, info = env.step(f'<zip turn={gone} level=5/><tool_call>{{"name": "read", "arguments": {{}}}}</tool_call>')
+    assert info["compression"]["ignored_tags"] == [f"<zip turn={gone} level=5/>"]
+    assert f"[t{gone} " not in "\n".join(m["content"] for m in obs)
 
 
 def test_check_env_passes_with_compression():

@@ -99,3 +99,83 @@ def test_q_com_rows_from_ledger_episodes_with_zip():
     assert torch.all((q_com[mask] >= 0) & (q_com[mask] <= 1))
     out = hrr_advantages(torch.tensor([0.5, -0.5]), q_com, mask, beta=1.0)
     assert out.shape == (2, 25) and torch.allclose(((out - torch.tensor([[0.5], [-0.5]])) * mask).sum(1), torch.zeros(2), atol=1e-5)
+
+
+# -- HRR in the learner ------------------------------------------------------------------------------
+
+LEDGER = {"turns": 4, "ledgers": 1, "probe_every": 2, "noise_lines": [1, 3], "compressor": "zip", "budget_tokens": 560}
+
+
+@pytest.fixture(scope="module")
+def ledger_episodes():
+    """Real rollout records: the Ledger reader played through `collect` (tiny tokenizer), with zip rewrites, so
+    episodes have several samples and per-turn Q_com."""
+    from agentenv.policies.rollout import collect
+    from agentenv.policies.tiny import tiny_tokenizer
+
+    episodes = collect("agentenv/Ledger-v0", LedgerReader(), [1], group_size=2, env_kwargs=LEDGER, tokenizer=tiny_tokenizer())
+    assert all(len(e.samples) > 1 for e in episodes)  # the context was rewritten: a new Sample each time
+    return episodes
+
+
+def _update(episodes, advantages, cfg, token_advantages=None):
+    """One learner update of a fresh tiny model (same init every call); returns its parameters."""
+    from agentenv.policies.learner import make_batch, update
+    from agentenv.policies.tiny import tiny_model, tiny_tokenizer
+
+    model = tiny_model(seed=0).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = make_batch(episodes, advantages, tiny_tokenizer().pad_token_id, cfg)
+    if token_advantages is not None:
+        batch.extras["token_advantages"] = token_advantages
+    update(model, optimizer, batch, cfg)
+    return batch, [p.detach().clone() for p in model.parameters()]
+
+
+def test_beta_zero_through_the_learner_is_plain_grpo(ledger_episodes):
+    from dataclasses import replace
+
+    from agentenv.policies.hrr import token_advantages
+    from agentenv.policies.learner import LearnerConfig
+
+    advantages = torch.tensor([1.0, -1.0])
+    cfg = LearnerConfig(lr=1e-2, micro_batch_size=4, share_prefix=0)
+    plain_batch, plain = _update(ledger_episodes, advantages, cfg)
+    assert "token_advantages" not in plain_batch.extras
+    # the per-token path itself, at beta = 0: the same update, bit for bit
+    length = plain_batch.input_ids.shape[1]
+    zero = token_advantages(ledger_episodes, advantages, length, beta=0.0, group_norm=True)[:, 1:].contiguous()
+    _, via_tokens = _update(ledger_episodes, advantages, cfg, token_advantages=zero)
+    assert all(torch.equal(a, b) for a, b in zip(plain, via_tokens))
+    # and beta > 0 does reach the gradient
+    hrr_batch, reshaped = _update(ledger_episodes, advantages, replace(cfg, hrr_beta=1.0, hrr_group_norm=True))
+    assert "token_advantages" in hrr_batch.extras
+    assert not all(torch.equal(a, b) for a, b in zip(plain, reshaped))
+
+
+@pytest.mark.parametrize("mode", ["add", "mul"])
+def test_each_turns_generated_tokens_carry_that_turns_reshaped_advantage(ledger_episodes, mode):
+    from agentenv.policies.learner import LearnerConfig, make_batch
+    from agentenv.policies.tiny import tiny_tokenizer
+
+    advantages = torch.tensor([1.0, -1.0])
+    cfg = LearnerConfig(hrr_beta=0.8, hrr_mode=mode)
+    batch = make_batch(ledger_episodes, advantages, tiny_tokenizer().pad_token_id, cfg)
+    tokens = batch.extras["token_advantages"]
+    assert tokens.shape == batch.loss_mask.shape
+    q_com, mask = q_com_rows([e.turns for e in ledger_episodes])
+    expected = hrr_advantages(advantages, q_com, mask, beta=0.8, mode=mode, group_ids=torch.tensor([0, 0]))
+    row = 0
+    for i, episode in enumerate(ledger_episodes):
+        for j, turn in enumerate(episode.turns):
+            # targets are shifted by one: token t of a sample is column t - 1
+            span = tokens[row + turn["sample"], turn["start"] - 1 : turn["end"] - 1]
+            assert torch.allclose(span, expected[i, j].expand_as(span))
+            assert batch.loss_mask[row + turn["sample"], turn["start"] - 1 : turn["end"] - 1].all()
+        shift = ((expected[i] - advantages[i]) * mask[i]).sum()
+        if mode == "add":  # the reshaping of a trajectory sums to zero over its turns
+            assert abs(float(shift)) < 1e-5
+        row += len(episode.samples)
+    outside = batch.loss_mask == 0
+    assert torch.equal(tokens[outside], batch.advantages[:, None].expand_as(tokens)[outside])
+    assert mask.any() and not torch.equal(tokens, batch.advantages[:, None].expand_as(tokens))

@@ -116,3 +116,70 @@ def test_kl_penalty_against_reference(episodes):
     stats = update(model, torch.optim.SGD(model.parameters(), lr=0.0), make_batch(episodes, adv, 0),
                    LearnerConfig(kl_coef=0.1), ref_model=ref)
     assert stats["kl"] > 0.0
+
+
+def grouped_episodes(prompt_lengths=(40, 43), group=4, seed=0):
+    """GRPO-shaped episodes: each group's samples share one prompt, then differ (different lengths)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for gid, plen in enumerate(prompt_lengths):
+        prompt = torch.randint(10, 500, (plen,), generator=g).tolist()
+        for i in range(group):
+            new = torch.randint(10, 500, (3 + int(torch.randint(0, 12, (1,), generator=g)),), generator=g).tolist()
+            out.append(episode(gid, float(i % 2), prompt + new, first_generated=plen))
+    return out
+
+
+def test_shared_prefix_forward_matches_plain_values_and_gradients():
+    from agentenv.policies.learner import _shared_prefix, final_hidden
+
+    episodes = grouped_episodes()
+    batch = make_batch(episodes, torch.zeros(len(episodes)), pad_id=0)
+    length, prefixes, inverse = _shared_prefix(batch, 32)
+    assert length == 40 and prefixes.shape[0] == 2 and inverse.tolist() == [0] * 4 + [1] * 4
+    weight = torch.randn(128, generator=torch.Generator().manual_seed(1))
+    results = []
+    for share in (0, 32):
+        model = tiny_model("tiny", seed=2).train()
+        hidden = final_hidden(model, batch, share_prefix=share)
+        ((hidden @ weight) * batch.loss_mask).sum().backward()
+        results.append((hidden.detach() * batch.loss_mask[..., None], {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (h0, g0), (h1, g1) = results
+    assert torch.allclose(h0, h1, atol=1e-5)
+    assert g0.keys() == g1.keys() and all(float((g0[n] - g1[n]).norm()) <= 1e-5 * float(g0[n].norm()) for n in g0)
+    # no shared prompt (or too short a one): the plain forward
+    assert _shared_prefix(batch, 41) is None
+    assert _shared_prefix(make_batch(episodes[::4], torch.zeros(2), pad_id=0), 8) is None
+
+
+def test_token_logprobs_mask_scores_only_masked_positions(episodes):
+    model = tiny_model("tiny", seed=1)
+    batch = make_batch(episodes, torch.zeros(len(episodes)), pad_id=0)
+    full, full_ent = token_logprobs(model, batch, temperature=0.7, chunk=5, with_entropy=True)
+    part, part_ent = token_logprobs(model, batch, temperature=0.7, chunk=5, with_entropy=True, mask=batch.loss_mask)
+    keep = batch.loss_mask.bool()
+    assert torch.allclose(part[keep], full[keep], atol=1e-6) and torch.allclose(part_ent[keep], full_ent[keep], atol=1e-6)
+    assert (part[~keep] == 0).all() and (part_ent[~keep] == 0).all()
+    grads = []
+    for mask in (None, batch.loss_mask):
+        model.zero_grad()
+        logp, ent = token_logprobs(model, batch, with_entropy=True, mask=mask)
+        ((logp + 0.1 * ent) * batch.loss_mask).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_update_with_shared_prefix_matches_plain_update(epochs):
+    episodes = grouped_episodes()
+    adv = episode_advantages(episodes, LearnerConfig())
+    params = []
+    for share in (0, 32):
+        model = tiny_model("tiny", seed=3).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        cfg = LearnerConfig(share_prefix=share, micro_batch_size=4, ppo_epochs=epochs, entropy_coef=0.01)
+        metrics = update(model, optimizer, make_batch(episodes, adv, pad_id=0), cfg)
+        params.append((metrics, [p.detach().clone() for p in model.parameters()]))
+    (m0, p0), (m1, p1) = params
+    assert m0["loss"] == pytest.approx(m1["loss"], abs=1e-6) and m0["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(p0, p1))

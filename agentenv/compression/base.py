@@ -8,13 +8,15 @@ turns are kept verbatim; every older turn gets a **level** from 1 (dropped; at m
 level of every completed turn and its Q_com score with the four terms (`quality.py`).
 
 Subclasses implement `_compress(history, budget)` and return a `Plan`: the new messages, the level of each
-completed turn and the tokens each of those turns costs in the new context.
+completed turn, the tokens each of those turns costs in the new context and the turns dropped for good
+(`forget`). When the history is streamed (`feed` / `compress_held`, what `ContextWindow` does), those turns
+are released after the call, and the record lists only the turns still held.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from agentenv.compression.quality import QComWeights, kept_by_presence, score_turns
 from agentenv.compression.tokens import TokenCounter, get_counter
@@ -32,15 +34,16 @@ _NO_EXTRA: frozenset[int] = frozenset()
 class History:
     """A history cut into turns, as a compressor sees it.
 
-    starts: index of the first message of each turn; turns: digests of the completed turns 1..n-1
-    (`turns[i]` is turn i + 1); open: digest of the last turn n (None before the first assistant turn);
-    tail_superseded: lines of completed turns that the open turn's facts supersede (turn number → lines);
-    protected: how many of the last completed turns are kept verbatim (with the open turn).
+    head: the opening messages (turn 0); turns: digests of the live completed turns, ascending (`turns[i]`
+    is turn i + 1 unless the history is streamed and turns were forgotten: then there are gaps);
+    by_number: the same by turn number; open: digest of the last turn (None before the first assistant
+    turn); tail_superseded: lines of completed turns that the open turn's facts supersede (turn number →
+    lines); protected: how many of the last completed turns are kept verbatim (with the open turn).
     """
 
-    messages: Sequence[Message]
-    starts: list[int]
+    head: Sequence[Message]
     turns: list[TurnDigest]
+    by_number: Mapping[int, TurnDigest]
     open: TurnDigest | None
     tail_superseded: dict[int, frozenset[int]]
     protected: int
@@ -51,25 +54,45 @@ class History:
 
     def messages_of(self, number: int) -> Sequence[Message]:
         """The messages of turn `number` (0 = the opening messages)."""
-        end = self.starts[number + 1] if number + 1 < len(self.starts) else len(self.messages)
-        return self.messages[self.starts[number] : end]
+        if number == 0:
+            return self.head
+        if self.open is not None and number == self.open.number:
+            return self.open.messages
+        return self.by_number[number].messages
 
     @property
-    def head(self) -> Sequence[Message]:
-        return self.messages_of(0)
+    def messages(self) -> list[Message]:
+        """The history as one list (the turns it still holds)."""
+        out = list(self.head)
+        for digest in self.turns:
+            out.extend(digest.messages)
+        if self.open is not None:
+            out.extend(self.open.messages)
+        return out
 
     @property
     def candidates(self) -> list[TurnDigest]:
-        """Completed turns a compressor may shorten (all but the protected recent ones): turns 1..C."""
+        """Completed turns a compressor may shorten (all but the protected recent ones)."""
         return self.turns[: len(self.turns) - self.protected]
 
     @property
-    def tail(self) -> Sequence[Message]:
+    def last_candidate(self) -> int:
+        """Number of the newest turn that is not protected (held or forgotten); 0 when there is none."""
+        if self.protected:
+            return self.turns[len(self.turns) - self.protected].number - 1
+        if self.open is not None:
+            return self.open.number - 1
+        return 0
+
+    @property
+    def tail(self) -> list[Message]:
         """The protected recent turns' messages, the open turn included."""
-        if len(self.starts) < 2:
-            return []
-        first = len(self.starts) - 1 - self.protected
-        return self.messages[self.starts[first] :]
+        out: list[Message] = []
+        for digest in self.turns[len(self.turns) - self.protected :] if self.protected else ():
+            out.extend(digest.messages)
+        if self.open is not None:
+            out.extend(self.open.messages)
+        return out
 
 
 @dataclass
@@ -84,6 +107,7 @@ class Plan:
     kept_value: list[float] | None = None
     complete: list[float] | None = None
     mass: list[float] | None = None
+    forget: list[int] | None = None  # turns this plan dropped for good (a streamed history releases them)
 
 
 class Compressor:
@@ -96,7 +120,8 @@ class Compressor:
         weights: Q_com term weights.
 
     A compressor keeps an index of the history it last saw, so calling it again on the same history after
-    it grew costs O(new turns) to index; give every environment its own compressor.
+    it grew costs O(new turns) to index; give every environment its own compressor. `ContextWindow` streams
+    the history instead (`feed`, `compress_held`): the compressor then releases the turns it drops for good.
     """
 
     name = "base"
@@ -116,9 +141,35 @@ class Compressor:
 
     def compress(self, messages: Sequence[Message], budget_tokens: int, **options: Any) -> tuple[list[Message], dict[str, Any]]:
         """Compress `messages` to at most `budget_tokens` tokens. Returns (new messages, record)."""
+        new, record, _ = self._run(self.history(messages), budget_tokens, **options)
+        return new, record
+
+    # -- streaming: the history arrives in pieces and turns dropped for good are released -------------
+
+    def restart(self) -> None:
+        """Start a new streamed history (`feed`, `compress_held`)."""
+        self.index.reset()
+
+    def feed(self, messages: Sequence[Message]) -> None:
+        """Append the messages that followed the ones fed before."""
+        self.index.extend(messages)
+
+    def compress_held(self, budget_tokens: int, **options: Any) -> tuple[list[Message], dict[str, Any]]:
+        """`compress` of the history fed so far; then the turns the plan dropped for good (`Plan.forget`) are
+        released, so later calls neither see nor bring them back. Memory then follows what the context
+        shows, not the length of the episode."""
+        new, record, plan = self._run(self.history(), budget_tokens, **options)
+        if plan.forget:
+            self.index.forget(plan.forget)
+            self._release(plan.forget)
+        return new, record
+
+    def _release(self, numbers: list[int]) -> None:
+        """Drop the compressor's own state about turns that were forgotten (default: none kept)."""
+
+    def _run(self, history: History, budget_tokens: int, **options: Any) -> tuple[list[Message], dict[str, Any], Plan]:
         if not isinstance(budget_tokens, int) or budget_tokens < MIN_BUDGET:
             raise ValueError(f"budget_tokens must be an int of at least {MIN_BUDGET}, got {budget_tokens!r}")
-        history = self.history(messages)
         plan = self._compress(history, budget_tokens, **options)
         new, tokens_after = fit_to_budget(plan.messages, budget_tokens, self.counter)
         turns = history.turns
@@ -138,14 +189,15 @@ class Compressor:
             "q_com": sum(compressed) / len(compressed) if compressed else None,
             "turns": {"turn": [d.number for d in turns], "level": list(plan.levels), **scores},
         }
-        return new, record
+        return new, record, plan
 
-    def history(self, messages: Sequence[Message]) -> History:
-        """Index `messages` (incrementally) into a `History`."""
-        starts, turns = self.index.update(messages)
-        open_turn = self.index.open_turn(messages) if len(starts) > 1 else None
+    def history(self, messages: Sequence[Message] | None = None) -> History:
+        """Index `messages` (the whole history; incrementally) into a `History`; without `messages`, the
+        history fed so far."""
+        turns = self.index.update(messages) if messages is not None else self.index.digest()
+        open_turn = self.index.open_turn()
         extra = self.index.tail_superseded(open_turn) if open_turn is not None else {}
-        return History(messages, starts, turns, open_turn, extra, min(self.keep_recent - 1, len(turns)))
+        return History(self.index.head, turns, self.index.by_number, open_turn, extra, min(self.keep_recent - 1, len(turns)))
 
     def _compress(self, history: History, budget: int, **options: Any) -> Plan:
         """The plan for `history` within `budget` tokens."""

@@ -28,6 +28,12 @@ def _omitted(first: int, last: int) -> Message:
     return {"role": "user", "content": f"[turns {first}-{last} omitted to fit the context budget]"}
 
 
+def _omitted_before(history: History, shown: list[Any]) -> list[Message]:
+    """The note for the turns before the first shown candidate (those dropped now or forgotten earlier)."""
+    last = shown[0].number - 1 if shown else history.last_candidate
+    return [_omitted(1, last)] if last > 0 else []
+
+
 def _fit_suffix(room: int, cost: list[int]) -> int:
     """Index of the oldest item of the longest suffix of `cost` whose sum fits `room`."""
     first = len(cost)
@@ -56,15 +62,14 @@ class Window(Compressor):
         first = _fit_suffix(room, [d.tokens for d in candidates])
         if self.turns is not None:
             first = max(first, len(candidates) - self.turns)
-        out = list(history.head)
-        if first > 0:
-            out.append(_omitted(candidates[0].number, candidates[first - 1].number))
+        out = [*history.head, *_omitted_before(history, candidates[first:])]
         for digest in candidates[first:]:
             out.extend(history.messages_of(digest.number))
         out.extend(history.tail)
         kept = set(d.number for d in candidates[first:]) | {d.number for d in history.turns[len(candidates):]}
         levels = [5 if d.number in kept else 1 for d in history.turns]
-        return Plan(out, levels, [d.tokens if d.number in kept else 0 for d in history.turns])
+        return Plan(out, levels, [d.tokens if d.number in kept else 0 for d in history.turns],
+                    forget=[d.number for d in candidates[:first]])
 
 
 class MaskObservations(Compressor):
@@ -105,9 +110,7 @@ class MaskObservations(Compressor):
             if verbatim == 0 or first <= len(candidates) - verbatim:
                 break
             verbatim -= 1  # the verbatim observations alone do not fit
-        out = list(history.head)
-        if first > 0:
-            out.append(_omitted(candidates[0].number, candidates[first - 1].number))
+        out = [*history.head, *_omitted_before(history, candidates[first:])]
         levels, kept = [], []
         for i, digest in enumerate(candidates):
             full = i >= len(candidates) - verbatim
@@ -119,4 +122,4 @@ class MaskObservations(Compressor):
         for digest in history.turns[len(candidates):]:
             levels.append(5)
             kept.append(digest.tokens)
-        return Plan(out, levels, kept)
+        return Plan(out, levels, kept, forget=[d.number for d in candidates[:first]])

@@ -1,12 +1,17 @@
 """`ContextWindow`: what an environment shows the agent of its history, under a token budget.
 
-`ChatEnv` keeps the full history (for the record: `env.unwrapped.full_history`) and passes every observation
-through its window. New messages are appended to the view while it fits `budget_tokens`; when it does not,
-the compressor rewrites the whole history to `budget_tokens − headroom` (hysteresis, so that a rewrite
-happens every few turns rather than every turn), where `headroom = (1 − fill) × budget_tokens` but at most
-half of what the opening messages and the latest turn leave free, and 0 when it is smaller than the latest
-turn (then every turn needs a rewrite anyway, so the memory gets all the room). The view never exceeds
-the budget.
+`ChatEnv` passes every step's new messages through its window. By default the history is **streamed**: the
+env keeps no copy of it, the compressor holds only the turns it may still show (a turn it drops for good is
+released, `Compressor.compress_held`), so the memory of an episode follows the budget, not its length.
+With `keep_full_history=True` (an env keyword) the env keeps every message (`env.unwrapped.full_history`)
+and the compressor rewrites the whole history each time, so it may bring back a turn it dropped earlier;
+memory then grows with the episode.
+
+New messages are appended to the view while it fits `budget_tokens`; when it does not, the compressor
+rewrites the history to `budget_tokens − headroom` (hysteresis, so that a rewrite happens every few turns
+rather than every turn), where `headroom = (1 − fill) × budget_tokens` but at most half of what the opening
+messages and the latest turn leave free, and 0 when it is smaller than the latest turn (then every turn
+needs a rewrite anyway, so the memory gets all the room). The view never exceeds the budget.
 
 A rewrite breaks the token sequence a rollout is growing: the rollout starts a new Sample at that turn
 (same episode reward; per-turn reshaping such as HRR allowed). `info["compression"]["rewritten"]` is True on
@@ -15,12 +20,13 @@ exactly those steps, and then also carries the per-turn levels and Q_com record 
 `info["compression"]` on every step: compressor, tokenizer, budget_tokens, rewritten, tokens_full (the whole
 history), tokens_before / tokens_after (the view before and after this step's compression), keep_ratio
 (after / full), q_com (mean Q_com of the compressed turns in the view; None before the first rewrite),
-ignored_tags; on rewrites: turns (per completed turn: turn, level, q_com, ratio, consistency, retention,
-completeness).
+ignored_tags; on rewrites: turns (per completed turn the compressor holds, i.e. when streaming the turns
+it has not released: turn, level, q_com, ratio, consistency, retention, completeness).
 
 Control tags: with a controllable compressor (zip), `<zip turn=K level=N/>` in an action fixes the level of
-turn K (N in 1..5) for the rest of the episode and forces a rewrite; the tags' character spans are added to
-`info["control_spans"]` as kind "zip", so a learner can treat them as control decisions.
+turn K (N in 1..5) for the rest of the episode and forces a rewrite (a tag for a turn already released is
+ignored); the tags' character spans are added to `info["control_spans"]` as kind "zip", so a learner can
+treat them as control decisions.
 """
 
 from __future__ import annotations
@@ -53,10 +59,25 @@ class ContextWindow:
             raise ValueError("fill must be in (0, 1]")
         self.compressor = compressor
         self.budget_tokens = budget_tokens
+        compressor.counter.reserve(budget_tokens // 2)  # a context of B tokens has fewer than B/2 lines
         self.headroom = int((1.0 - fill) * budget_tokens)
-        self._source: list[Message] | None = None
+        self.keep_full_history = False
+        self._restart(None)
 
-    def _restart(self, messages: list[Message]) -> None:
+    def reset(self, keep_full_history: bool = False) -> None:
+        """Start a new episode. `keep_full_history`: the env passes its whole (growing) history to `observe`
+        and the compressor works on all of it; else `observe` gets only the new messages (streaming)."""
+        self.keep_full_history = keep_full_history
+        self._restart(None)
+        if not keep_full_history:
+            self.compressor.restart()
+
+    @property
+    def view(self) -> list[Message]:
+        """The current observation."""
+        return list(self._view)
+
+    def _restart(self, messages: list[Message] | None) -> None:
         self._source = messages
         self._view: list[Message] = []
         self._seen = 0
@@ -68,12 +89,19 @@ class ContextWindow:
         self._turn = 0
 
     def observe(self, messages: list[Message], info: dict[str, Any]) -> list[Message]:
-        """The observation for the history `messages` (the env's own list, which only grows within an
-        episode); writes `info["compression"]`."""
-        if messages is not self._source or len(messages) < self._seen:
-            self._restart(messages)
-        new = messages[self._seen :]
-        self._seen = len(messages)
+        """The observation after `messages` arrived: when streaming, the messages since the last call; with
+        `keep_full_history`, the env's whole history (its own list, which only grows within an episode).
+        Writes `info["compression"]`."""
+        streaming = not self.keep_full_history
+        if streaming:
+            new = list(messages)
+            if new and not isinstance(self.compressor, NoCompression):  # "none" never compresses: nothing to index
+                self.compressor.feed(new)
+        else:
+            if messages is not self._source or len(messages) < self._seen:
+                self._restart(messages)
+            new = messages[self._seen :]
+            self._seen = len(messages)
         counter = self.compressor.counter
         added = counter.count_messages(new)
         if self._head_tokens is None:
@@ -91,7 +119,11 @@ class ContextWindow:
             if headroom < added:  # the next turn would not fit anyway: rewrite every turn, with all the room
                 headroom = 0
             target = max(MIN_BUDGET, self.budget_tokens - headroom)
-            self._view, result = self.compressor(messages, target, **options)
+            if streaming:
+                self._view, result = self.compressor.compress_held(target, **options)
+                self._levels = {t: level for t, level in self._levels.items() if self.compressor.index.holds(t)}
+            else:
+                self._view, result = self.compressor(messages, target, **options)
             self._view_tokens = result["tokens_after"]
             self._q = result["q_com"]
             record.update(rewritten=True, turns=result["turns"])
@@ -113,7 +145,9 @@ class ContextWindow:
             spans = []
             for match in ZIP_TAG.finditer(m["content"]):
                 turn, level = int(match.group(1)), int(match.group(2))
-                if not self.compressor.controllable or not 1 <= level <= 5 or not 1 <= turn < self._turn:
+                if not self.compressor.controllable or not 1 <= level <= 5 or not 1 <= turn < self._turn or (
+                    not self.keep_full_history and not self.compressor.index.holds(turn)  # released for good
+                ):
                     ignored.append(match.group(0))
                     continue
                 self._levels[turn] = level

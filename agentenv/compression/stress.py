@@ -42,6 +42,7 @@ class StressConfig:
     compressor: str = "zip"
     budget_tokens: int = 2048
     tokenizer: str = "auto"
+    keep_full_history: bool = False  # True: the env keeps every message and zip re-plans the whole history
     sweep_budgets: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192])
     compare: list[str] = field(default_factory=lambda: ["window", "mask_observations"])
     plot: str | None = None  # default: runs/<name>-retention.png
@@ -87,6 +88,25 @@ def _fraction(facts: list[Any], present: set[str]) -> float | None:
     return sum(f.line in present for f in facts) / len(facts) if facts else None
 
 
+class _Mean:
+    """A running mean of the values that are not None (NaN when there are none): the runner keeps no
+    per-turn lists, so its memory does not grow with the episode either."""
+
+    __slots__ = ("total", "count")
+
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def add(self, value: float | None) -> None:
+        if value is not None:
+            self.total += value
+            self.count += 1
+
+    @property
+    def value(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+
 def _mean(values: list[float | None]) -> float:
     """Mean of the values that are not None; NaN when there are none (e.g. no probe needed a fact)."""
     kept = [v for v in values if v is not None]
@@ -108,7 +128,8 @@ def run_stress(config: StressConfig, compressor: str | None = None, budget_token
     wall = cpu = 0.0
     total_turns = 0
     for episode in range(config.episodes):
-        env = gym.make(config.env, **config.env_kwargs, compressor=get(name, tokenizer=config.tokenizer), budget_tokens=budget)
+        env = gym.make(config.env, **config.env_kwargs, compressor=get(name, tokenizer=config.tokenizer), budget_tokens=budget,
+                       keep_full_history=config.keep_full_history)
         stream_env = env.unwrapped
         if not hasattr(stream_env, "stream"):
             raise SystemExit(f"{config.env} has no fact stream to measure retention on; stress runs need agentenv/Ledger-v0")
@@ -116,7 +137,8 @@ def run_stress(config: StressConfig, compressor: str | None = None, budget_token
         obs, info = env.reset(seed=config.seed + episode)
         wall += time.perf_counter() - t0
         cpu += time.process_time() - c0
-        state, needed, kept, full = [], [], [], []
+        state, needed = _Mean(), _Mean()
+        kept_sum = full_sum = peak = 0
         rewrites, reward, turns = 0, 0.0, 0
         while True:
             t0, c0 = time.perf_counter(), time.process_time()
@@ -126,20 +148,20 @@ def run_stress(config: StressConfig, compressor: str | None = None, budget_token
             turns += 1
             record = info["compression"]
             rewrites += record["rewritten"]
-            kept.append(record["tokens_after"])
-            full.append(record["tokens_full"])
+            kept, full = record["tokens_after"], record["tokens_full"]
+            kept_sum, full_sum, peak = kept_sum + kept, full_sum + full, max(peak, kept)
             present = _present(obs)
-            state.append(_fraction(stream_env.stream.state_facts(stream_env.page), present))
-            needed.append(_fraction(stream_env.stream.needed_facts(stream_env.page), present))
+            state.add(_fraction(stream_env.stream.state_facts(stream_env.page), present))
+            needed.add(_fraction(stream_env.stream.needed_facts(stream_env.page), present))
             if terminated or truncated:
                 break
         env.close()
         total_turns += turns
         per_episode.append({
-            "turns": turns, "retention": _mean(state), "needed_retention": _mean(needed),
+            "turns": turns, "retention": state.value, "needed_retention": needed.value,
             "probe_accuracy": float(info.get("reward_components", {}).get("accuracy", 0.0)),
-            "tokens_full": full[-1], "tokens_kept": kept[-1], "keep_ratio": kept[-1] / full[-1],
-            "cumulative_ratio": sum(kept) / sum(full), "peak_tokens": max(kept), "rewrites": rewrites,
+            "tokens_full": full, "tokens_kept": kept, "keep_ratio": kept / full,
+            "cumulative_ratio": kept_sum / full_sum, "peak_tokens": peak, "rewrites": rewrites,
         })
     mean = {key: _mean([e[key] for e in per_episode if not math.isnan(e[key])]) for key in per_episode[0]}
     return RunStats(
@@ -222,7 +244,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
 
     config = load_scenario(args.scenario)
     overrides = {"compressor": args.compressor, "budget_tokens": args.budget, "episodes": args.episodes,
-                 "tokenizer": args.tokenizer, "plot": args.plot}
+                 "tokenizer": args.tokenizer, "plot": args.plot, "keep_full_history": args.keep_full_history or None}
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, value)
@@ -254,6 +276,8 @@ def add_stress_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer", default=None, help="auto (cl100k offline), cl100k or regex (default: the scenario's)")
     parser.add_argument("--plot", default=None, help="PNG path of the retention-vs-budget plot (default runs/<name>-retention.png)")
     parser.add_argument("--no-sweep", action="store_true", help="only the headline run: no budget sweep, no plot")
+    parser.add_argument("--keep-full-history", action="store_true",
+                        help="keep every message and re-plan the whole history at each rewrite (memory grows with the episode)")
     parser.set_defaults(func=cmd_stress)
     return parser
 

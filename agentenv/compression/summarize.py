@@ -92,19 +92,20 @@ class Summarize(Compressor):
     def __init__(self, *args: Any, policy: Policy | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.policy = policy if policy is not None else ExtractiveSummarizer()
-        self._memo: tuple[Any, int, str] | None = None  # (first message of the last folded turn, its number, summary)
+        self._memo: tuple[object, int, str] | None = None  # (index epoch, number of the last folded turn, summary)
 
     def _prompt(self, history: History, fold: list[TurnDigest], limit: int) -> str:
         task = "\n".join(m["content"] for m in history.head if m["role"] == "user")
         covered, previous = 0, "(none)"
         memo = self._memo
-        if memo is not None and memo[1] <= len(fold) and fold[memo[1] - 1].first is memo[0]:
+        if memo is not None and memo[0] is self.index.epoch and memo[1] <= fold[-1].number:  # the same history, grown
             covered, previous = memo[1], memo[2]
+        new = [d for d in fold if d.number > covered]
         turns = []
-        for digest in fold[covered:]:
+        for digest in new:
             turns.append(f"[turn {digest.number}]")
             turns.extend(m["content"] for m in history.messages_of(digest.number))
-        first = fold[covered].number if covered < len(fold) else fold[-1].number
+        first = new[0].number if new else fold[-1].number
         return SUMMARY_PROMPT.format(task=task, covered=covered, previous=previous, first=first, last=fold[-1].number,
                                      turns="\n".join(turns) or "(none)", limit=limit)
 
@@ -123,7 +124,7 @@ class Summarize(Compressor):
     def _compress(self, history: History, budget: int) -> Plan:
         fold = history.candidates
         if not fold:
-            return Plan(list(history.messages), [5] * len(history.turns), [d.tokens for d in history.turns])
+            return Plan(history.messages, [5] * len(history.turns), [d.tokens for d in history.turns])
         header = f"[summary of turns 1-{fold[-1].number}]"
         count = self.counter.count_messages
         limit = budget - count(history.head) - count(history.tail) - self.counter.count_message({"content": header + "\n"})
@@ -132,10 +133,11 @@ class Summarize(Compressor):
             summary = self.policy.generate([[{"role": "system", "content": SUMMARY_SYSTEM},
                                              {"role": "user", "content": self._prompt(history, fold, limit)}]])[0].text
             summary = self._fit(summary.strip(), limit)
-            self._memo = (fold[-1].first, len(fold), summary)
+            self._memo = (self.index.epoch, fold[-1].number, summary)
         note = {"role": "user", "content": f"{header}\n{summary}" if summary else header}
         out = [*history.head, note, *history.tail]
         share = self.counter.count_message(note) // len(fold)
         levels = [2] * len(fold) + [5] * (len(history.turns) - len(fold))
         kept = [share] * len(fold) + [d.tokens for d in history.turns[len(fold):]]
-        return Plan(out, levels, kept)
+        # once in the summary, a folded turn is never needed again (the next summary starts from this one)
+        return Plan(out, levels, kept, forget=[d.number for d in fold] if summary else None)

@@ -9,7 +9,11 @@ count.
 A context's size is `Σ_messages (tokens(content) + per_message)`, where `per_message` is the chat template's
 cost of one message (5 for ChatML: `<|im_start|>`, role, `\\n`, `<|im_end|>`, `\\n`).
 
-Counts are cached per text, so a 256-turn history costs one encode per new message. For cl100k and the
+Counts are cached per text, so a 256-turn history costs one encode per new message. The cache is bounded:
+two generations of `generation` texts (a text looked up again moves to the current one, so it survives the
+turnover). What a compressed context looks up again is its recent messages and its kept lines, which grow
+with the budget, not with the episode: a `ContextWindow` raises `generation` to half its budget
+(`reserve`), at least `CACHE_GENERATION`. For cl100k and the
 regex tokenizer the count of a text is also the sum of the counts of its lines (split after a newline that
 is followed by a non-space character: no pre-tokenizer piece of either crosses such a boundary), so a
 compressed rendering made of lines counted before (a compressor counts the lines it may keep) is counted
@@ -22,10 +26,10 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Iterable, Sequence
 
-__all__ = ["RegexTokenizer", "TokenCounter", "get_counter", "split_segments"]
+__all__ = ["RegexTokenizer", "TokenCounter", "get_counter", "split_segments", "CACHE_GENERATION"]
 
 CHATML_PER_MESSAGE = 5
-_MAX_CACHE = 1 << 17  # cached texts (a 1024-turn episode has ~20k distinct lines); cleared when full
+CACHE_GENERATION = 1 << 10  # texts per cache generation, at least (a kept line is looked up at every rewrite)
 _SEGMENT_END = re.compile(r"\n(?=\S)")
 
 
@@ -66,15 +70,26 @@ class TokenCounter:
         self.name = name
         self.per_message = per_message
         self.additive = additive
-        self._cache: dict[str, int] = {}
+        self.generation = CACHE_GENERATION
+        self._cache: dict[str, int] = {}  # the current generation
+        self._old: dict[str, int] = {}  # the previous one: a hit there moves the text to the current one
+
+    def reserve(self, texts: int) -> None:
+        """Make each cache generation hold at least `texts` texts (never lowers it: counters are shared)."""
+        self.generation = max(self.generation, int(texts))
+
+    def _store(self, text: str, n: int) -> None:
+        if len(self._cache) >= self.generation:
+            self._old, self._cache = self._cache, {}
+        self._cache[text] = n
 
     def _encoded(self, text: str) -> int:
-        cache = self._cache
-        n = cache.get(text)
+        n = self._cache.get(text)
         if n is None:
-            if len(cache) >= _MAX_CACHE:
-                cache.clear()
-            n = cache[text] = len(self._encode(text))
+            n = self._old.get(text)
+            if n is None:
+                n = len(self._encode(text))
+            self._store(text, n)
         return n
 
     def count(self, text: str) -> int:
@@ -82,11 +97,17 @@ class TokenCounter:
         n = self._cache.get(text)
         if n is not None:
             return n
+        n = self._old.get(text)
+        if n is not None:
+            self._store(text, n)
+            return n
         if self.additive and "\n" in text:
             segments = split_segments(text)
-            if any(s in self._cache for s in segments):  # a rendering of known lines: counted line by line, and
-                return sum(self._encoded(s) for s in segments)  # not cached itself (renderings rarely recur)
-        return self._encoded(text)
+            if any(s in self._cache or s in self._old for s in segments):  # a rendering of known lines: counted line
+                return sum(self._encoded(s) for s in segments)  # by line, and not cached itself (renderings rarely recur)
+        n = len(self._encode(text))
+        self._store(text, n)
+        return n
 
     def count_message(self, message: dict[str, Any]) -> int:
         """Tokens of one chat message: its content plus the template's per-message cost."""

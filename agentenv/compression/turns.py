@@ -13,13 +13,15 @@ the fact line carries the value). A line's value to the task is
 `relevance × (1 if fact else NON_FACT) × (SUPERSEDED if superseded) × (REDUNDANT if redundant)`.
 
 `HistoryIndex` digests each completed turn once and keeps the supersession marks up to date as the history
-grows, so a compressor's cost per call does not include re-reading old turns.
+grows, so a compressor's cost per call does not include re-reading old turns. Fed a streaming history, it
+also forgets the turns a compressor has dropped for good, so what it holds is bounded by what the context
+can show, not by the length of the episode.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Container, Sequence
+from typing import Any, Container, Iterable, Sequence
 
 from agentenv.compression.tokens import TokenCounter
 
@@ -77,12 +79,13 @@ class TurnDigest:
     `redundant` lines quote one of `known_keys` (the fact keys seen before this turn). `line_count` counts
     all non-blank lines and `tokens` is the exact size of the turn's messages as they are."""
 
-    __slots__ = ("number", "first", "size", "line_count", "lines", "relevance", "keys", "refs", "costs", "tokens",
+    __slots__ = ("number", "messages", "first", "size", "line_count", "lines", "relevance", "keys", "refs", "costs", "tokens",
                  "superseded", "redundant", "version", "_values")
 
     def __init__(self, number: int, messages: Sequence[Message], terms: dict[str, float], counter: TokenCounter,
                  known_keys: Container[str] = ()):
         self.number = number
+        self.messages = messages
         self.first = messages[0]  # identity of the turn's first message: the index checks it is unchanged
         self.size = len(messages)
         self.line_count = 0
@@ -135,56 +138,110 @@ class TurnDigest:
 
 
 class HistoryIndex:
-    """Digests of the turns of one history, built incrementally.
+    """Digests of the turns of one history, built incrementally; fed in one of two ways.
 
-    `update(messages)` re-uses every digest whose turn is unchanged (checked by message identity) and
-    digests the new completed turns (all but the last); a different history (another first message, or a
-    shorter one) starts over. `open_turn` digests the last turn. `take_dirty()` returns the numbers of the
-    completed turns whose lines were superseded since the last call.
+    * `update(messages)`: the whole history each call. It may only grow (checked by message identity); a
+      different or shorter one starts over.
+    * `extend(new)`: only the messages since the last call (a streaming history, `ContextWindow`). Then a
+      compressor may `forget` turns it has dropped for good: the index holds the opening messages, the live
+      completed turns and the open turn, not the whole history.
+
+    A completed turn is digested once, when `digest()` is next called (turn k is complete once turn k + 1 has
+    started); `open_turn()` digests the last turn (cached while it is unchanged); `take_dirty()` returns the
+    numbers of the live turns whose lines were superseded since the last call. `latest` (fact key → where its
+    latest fact is) grows with the number of distinct fact keys, not with the number of turns.
     """
 
     def __init__(self, counter: TokenCounter):
         self.counter = counter
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new history."""
+        self.epoch = object()  # a new one per history: compressors key their own caches on it
         self.terms: dict[str, float] = {}
-        self.turns: list[TurnDigest] = []  # completed turns 1..n-1 (index i holds turn i + 1)
-        self.starts: list[int] = [0]
+        self.head: list[Message] = []  # turn 0
+        self.turns: list[TurnDigest] = []  # live completed turns, ascending numbers (gaps where forgotten)
+        self.by_number: dict[int, TurnDigest] = {}
         self.latest: dict[str, tuple[int, int]] = {}  # fact key → (turn number, line)
-        self._head: Message | None = None
-        self._scanned = 0
+        self.open_number = 0  # number of the last (open) turn; 0 before the first assistant message
+        self.open_messages: list[Message] = []
+        self.forgotten = 0
+        self._raw: list[tuple[int, list[Message]]] = []  # completed turns not digested yet
         self._open: TurnDigest | None = None
         self._dirty: set[int] = set()
+        self._first: Message | None = None
+        self._last: Message | None = None
+        self._scanned = 0
 
-    def update(self, messages: Sequence[Message]) -> tuple[list[int], list[TurnDigest]]:
-        """(start index of every turn, digests of the completed turns) for `messages`."""
-        if not messages or messages[0] is not self._head or len(messages) < self._scanned or (
-            self.turns and messages[self.starts[len(self.turns)]] is not self.turns[-1].first
-        ):
-            self.__init__(self.counter)
-            self._head = messages[0] if messages else None
-            self.terms = task_terms(messages)
-        self.starts = turn_starts(messages, self._scanned, self.starts)
-        self._scanned = len(messages)
-        starts = self.starts
-        while len(self.turns) < len(starts) - 2:  # turn k is complete once turn k + 1 has started
-            k = len(self.turns) + 1
-            part = messages[starts[k] : starts[k + 1]]
+    def extend(self, messages: Sequence[Message]) -> None:
+        """Append the messages that followed the last ones given."""
+        for m in messages:
+            if m["role"] == "assistant" and self._scanned:
+                if self.open_number:
+                    self._raw.append((self.open_number, self.open_messages))
+                else:
+                    self.terms = task_terms(self.head)
+                self.open_number += 1
+                self.open_messages = [m]
+            elif self.open_number:
+                self.open_messages.append(m)
+            else:
+                self.head.append(m)
+            self._scanned += 1
+        if messages:
+            if self._first is None:
+                self._first = messages[0]
+            self._last = messages[-1]
+
+    def update(self, messages: Sequence[Message]) -> list[TurnDigest]:
+        """Digests of the completed turns of the whole history `messages`."""
+        seen = self._scanned
+        if not messages or messages[0] is not self._first or len(messages) < seen or (seen and messages[seen - 1] is not self._last):
+            self.reset()
+            seen = 0
+        if len(messages) > seen:
+            self.extend(messages[seen:])
+        return self.digest()
+
+    def digest(self) -> list[TurnDigest]:
+        """Digest the turns completed since the last call; returns the live completed turns."""
+        for number, part in self._raw:
             digest = self._open
-            if digest is None or digest.number != k or digest.first is not part[0] or digest.size != len(part):
-                digest = TurnDigest(k, part, self.terms, self.counter, self.latest)
+            if digest is None or digest.number != number or digest.size != len(part) or digest.first is not part[0]:
+                digest = TurnDigest(number, part, self.terms, self.counter, self.latest)
             self._supersede(digest)
             self.turns.append(digest)
-        return starts, self.turns
+            self.by_number[number] = digest
+        self._raw = []
+        return self.turns
 
-    def open_turn(self, messages: Sequence[Message]) -> TurnDigest:
-        """Digest of the last (open) turn; call after `update`. Cached while that turn is unchanged."""
-        start = self.starts[-1]
-        cached = self._open
-        if cached is None or cached.first is not messages[start] or cached.size != len(messages) - start:
-            cached = self._open = TurnDigest(len(self.starts) - 1, messages[start:], self.terms, self.counter, self.latest)
+    def open_turn(self) -> TurnDigest | None:
+        """Digest of the last (open) turn, None before the first assistant message. Cached while unchanged."""
+        if not self.open_number:
+            return None
+        cached, part = self._open, self.open_messages
+        if cached is None or cached.number != self.open_number or cached.size != len(part) or cached.first is not part[0]:
+            cached = self._open = TurnDigest(self.open_number, list(part), self.terms, self.counter, self.latest)
         return cached
 
+    def holds(self, number: int) -> bool:
+        """Whether turn `number` (≥ 1) is still in the index (not forgotten)."""
+        return number in self.by_number or number == self.open_number or any(n == number for n, _ in self._raw)
+
+    def forget(self, numbers: Iterable[int]) -> None:
+        """Drop completed turns for good: their digests and messages are released."""
+        gone = self.by_number.keys() & set(numbers)
+        if not gone:
+            return
+        self.turns = [d for d in self.turns if d.number not in gone]
+        for number in gone:
+            del self.by_number[number]
+        self._dirty -= gone
+        self.forgotten += len(gone)
+
     def take_dirty(self) -> set[int]:
-        """Numbers of the completed turns superseded since the last call."""
+        """Numbers of the live completed turns superseded since the last call."""
         dirty, self._dirty = self._dirty, set()
         return dirty
 
@@ -194,10 +251,11 @@ class HistoryIndex:
                 continue
             previous = self.latest.get(key)
             if previous is not None:
-                old = self.turns[previous[0] - 1] if previous[0] < digest.number else digest
-                old.superseded.add(previous[1])
-                old.version += 1
-                self._dirty.add(old.number)
+                old = digest if previous[0] == digest.number else self.by_number.get(previous[0])
+                if old is not None:  # a forgotten turn needs no marks
+                    old.superseded.add(previous[1])
+                    old.version += 1
+                    self._dirty.add(old.number)
             self.latest[key] = (digest.number, line)
 
     def tail_superseded(self, open_turn: TurnDigest) -> dict[int, frozenset[int]]:

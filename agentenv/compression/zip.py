@@ -18,6 +18,10 @@ upgrade first, newer turns first on ties, then a check of the exact count that u
 while the context is over budget. The upgrades stay sorted between calls and only the turns that are new
 or had a fact superseded are re-planned, so a call costs O(kept turns + changes), not O(history).
 
+In a streamed history (`ContextWindow`) a turn dropped to L1 is released for good (`Plan.forget`): only the
+turns the context still shows are held and planned, so memory and planning follow the budget, not the
+episode length; the knapsack then places new turns against the kept ones only.
+
 The policy can choose levels itself: pass `levels={turn: level}` (the env reads `<zip turn=K level=N/>`
 control tags from actions, `context.py`); a chosen level that keeps nothing more than a coarser one falls
 back to that one; chosen levels are honoured first, and released (oldest first, for the greedy choice to
@@ -65,8 +69,8 @@ class Zip(Compressor):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._epoch: list[TurnDigest] | None = None
-        self._plans: list[_TurnPlan] = []  # candidate turns 1..C (index = number - 1)
+        self._epoch: object | None = None
+        self._plans: dict[int, _TurnPlan] = {}  # candidate turns by number
         self._items: list[tuple] = []  # (-density, -number, from level, to option, extra tokens), sorted
         self._tail: dict[int, frozenset[int]] = {}
 
@@ -102,28 +106,41 @@ class Zip(Compressor):
             items.append((-density, -digest.number, low[0], high, extra))
         return _TurnPlan(digest, values, options, items)
 
-    def _refresh(self, history: History, count: int) -> None:
-        """Bring the plans of candidate turns 1..count up to date (new turns, superseded lines)."""
-        if history.turns is not self._epoch:  # another history: start over
-            self._epoch, self._plans, self._items, self._tail = history.turns, [], [], {}
+    def _refresh(self, history: History, candidates: list[TurnDigest]) -> None:
+        """Bring the plans of the candidate turns up to date (new turns, superseded lines)."""
+        if self.index.epoch is not self._epoch:  # another history: start over
+            self._epoch, self._plans, self._items, self._tail = self.index.epoch, {}, [], {}
             self.index.take_dirty()
         stale = self.index.take_dirty() | set(history.tail_superseded) | set(self._tail)
         self._tail = history.tail_superseded
         for number in sorted(stale):
-            if number > len(self._plans):
+            old = self._plans.get(number)
+            if old is None:  # not a candidate yet, or forgotten
                 continue
-            old = self._plans[number - 1]
             values = history.values(old.digest)
             if values is old.values or values == old.values:  # e.g. superseded by the open turn, then for good
                 old.values = values
                 continue
-            for item in old.items:
-                i = bisect_left(self._items, item)
-                assert self._items[i] is item
-                del self._items[i]
-            self._plans[number - 1] = self._add(history, old.digest)
-        while len(self._plans) < count:
-            self._plans.append(self._add(history, history.turns[len(self._plans)]))
+            self._drop(number)
+            self._plans[number] = self._add(history, old.digest)
+        new = []
+        for digest in reversed(candidates):  # candidates only grow at the end
+            if digest.number in self._plans:
+                break
+            new.append(digest)
+        for digest in reversed(new):
+            self._plans[digest.number] = self._add(history, digest)
+
+    def _drop(self, number: int) -> None:
+        for item in self._plans.pop(number).items:
+            i = bisect_left(self._items, item)
+            assert self._items[i] is item
+            del self._items[i]
+
+    def _release(self, numbers: list[int]) -> None:
+        for number in numbers:
+            if number in self._plans:
+                self._drop(number)
 
     def _add(self, history: History, digest: TurnDigest) -> _TurnPlan:
         plan = self._plan_turn(digest, history.values(digest))
@@ -138,18 +155,19 @@ class Zip(Compressor):
     # -- compressing -----------------------------------------------------------------------------
 
     def _compress(self, history: History, budget: int, levels: dict[int, int] | None = None) -> Plan:
-        count = len(history.candidates)
-        if count == 0:
-            return Plan(list(history.messages), [5] * len(history.turns), [d.tokens for d in history.turns])
-        self._refresh(history, count)
+        candidates = history.candidates
+        last = history.last_candidate
+        if last == 0:
+            return Plan(history.messages, [5] * len(history.turns), [d.tokens for d in history.turns])
+        self._refresh(history, candidates)
         count_messages = self.counter.count_messages
         fixed = count_messages(history.head) + count_messages(history.tail) + self.counter.per_message + self._header_cost
         available = budget - fixed
         chosen: dict[int, Option] = {}  # turns above L1
         pinned: set[int] = set()
         for number, level in sorted((levels or {}).items()):  # the policy's levels (the finest one <= it that exists)
-            if 1 <= number <= count:
-                options = self._plans[number - 1].options
+            if number in self._plans:
+                options = self._plans[number].options
                 pinned.add(number)
                 if level > 1:
                     chosen[number] = options[max(lvl for lvl in options if lvl <= level)]
@@ -174,15 +192,15 @@ class Zip(Compressor):
             available -= extra
             chosen[number] = high
             applied.append((number, previous))
-        out = self._render(history, chosen, count)
+        out = self._render(history, chosen, last)
         while count_messages(out) > budget and applied:  # estimates were low: undo the least dense upgrades
             number, previous = applied.pop()
             if previous[0] == 1:
                 del chosen[number]
             else:
                 chosen[number] = previous
-            out = self._render(history, chosen, count)
-        return self._plan_record(history, chosen, count, out)
+            out = self._render(history, chosen, last)
+        return self._plan_record(history, chosen, candidates, out)
 
     @staticmethod
     def _header(first: int, last: int, kept: bool) -> str:
@@ -190,7 +208,7 @@ class Zip(Compressor):
             return f"[zip: turns {first}-{last} omitted]"
         return f"[zip: turns {first}-{last} compressed; [tK Ln] = turn K kept at level n of 5, others omitted]"
 
-    def _render(self, history: History, chosen: dict[int, Option], count: int) -> list[Message]:
+    def _render(self, history: History, chosen: dict[int, Option], last: int) -> list[Message]:
         out: list[Message] = list(history.head)
         block: list[str] = []
         first = 1
@@ -202,33 +220,35 @@ class Zip(Compressor):
                 out.extend(history.messages_of(number))
                 block, first = [], number + 1
             else:
-                lines = self._plans[number - 1].digest.lines
+                lines = self._plans[number].digest.lines
                 block.append(f"[t{number} L{level}]")
                 block.extend(lines[i] for i in kept)
-        if count >= first:
-            out.append({"role": "user", "content": "\n".join([self._header(first, count, bool(block)), *block])})
+        if last >= first:
+            out.append({"role": "user", "content": "\n".join([self._header(first, last, bool(block)), *block])})
         out.extend(history.tail)
         return out
 
-    def _plan_record(self, history: History, chosen: dict[int, Option], count: int, out: list[Message]) -> Plan:
+    def _plan_record(self, history: History, chosen: dict[int, Option], candidates: list[TurnDigest], out: list[Message]) -> Plan:
         """The plan with what Q_com needs, from the chosen options (no re-reading of the context)."""
         plans = self._plans
+        count = len(candidates)
+        position = {d.number: i for i, d in enumerate(candidates)}
         levels, kept_tokens = [1] * count, [0] * count
         kept_value, complete = [0.0] * count, [1.0] * count
-        mass = [p.mass for p in plans[:count]]
+        mass = [plans[d.number].mass for d in candidates]
         defined: set[str] = set()
         for number, (_, _, _, kept) in chosen.items():
-            keys = plans[number - 1].digest.keys
+            keys = plans[number].digest.keys
             defined.update(t for i in kept if keys[i] is not None for t in terms(keys[i]))
         protected = history.turns[count:] + ([history.open] if history.open is not None else [])
         for digest in protected:
             defined.update(t for key in digest.keys if key is not None for t in terms(key))
         for number, (level, tokens, value, kept) in chosen.items():
-            plan = plans[number - 1]
-            levels[number - 1] = level
-            kept_tokens[number - 1] = tokens if level < 5 else plan.digest.tokens
-            kept_value[number - 1] = min(value, plan.mass)
-            complete[number - 1] = completeness(plan.digest, plan.values, kept, defined)
+            plan, i = plans[number], position[number]
+            levels[i] = level
+            kept_tokens[i] = tokens if level < 5 else plan.digest.tokens
+            kept_value[i] = min(value, plan.mass)
+            complete[i] = completeness(plan.digest, plan.values, kept, defined)
         for digest in history.turns[count:]:
             values = history.values(digest)
             levels.append(5)
@@ -236,4 +256,5 @@ class Zip(Compressor):
             kept_value.append(sum(values))
             mass.append(sum(values))
             complete.append(completeness(digest, values, range(len(values)), defined))
-        return Plan(out, levels, kept_tokens, kept_value, complete, mass)
+        forget = [d.number for d in candidates if d.number not in chosen]  # dropped to the headline
+        return Plan(out, levels, kept_tokens, kept_value, complete, mass, forget)

@@ -45,8 +45,9 @@ class LedgerEnv(ChatEnv):
         turns: pages in the stream (the horizon: 32 to train on, 256 for the stress test).
         ledgers: interleaved sub-ledgers (one account and one variable chain each).
         probe_every: pages between probes (a probe also comes with the last page).
-        facts_per_page, events_per_page, distractors_per_page, chain_length, aggregation_window: difficulty
-            knobs of `LedgerConfig`.
+        facts_per_page, events_per_page, distractors_per_page, chain_length, aggregation_window, noise_lines:
+            difficulty knobs of `LedgerConfig` (noise_lines: (fewest, most) noise lines per page; fewer make short
+            pages, e.g. for training small models on CPU).
         max_turns: turn limit (default: turns + max(8, turns // 8)).
         seed, render_mode, compressor, budget_tokens: as in `ChatEnv`.
     """
@@ -61,6 +62,7 @@ class LedgerEnv(ChatEnv):
         distractors_per_page: float = 1.5,
         chain_length: int = 3,
         aggregation_window: int = 32,
+        noise_lines: tuple[int, int] = (6, 14),
         max_turns: int | None = None,
         seed: int | None = None,
         render_mode: str | None = None,
@@ -70,6 +72,7 @@ class LedgerEnv(ChatEnv):
         self.config = LedgerConfig(
             turns=turns, ledgers=ledgers, probe_every=probe_every, facts_per_page=facts_per_page, events_per_page=events_per_page,
             distractors_per_page=distractors_per_page, chain_length=chain_length, aggregation_window=aggregation_window,
+            noise_lines=tuple(noise_lines),
         )
         tools = [Tool.from_function(self.read, timeout_s=None), Tool.from_function(self.answer, timeout_s=None)]
         super().__init__(tools=tools, execution="immediate", max_turns=max_turns or turns + max(8, turns // 8), seed=seed,

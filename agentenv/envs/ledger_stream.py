@@ -16,13 +16,18 @@ chain's head variable), *aggregation* (events of a type on an account in a page 
 field ever set?). Each probe names the facts it needs (`Probe.needs`); `live_facts(page)` lists the facts
 still needed at a page (shown by then, needed by a probe at or after it): the denominator of retention.
 
-Everything is drawn from one `random.Random` seeded by the env's generator: same seed, same stream.
+Same seed, same stream: the state (facts, events, probes) is drawn once, at construction, from one
+`random.Random(seed)`; the rest of page k (distractors, noise, line order, timestamps) from its own
+`random.Random` seeded by (seed, k) when the page is read (`pages[k - 1]`). So a stream holds only its
+facts (about 0.2 KB per page), not its text (about 1.5 KB per page), and a long episode's memory does not
+grow with page text it has already shown.
 """
 
 from __future__ import annotations
 
 import random
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["LedgerConfig", "Fact", "Probe", "LedgerStream", "PROBE_KINDS"]
@@ -169,6 +174,7 @@ class LedgerStream:
 
     def __init__(self, config: LedgerConfig, seed: int):
         self.config = config
+        self.seed = seed
         rng = random.Random(seed)
         self._rng = rng
         names = _Names(rng, config.ledgers, config.chain_length)
@@ -180,10 +186,12 @@ class LedgerStream:
         self._defs: dict[str, tuple[str, str, int] | int] = {}  # var → (other, op, constant) or a number
         self._events: list[tuple[str, str, Fact]] = []  # (type, account, fact)
         self._clock = rng.randrange(8 * 3600, 9 * 3600)
-        self.pages: list[str] = []
+        self._page_seconds = 40 * (config.noise_lines[1] + 1)  # room for every timestamp of a page
+        self._state_lines: list[tuple[str, ...]] = []  # per page: its fact and event lines, in draw order
+        self.pages = _Pages(self)
         self.probes: list[Probe] = []
         for page in range(1, config.turns + 1):
-            self.pages.append(self._page(page))
+            self._state_lines.append(self._page_state(page))
             if page % config.probe_every == 0 or page == config.turns:
                 self.probes.append(self._probe(page, final=page == config.turns))
         until: dict[Fact, int] = {}
@@ -215,8 +223,7 @@ class LedgerStream:
 
     # -- pages -----------------------------------------------------------------------------------
 
-    def _value(self, field: str) -> str:
-        rng = self._rng
+    def _value(self, field: str, rng: random.Random) -> str:
         if field == "balance":
             return str(rng.randrange(100, 10000))
         if field == "limit":
@@ -237,7 +244,7 @@ class LedgerStream:
         ledger = rng.randrange(self.config.ledgers)
         if rng.random() < 0.6:
             field = rng.choice(self.set_fields[ledger])
-            key, value, definition = f"{self.names.accounts[ledger]}.{field}", self._value(field), None
+            key, value, definition = f"{self.names.accounts[ledger]}.{field}", self._value(field, rng), None
         else:
             chain = self.names.chains[ledger]
             position = rng.randrange(len(chain))
@@ -270,14 +277,13 @@ class LedgerStream:
             self._events.append((kind, account, Fact(page, f"event:{kind}:{account}", line)))
         return line
 
-    def _distractor_line(self) -> str:
-        rng = self._rng
+    def _distractor_line(self, rng: random.Random) -> str:
         ledger = rng.randrange(self.config.ledgers)
         roll = rng.random()
         if roll < 0.45:
             twin = rng.choice(self.names.account_twins[self.names.accounts[ledger]])
             field = rng.choice(FIELDS)
-            return f"{twin}.{field} = {self._value(field)}"
+            return f"{twin}.{field} = {self._value(field, rng)}"
         if roll < 0.75:
             var = rng.choice(self.names.chains[ledger])
             twin = rng.choice(self.names.var_twins[var])
@@ -286,11 +292,12 @@ class LedgerStream:
             return f"{twin} = {rng.choice(self.names.chains[ledger])} {rng.choice('+-')} {rng.randrange(1, 10)}"
         field = rng.choice(self.set_fields[ledger])
         key = f"{self.names.accounts[ledger]}.{field}"
-        return f"replica lag: {key} read as {self._value(field)} (stale, {rng.randrange(2, 90)} s behind)"
+        return f"replica lag: {key} read as {self._value(field, rng)} (stale, {rng.randrange(2, 90)} s behind)"
 
-    def _noise_line(self) -> str:
+    @staticmethod
+    def _noise_line(rng: random.Random) -> str:
         """A log line; "{t}" marks where its timestamp goes (stamped in page order after shuffling)."""
-        r = self._rng.random
+        r = rng.random
         roll = int(r() * 6)
         if roll == 0:
             return f"{{t}} INFO worker-{1 + int(r() * 8)} heartbeat ok latency={2 + int(r() * 88)}ms"
@@ -305,14 +312,8 @@ class LedgerStream:
             return f"metrics cpu={3 + int(r() * 96)}% mem={200 + int(r() * 3800)}MB queue-depth={int(r() * 300)}"
         return f"{{t}} NOTE {_pick(r, _NOTES)}"
 
-    def _stamp(self, line: str) -> str:
-        if not line.startswith("{t}"):
-            return line
-        self._clock += 1 + int(self._rng.random() * 39)
-        t = self._clock
-        return f"{t // 3600 % 24:02d}:{t // 60 % 60:02d}:{t % 60:02d}" + line[3:]
-
-    def _page(self, page: int) -> str:
+    def _page_state(self, page: int) -> tuple[str, ...]:
+        """Draw page `page`'s facts and events (they change the state the probes ask about)."""
         c, rng = self.config, self._rng
         lines: list[str] = []
         keys: set[str] = set()
@@ -321,10 +322,22 @@ class LedgerStream:
             if line is not None:
                 lines.append(line)
         lines += [self._event_line(page) for _ in range(_poisson(rng, c.events_per_page))]
-        lines += [self._distractor_line() for _ in range(_poisson(rng, c.distractors_per_page))]
-        lines += [self._noise_line() for _ in range(rng.randint(*c.noise_lines))]
+        return tuple(lines)
+
+    def page_text(self, page: int) -> str:
+        """The text of page `page` (1-based): its state lines with distractors and noise, shuffled and
+        timestamped; the same text every time."""
+        c = self.config
+        rng = random.Random(f"{self.seed}/{page}")
+        lines = list(self._state_lines[page - 1])
+        lines += [self._distractor_line(rng) for _ in range(_poisson(rng, c.distractors_per_page))]
+        lines += [self._noise_line(rng) for _ in range(rng.randint(*c.noise_lines))]
         rng.shuffle(lines)
-        lines = [self._stamp(line) for line in lines]
+        clock = self._clock + (page - 1) * self._page_seconds
+        for i, line in enumerate(lines):
+            if line.startswith("{t}"):
+                clock += 1 + int(rng.random() * 39)
+                lines[i] = f"{clock // 3600 % 24:02d}:{clock // 60 % 60:02d}:{clock % 60:02d}" + line[3:]
         header = f"== feed page {page}/{c.turns} · {rng.choice(_SOURCES)} =="
         return "\n".join([header, *lines])
 
@@ -393,3 +406,21 @@ class LedgerStream:
         first = page - self.config.aggregation_window + 1
         facts += [fact for _, _, fact in self._events[bisect_right(self._event_pages, first - 1):bisect_right(self._event_pages, page)]]
         return facts
+
+
+class _Pages(Sequence):
+    """`stream.pages`: the pages as a read-only sequence of texts, each rendered when it is read."""
+
+    def __init__(self, stream: LedgerStream):
+        self._stream = stream
+
+    def __len__(self) -> int:
+        return self._stream.config.turns
+
+    def __getitem__(self, index):  # noqa: ANN001 - int or slice, as for a list
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError("page index out of range")
+        return self._stream.page_text(index % n + 1)

@@ -1,14 +1,15 @@
 """Policies that act in agentenv environments: scripted (deterministic) and model-backed.
 
-`HFPolicy`, `collect`, `demonstrations`, `Episode` and `Sample` are imported lazily (they need torch).
+`HFPolicy`, `VLLMPolicy`, `collect`, `demonstrations`, `Episode` and `Sample` are imported lazily (they need torch;
+`VLLMPolicy` needs the `vllm` extra only when one is constructed).
 """
 
 from agentenv.policies.base import Generation, Policy
 from agentenv.policies.scripted import ScriptedPolicy
 
-__all__ = ["Generation", "Policy", "ScriptedPolicy", "HFPolicy", "collect", "demonstrations", "Episode", "Sample"]
+__all__ = ["Generation", "Policy", "ScriptedPolicy", "HFPolicy", "VLLMPolicy", "collect", "demonstrations", "Episode", "Sample"]
 
-_LAZY = {"HFPolicy": "agentenv.policies.hf", "collect": "agentenv.policies.rollout", "demonstrations": "agentenv.policies.rollout",
+_LAZY = {"HFPolicy": "agentenv.policies.hf", "VLLMPolicy": "agentenv.policies.vllm", "collect": "agentenv.policies.rollout", "demonstrations": "agentenv.policies.rollout",
          "Episode": "agentenv.policies.rollout", "Sample": "agentenv.policies.rollout"}
 
 

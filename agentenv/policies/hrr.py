@@ -13,7 +13,13 @@ with A_i the sequence-level GRPO advantage (`objectives.grpo_advantages`) and β
 GRPO; in the additive form the reshaping sums to zero over each trajectory's turns.
 
 Shapes: B trajectories, J turns (padded; `turn_mask` [B, J] is 1 on turns that have a Q_com), T tokens.
-Q_com per turn comes from the environment: `info["compression"]["q_com"]` of each step (`q_com_rows`).
+Q_com per turn comes from the environment: `info["compression"]["q_com"]` of each step (`q_com_rows`): the
+quality of the context the turn's action led to (a `<zip .../>` tag in the action chooses levels).
+
+In the learner (`LearnerConfig.hrr_beta` ≠ 0), `token_advantages` maps Â_ij onto the generated tokens of turn
+j of episode i, in the rows `learner.make_batch` builds (one per Sample; a turn's tokens are the range
+`turn["start"]:turn["end"]` of sample `turn["sample"]`, recorded by the rollout), and the loss uses those
+per-token advantages instead of A_i.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["HRR_MODES", "hrr_deviation", "hrr_advantages", "turn_index", "broadcast_turns", "q_com_rows"]
+__all__ = ["HRR_MODES", "hrr_deviation", "hrr_advantages", "turn_index", "broadcast_turns", "q_com_rows", "token_advantages"]
 
 HRR_MODES = ("add", "mul")
 
@@ -112,3 +118,34 @@ def q_com_rows(episodes_turns: Sequence[Sequence[dict[str, Any]]], dtype: torch.
                 q[i, j] = float(value)
                 mask[i, j] = True
     return q, mask
+
+
+def token_advantages(
+    episodes: Sequence[Any],
+    advantages: Tensor,
+    length: int,
+    *,
+    beta: float,
+    mode: str = "add",
+    group_norm: bool = False,
+    eps: float = 1e-6,
+) -> Tensor:
+    """Per-token advantages `[S, length]` for the S samples of `episodes` (in `learner.make_batch`'s row order):
+    each generated token of turn j of episode i gets Â_ij (`hrr_advantages` over the episode's turns, groups
+    from `episode.group_id`); every other position keeps A_i (the loss mask zeroes it anyway).
+
+    episodes: rollout `Episode`s (`samples`, `turns` with `sample`/`start`/`end`, `group_id`); advantages: [E].
+    """
+    q_com, turn_mask = q_com_rows([e.turns for e in episodes], dtype=advantages.dtype)
+    groups = torch.tensor([int(e.group_id) for e in episodes], dtype=torch.long)
+    per_turn = hrr_advantages(advantages, q_com, turn_mask, beta=beta, mode=mode, group_ids=groups, group_norm=group_norm, eps=eps)
+    rows = sum(len(e.samples) for e in episodes)
+    out = torch.empty(rows, length, dtype=advantages.dtype)
+    first = 0
+    for i, episode in enumerate(episodes):
+        out[first : first + len(episode.samples)] = advantages[i]
+        for j, turn in enumerate(episode.turns):
+            if turn_mask[i, j]:
+                out[first + turn["sample"], turn["start"] : turn["end"]] = per_turn[i, j]
+        first += len(episode.samples)
+    return out

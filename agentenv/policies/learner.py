@@ -12,6 +12,9 @@ One update (`update`) does what verl's actor and TRL's GRPOTrainer do, split int
    `objectives.py`, normalised by the whole mini-batch so gradient accumulation is exact.
 5. `update`: PPO epochs × shuffled mini-batches × micro-batches, grad clipping, one optimizer step per
    mini-batch; bf16 autocast on CUDA.
+
+The seed-paper plug-ins (`plugins/`, one module per paper, all off by default) hook into stages 1, 3, 4
+and 5, each behind `if ... in cfg.plugins`; `plugins/__init__.py` has the table of where.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from typing import Any, Sequence
 import torch
 
 from agentenv.policies import objectives as F
+from agentenv.policies import plugins as P
 
-__all__ = ["LearnerConfig", "Batch", "episode_advantages", "make_batch", "token_logprobs", "policy_loss", "update", "sft_update"]
+__all__ = ["LearnerConfig", "Batch", "episode_advantages", "make_batch", "final_hidden", "token_logprobs", "policy_loss",
+           "update", "teacher_logprobs", "sft_update"]
 
 
 @dataclass
@@ -46,6 +51,10 @@ class LearnerConfig:
     kl_estimator: str = "k3"  # k1 | abs | k2 | k3 | k3+
     kl_in_reward: bool = False  # subtract kl_coef·KL from the sequence reward instead of adding it to the loss
     entropy_coef: float = 0.0
+    # ZipRL's Hindsight Response Replay (policies/hrr.py): per-turn reshaping by the env's Q_com; 0 = plain GRPO
+    hrr_beta: float = 0.0
+    hrr_mode: str = "add"  # add: A + β·D | mul: A·(1 + β·D)
+    hrr_group_norm: bool = False  # divide D by its std over the GRPO group's turns
     mask_truncated: bool = False  # zero the loss of episodes cut by the turn or length limit
     filter_zero_variance: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal
     overlong_buffer: int = 0  # DAPO overlong penalty on generated tokens; 0 disables
@@ -59,16 +68,55 @@ class LearnerConfig:
     max_grad_norm: float = 1.0
     temperature: float = 1.0
     logprob_chunk: int = 1024
+    share_prefix: int = 32  # rows of a micro-batch with the same prompt (≥ this many tokens) run it once; 0 disables
     bf16: bool = True  # autocast on CUDA only; CPU runs in float32
+    # Seed-paper plug-ins (agentenv/policies/plugins/, one module per paper): each is off unless named in
+    # `plugins`; `--learner.preset=NAME` loads a bundle (presets.py). Values marked "guess" are not published.
+    plugins: list[str] = field(default_factory=list)  # care | amr_sd | divergence | direction | fipo | owpo | nsr | ih_grpo | occ
+    care_acquisition: str = "heuristic"  # heuristic (CARE's rule, cluster statistics for its probe) | oracle
+    care_top_pct: float = 0.2  # label budget: ground truth for this fraction of each step's prompts
+    care_prob_gate: float = 0.25  # fraction of prompts gated as "majority correct"
+    care_soft_adv: float = 1.0
+    care_warmup: int = 20  # steps before the gate opens
+    amr_lambda: float = 0.5  # guess; annealed linearly to 0 over amr_anneal_steps
+    amr_anneal_steps: int = 50  # guess
+    amr_tau_pos: float = 0.2  # guess
+    amr_tau_neg: float = 0.5  # guess
+    amr_mode: str = "add"  # add | mul
+    amr_hint_tokens: int = 24  # length limit of the self-generated reflection hint
+    divergence_scale: float = 0.5  # guess (the notes' worked example)
+    divergence_alpha: float = 10.0  # > 0 boosts high-KL tokens, < 0 low-KL tokens
+    direction_c: float = 0.2  # Qwen2.5-Math-7B; 0.1 for Qwen3-8B-Base
+    direction_adv_mask: str = "none"  # none | positive | negative
+    fipo_decay_rate: float = 32.0
+    fipo_eps: float = 0.2
+    fipo_clip_high_only: bool = False
+    fipo_safety: float = 4.0
+    fipo_max_ratio: float | None = 10.0
+    owpo_kappa: float = 1.0  # guess
+    owpo_delta_max: float = 1.0  # guess
+    owpo_ratchet_every: int = 10  # guess; update() copies π_θ into its ref_model every this many steps
+    nsr_band: float = 0.1  # guess
+    nsr_prob: float = 0.5  # guess
+    ih_lambda: float = 0.001
+    ih_token_id: int | None = None  # the control token v; `agentenv train` fills in the tokenizer's <execute/>
+    ih_mask: str = "response"  # response (the paper's code) | control (control spans only)
+    occ_scale: float = 0.1
 
 
 # -- 1. advantages ---------------------------------------------------------------------------------
 
 
-def episode_advantages(episodes: Sequence[Any], cfg: LearnerConfig, kl_per_episode: torch.Tensor | None = None) -> torch.Tensor:
-    """One advantage per episode, `[E]`, from `episode.reward` and `episode.group_id`."""
+def episode_advantages(episodes: Sequence[Any], cfg: LearnerConfig, kl_per_episode: torch.Tensor | None = None,
+                       step: int = 0) -> torch.Tensor:
+    """One advantage per episode, `[E]`, from `episode.reward` and `episode.group_id` (`step`: CARE's warm-up)."""
     rewards = torch.tensor([float(e.reward) for e in episodes], dtype=torch.float64)
     groups = torch.tensor([int(e.group_id) for e in episodes], dtype=torch.long)
+    if "care" in cfg.plugins:  # CARE: majority-vote pseudo-labels; the verifier's reward only for selected prompts
+        answers = P.answer_ids([P.final_answer(e.messages) for e in episodes])
+        rewards, care_scale, _ = P.care_labels(rewards, answers, groups, acquisition=cfg.care_acquisition,
+                                               top_pct=cfg.care_top_pct, prob_gate=cfg.care_prob_gate,
+                                               soft_adv=cfg.care_soft_adv, gate=step >= cfg.care_warmup)
     if cfg.overlong_buffer > 0:
         lengths = torch.tensor([sum(sum(s.loss_mask) for s in e.samples) for e in episodes], dtype=torch.float64)
         rewards = rewards + F.overlong_penalty(lengths, cfg.overlong_max_tokens, cfg.overlong_buffer, cfg.overlong_factor)
@@ -82,6 +130,8 @@ def episode_advantages(episodes: Sequence[Any], cfg: LearnerConfig, kl_per_episo
         adv = F.reinforce_pp_baseline_advantages(rewards, groups)
     else:
         raise ValueError(f"unknown advantage estimator {cfg.advantage!r}: grpo | rloo | reinforce_pp_baseline")
+    if "care" in cfg.plugins:
+        adv = adv * care_scale
     if cfg.filter_zero_variance:
         adv = adv * F.nonzero_variance_group_mask(rewards, groups).to(adv)
     if cfg.mask_truncated:
@@ -126,8 +176,12 @@ class Batch:
                      move(self.old_logp), move(self.advantages), {k: move(v) for k, v in self.extras.items()})
 
 
-def make_batch(episodes: Sequence[Any], advantages: torch.Tensor, pad_id: int) -> Batch:
-    """Right-padded rows for every Sample of every episode; a sample takes its episode's advantage."""
+def make_batch(episodes: Sequence[Any], advantages: torch.Tensor, pad_id: int, cfg: LearnerConfig | None = None) -> Batch:
+    """Right-padded rows for every Sample of every episode; a sample takes its episode's advantage.
+
+    With `cfg.hrr_beta` ≠ 0 (HRR), each turn's generated tokens take that turn's reshaped advantage instead:
+    `extras["token_advantages"]` [B, L-1], which `policy_loss` uses when present.
+    """
     samples = [(s, float(a)) for e, a in zip(episodes, advantages.tolist()) for s in e.samples]
     length = max(len(s.token_ids) for s, _ in samples)
     n = len(samples)
@@ -145,34 +199,167 @@ def make_batch(episodes: Sequence[Any], advantages: torch.Tensor, pad_id: int) -
         if getattr(s, "control_mask", None):
             control[i, :k] = torch.tensor(s.control_mask, dtype=torch.float32)
     adv = torch.tensor([a for _, a in samples], dtype=torch.float32)
+    extras = {"control_mask": control[:, 1:].contiguous()}
+    if cfg is not None and cfg.hrr_beta != 0.0:
+        from agentenv.policies.hrr import token_advantages
+
+        per_token = token_advantages(episodes, advantages.float(), length, beta=cfg.hrr_beta, mode=cfg.hrr_mode,
+                                     group_norm=cfg.hrr_group_norm, eps=cfg.adv_eps)
+        extras["token_advantages"] = per_token[:, 1:].contiguous()  # shifted like the targets
     return Batch(input_ids, attention, input_ids[:, 1:].clone(), loss_mask[:, 1:].contiguous(),
-                 old_logp[:, 1:].contiguous(), adv, {"control_mask": control[:, 1:].contiguous()})
+                 old_logp[:, 1:].contiguous(), adv, extras)
 
 
 # -- 3. log-probs ----------------------------------------------------------------------------------
 
 
+def _right_padded(mask: torch.Tensor) -> bool:
+    """True when every row of an attention mask `[B, L]` is ones then zeros (no left padding, no holes)."""
+    return not bool((mask[:, 1:] > mask[:, :-1]).any())
+
+
+def _shared_prefix(batch: Batch, min_length: int) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+    """(P, unique prefixes [U, P], row → prefix index [B]) when rows share their first P tokens, else None.
+
+    P is the shortest prompt of the batch (tokens before a row's first loss position), so every row's first
+    P tokens are real tokens; rows are right-padded (as `make_batch` builds them), so none has padding there.
+    """
+    mask = batch.attention_mask
+    if min_length <= 0 or len(batch) < 2 or not _right_padded(mask):
+        return None
+    has_loss = batch.loss_mask.sum(-1) > 0
+    start = torch.where(has_loss, batch.loss_mask.argmax(-1) + 1, mask.sum(-1))  # token index of the first target
+    length = int(start.min())
+    if length < min_length or length >= batch.input_ids.shape[1]:
+        return None
+    prefixes, inverse = torch.unique(batch.input_ids[:, :length], dim=0, return_inverse=True)
+    return (length, prefixes, inverse) if prefixes.shape[0] < len(batch) else None
+
+
+def final_hidden(model: torch.nn.Module, batch: Batch, share_prefix: int = 0) -> torch.Tensor:
+    """The last hidden states `[B, L-1, H]` at the positions that predict `batch.targets`.
+
+    With `share_prefix` > 0, rows whose first P ≥ `share_prefix` tokens are the same prompt (a GRPO group's
+    samples) run those P tokens through the model once; each row continues from that prompt's KV cache,
+    which autograd carries back to the shared forward. Same values and gradients up to float rounding, and
+    the prompt's forward+backward is paid once per group instead of once per sample.
+    """
+    shared = _shared_prefix(batch, share_prefix)
+    if shared is None:
+        # A right-padded batch needs no padding mask: padding sits after every real position, so the causal mask
+        # alone gives the real positions the same values, and attention can take its plain causal kernel.
+        mask = None if _right_padded(batch.attention_mask) else batch.attention_mask
+        return model.base_model(input_ids=batch.input_ids, attention_mask=mask).last_hidden_state[:, :-1]
+    from transformers import DynamicCache
+
+    length, prefixes, inverse = shared
+    cache = DynamicCache(config=model.config)
+    head = model.base_model(input_ids=prefixes, past_key_values=cache, use_cache=True).last_hidden_state
+    cache.batch_select_indices(inverse)
+    # Right padding only: a padded position sits after every real one, so the causal mask alone is exact for
+    # the real positions (the padded ones are masked out of every loss).
+    tail = model.base_model(input_ids=batch.input_ids[:, length:], past_key_values=cache, use_cache=True).last_hidden_state
+    return torch.cat([head[inverse], tail], dim=1)[:, :-1]
+
+
 def token_logprobs(model: torch.nn.Module, batch: Batch, temperature: float = 1.0, chunk: int = 1024,
-                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log π_θ(target) `[B, L-1]` (and entropy) from the final hidden states, chunked over rows."""
+                   with_entropy: bool = False, hidden: torch.Tensor | None = None,
+                   mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π_θ(target) `[B, L-1]` (and entropy) from the final hidden states (`hidden`, or a forward), chunked over rows.
+
+    With `mask` ([B, L-1], e.g. the loss mask) only the positions where it is nonzero go through the output
+    layer (prompt, env and padding positions cost nothing there); the others hold 0.
+    """
     head = model.get_output_embeddings()
     if getattr(head, "bias", None) is not None:
         raise ValueError("token_logprobs expects an output layer without bias (true of Llama/Qwen/Mistral heads)")
-    hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-    hidden = hidden[:, :-1]
-    out = F.selective_log_probs(hidden, head.weight, batch.targets, temperature=temperature, chunk=chunk,
+    hidden = final_hidden(model, batch) if hidden is None else hidden
+    targets = batch.targets
+    if mask is not None:
+        keep = mask != 0
+        hidden, targets = hidden[keep], targets[keep]
+    out = F.selective_log_probs(hidden, head.weight, targets, temperature=temperature, chunk=chunk,
                                 return_entropy=with_entropy)
+    if mask is not None:
+        scatter = lambda x: x.new_zeros(keep.shape).masked_scatter(keep, x)  # noqa: E731 - differentiable
+        out = tuple(scatter(x) for x in out) if with_entropy else scatter(out)
     return (out[0], out[1]) if with_entropy else (out, None)
+
+
+def _plugin_outputs(model: torch.nn.Module, hidden: torch.Tensor, logp: torch.Tensor, batch: Batch, cfg: LearnerConfig) -> None:
+    """Extra outputs of the same forward, into `batch.extras`: IH-GRPO's control token, OCC's MTP log-probs."""
+    weight = model.get_output_embeddings().weight
+    if "ih_grpo" in cfg.plugins:
+        if cfg.ih_token_id is None:
+            raise ValueError("ih_grpo needs learner.ih_token_id, the id of the control token")
+        batch.extras["control_logp"], batch.extras["control_logit"] = P.control_token_outputs(
+            hidden, weight, batch.targets, logp, cfg.ih_token_id, cfg.temperature)
+    if "occ" in cfg.plugins:
+        if not hasattr(model, "mtp_head"):
+            raise ValueError("occ needs an MTP head: call plugins.attach_mtp_head(model) before building the optimizer")
+        batch.extras["mtp_logp"] = P.mtp_logprobs(model.mtp_head, hidden, model.get_input_embeddings(), weight,
+                                                  batch.targets, cfg.temperature, cfg.logprob_chunk)
 
 
 # -- 4. loss ---------------------------------------------------------------------------------------
 
 
+def _reshape_advantages(adv: torch.Tensor, logp: torch.Tensor, batch: Batch, cfg: LearnerConfig,
+                        ref_logp: torch.Tensor | None, step: int) -> torch.Tensor:
+    """Token-level advantage plug-ins, in the order of anchors-learner.md Part 3. logp is detached."""
+    if "amr_sd" in cfg.plugins:  # AMR-SD: CIG-gated credit from the reflection-conditioned teacher pass
+        lam = P.annealed_lambda(step, cfg.amr_lambda, cfg.amr_anneal_steps)
+        adv = P.amr_sd_advantages(adv, batch.extras["teacher_logp"], logp, lam, cfg.amr_tau_pos, cfg.amr_tau_neg, cfg.amr_mode)
+    if "divergence" in cfg.plugins:  # weight by the token's own shift KL(π_old‖π_θ)
+        adv = adv * P.divergence_weights(logp, batch.old_logp, cfg.divergence_scale, cfg.divergence_alpha)
+    if "direction" in cfg.plugins:  # Δlog p: more weight where π_old was unlikely
+        adv = adv * P.direction_weights(batch.old_logp, adv, cfg.direction_c, cfg.direction_adv_mask)
+    if "fipo" in cfg.plugins:  # FIPO: discounted future KL
+        adv = adv * P.fipo_weights(logp, batch.old_logp, adv, batch.loss_mask, cfg.fipo_decay_rate, cfg.fipo_eps,
+                                   cfg.fipo_clip_high_only, cfg.fipo_safety, cfg.fipo_max_ratio)
+    if "owpo" in cfg.plugins:  # OWPO: accelerate only where the policy is behind π_ref in the verifier's direction
+        adv = adv * P.owpo_weights(logp, ref_logp, adv, cfg.owpo_kappa, cfg.owpo_delta_max)
+    return adv
+
+
+def _plugin_losses(per_token: torch.Tensor, clipped: torch.Tensor, logp: torch.Tensor, log_ratio: torch.Tensor,
+                   adv: torch.Tensor, batch: Batch, cfg: LearnerConfig, metrics: dict[str, float],
+                   num_tokens: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss-form and auxiliary-loss plug-ins on the policy-gradient loss per token (before KL and entropy)."""
+    if "nsr" in cfg.plugins:  # NSR: a clipped token just outside the trust region keeps its gradient with prob p
+        if cfg.loss != "ppo_clip":
+            raise ValueError("nsr rescues tokens of the clipped PPO loss: it needs loss=ppo_clip")
+        per_token, rescued = P.nsr_rescue(per_token, log_ratio, adv, cfg.eps_low, cfg.eps_high, cfg.nsr_band,
+                                          cfg.nsr_prob, batch.extras["nsr_uniform"])
+        clipped = clipped & ~rescued
+    if "ih_grpo" in cfg.plugins:  # IH-GRPO: the c-loss moves the non-control logits, scaled by each token's loss
+        c = P.ih_grpo_c_loss(batch.extras["control_logp"], batch.extras["control_logit"],
+                             batch.targets == cfg.ih_token_id, per_token)
+        per_token = per_token + cfg.ih_lambda * (c * batch.extras["control_mask"] if cfg.ih_mask == "control" else c)
+    if "occ" in cfg.plugins:  # OCC: the MTP head's PPO loss, its coefficient calibrated from the log-prob proxy
+        mtp_mask = batch.loss_mask.clone()
+        mtp_mask[:, 0] = 0  # column 0 has no MTP prediction
+        coef = P.occ_coefficient(batch.extras["mtp_logp"], logp, batch.old_logp, mtp_mask, cfg.occ_scale)
+        mtp_loss, _ = F.ppo_clip_loss(F.token_log_ratio(batch.extras["mtp_logp"], batch.old_logp), adv * coef,
+                                      cfg.eps_low, cfg.eps_high, dual_clip=cfg.dual_clip)
+        per_token = per_token + mtp_loss * mtp_mask
+        metrics["occ_coef"] = float(coef) * float(mtp_mask.sum()) / num_tokens  # summed over micro-batches
+    return per_token, clipped
+
+
 def policy_loss(logp: torch.Tensor, batch: Batch, cfg: LearnerConfig, *, num_tokens: float, num_seqs: float,
-                norm_const: float, ref_logp: torch.Tensor | None = None, entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Scalar loss of one micro-batch, normalised by mini-batch totals so micro-batch losses sum exactly."""
+                norm_const: float, ref_logp: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
+                step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Scalar loss of one micro-batch, normalised by mini-batch totals so micro-batch losses sum exactly.
+
+    `step` is the training step (AMR-SD's annealing); plug-ins read their inputs from `batch.extras`.
+    """
     mask = batch.loss_mask
-    adv = batch.advantages[:, None].expand_as(logp)
+    adv = batch.extras.get("token_advantages")  # per-turn advantages (HRR), else one per row
+    if adv is None:
+        adv = batch.advantages[:, None].expand_as(logp)
+    if cfg.plugins:
+        adv = _reshape_advantages(adv, logp.detach(), batch, cfg, ref_logp, step)
     if cfg.ratio_level == "sequence":
         log_ratio = F.sequence_log_ratio(logp, batch.old_logp, mask).expand_as(logp)
     else:
@@ -188,6 +375,8 @@ def policy_loss(logp: torch.Tensor, batch: Batch, cfg: LearnerConfig, *, num_tok
     else:
         raise ValueError(f"unknown loss {cfg.loss!r}: ppo_clip | cispo | sapo | gpg")
     metrics: dict[str, float] = {}
+    if cfg.plugins:
+        per_token, clipped = _plugin_losses(per_token, clipped, logp, log_ratio, adv, batch, cfg, metrics, num_tokens)
     if ref_logp is not None and cfg.kl_coef > 0 and not cfg.kl_in_reward:
         kl = F.kl_penalty(logp, ref_logp, kind=cfg.kl_estimator)
         per_token = per_token + cfg.kl_coef * kl
@@ -218,25 +407,39 @@ def _micro_batches(batch: Batch, index: torch.Tensor, size: int):
 
 
 def update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, cfg: LearnerConfig, *,
-           ref_model: torch.nn.Module | None = None, generator: torch.Generator | None = None) -> dict[str, float]:
+           ref_model: torch.nn.Module | None = None, generator: torch.Generator | None = None,
+           step: int = 0) -> dict[str, float]:
     """PPO epochs × mini-batches × micro-batches over `batch`; one optimizer step per mini-batch.
 
     With one epoch and one mini-batch the update is on-policy and π_old is π_θ itself (detached), as in
     TRL; otherwise π_old is recomputed once before the first step so every ratio is exact.
+    `step` is the training step: OWPO ratchets `ref_model` on it, NSR keys its draws by it (through the
+    generator's seed when there is one), AMR-SD anneals by it.
     """
+    if unknown := set(cfg.plugins) - set(P.PLUGINS):
+        raise ValueError(f"unknown plug-ins {sorted(unknown)}; known: {', '.join(P.PLUGINS)}")
     device = next(model.parameters()).device
     batch = batch.to(device)
     on_policy = cfg.ppo_epochs == 1 and cfg.mini_batches == 1
     if not on_policy:
         batch.old_logp = _recompute(model, batch, cfg, device)
-    ref_logp = _recompute(ref_model, batch, cfg, device) if ref_model is not None and cfg.kl_coef > 0 else None
+    if "owpo" in cfg.plugins:  # OWPO's ratchet: π_ref ← π_θ every K steps
+        if ref_model is None:
+            raise ValueError("owpo needs ref_model, the ratchet reference (a copy of the policy)")
+        if step % cfg.owpo_ratchet_every == 0:
+            P.ratchet(ref_model, model)
+    needs_ref = cfg.kl_coef > 0 or "owpo" in cfg.plugins
+    ref_logp = _recompute(ref_model, batch, cfg, device) if ref_model is not None and needs_ref else None
     if ref_logp is not None:
         batch.extras["ref_logp"] = ref_logp
     totals: dict[str, float] = {}
     steps = 0
     rows = len(batch)
     norm_const = cfg.norm_const if cfg.norm_const is not None else float(batch.loss_mask.shape[1])
-    for _ in range(cfg.ppo_epochs):
+    for epoch in range(cfg.ppo_epochs):
+        if "nsr" in cfg.plugins:  # one draw per token and epoch, independent of the micro-batch split
+            seed = generator.initial_seed() if generator is not None else step
+            batch.extras["nsr_uniform"] = P.nsr_uniforms(batch.loss_mask.shape, seed, epoch).to(device)
         order = torch.randperm(rows, generator=generator) if cfg.mini_batches > 1 else torch.arange(rows)
         for mini in order.chunk(cfg.mini_batches):
             mask = batch.loss_mask[mini]
@@ -245,12 +448,16 @@ def update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batc
             step_metrics: dict[str, float] = {"loss": 0.0}
             for micro in _micro_batches(batch, mini, cfg.micro_batch_size):
                 with _autocast(device, cfg):
+                    hidden = final_hidden(model, micro, cfg.share_prefix)
+                    # only loss positions are scored; the plug-ins' per-token terms are masked the same way
                     logp, entropy = token_logprobs(model, micro, cfg.temperature, cfg.logprob_chunk,
-                                                   with_entropy=cfg.entropy_coef > 0)
+                                                   with_entropy=cfg.entropy_coef > 0, hidden=hidden, mask=micro.loss_mask)
+                    if cfg.plugins:
+                        _plugin_outputs(model, hidden, logp, micro, cfg)
                 if on_policy:
                     micro.old_logp = logp.detach()
-                loss, metrics = policy_loss(logp, micro, cfg, num_tokens=num_tokens, num_seqs=num_seqs,
-                                            norm_const=norm_const, ref_logp=micro.extras.get("ref_logp"), entropy=entropy)
+                loss, metrics = policy_loss(logp, micro, cfg, num_tokens=num_tokens, num_seqs=num_seqs, norm_const=norm_const,
+                                            ref_logp=micro.extras.get("ref_logp"), entropy=entropy, step=step)
                 loss.backward()
                 step_metrics["loss"] += float(loss.detach())
                 for key, value in metrics.items():
@@ -272,9 +479,23 @@ def _recompute(model: torch.nn.Module, batch: Batch, cfg: LearnerConfig, device:
         rows = index[start : start + cfg.micro_batch_size]
         micro = batch.rows(rows)
         with _autocast(device, cfg):
-            logp, _ = token_logprobs(model, micro, cfg.temperature, cfg.logprob_chunk)
+            logp, _ = token_logprobs(model, micro, cfg.temperature, cfg.logprob_chunk,
+                                     hidden=final_hidden(model, micro, cfg.share_prefix), mask=micro.loss_mask)
         out[rows, : logp.shape[1]] = logp.float()
     return out
+
+
+def teacher_logprobs(model: torch.nn.Module, batch: Batch, hints: Sequence[Sequence[int]], cfg: LearnerConfig) -> torch.Tensor:
+    """AMR-SD's self-teacher: log π_θ(y_t | x, hint, y_<t) of every target of `batch`, aligned with it, `[B, L-1]`.
+
+    `hints` holds one id list per row, inserted before the row's first generated token (`plugins.insert_hint`).
+    It is one no-grad forward.
+    """
+    device = next(model.parameters()).device
+    ids, attention, column = P.insert_hint(batch.input_ids, batch.attention_mask, batch.loss_mask, hints)
+    every_token = attention[:, 1:].float()  # score every position: the hint shifts where the loss mask lies
+    teacher = Batch(ids, attention, ids[:, 1:], every_token, torch.zeros_like(every_token), batch.advantages).to(device)
+    return _recompute(model, teacher, cfg, device).gather(1, column.to(device)).to(batch.input_ids.device)
 
 
 def sft_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, cfg: LearnerConfig) -> float:
@@ -285,7 +506,8 @@ def sft_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     total = 0.0
     for micro in _micro_batches(batch, torch.arange(len(batch), device=device), cfg.micro_batch_size):
         with _autocast(device, cfg):
-            logp, _ = token_logprobs(model, micro, 1.0, cfg.logprob_chunk)
+            logp, _ = token_logprobs(model, micro, 1.0, cfg.logprob_chunk, hidden=final_hidden(model, micro, cfg.share_prefix),
+                                     mask=micro.loss_mask)
         loss = F.aggregate(-logp, micro.loss_mask, "token-mean", num_tokens_global=num_tokens)
         loss.backward()
         total += float(loss.detach())

@@ -422,7 +422,8 @@ def log_probs_from_logits(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def _chunk_logits(hidden: Tensor, weight: Tensor, temperature: float, dtype: torch.dtype) -> Tensor:
-    return (hidden @ weight.T).to(dtype) / temperature
+    logits = (hidden @ weight.T).to(dtype)  # a fresh tensor: safe to scale (and, in backward, reuse) in place
+    return logits if temperature == 1.0 else logits.div_(temperature)
 
 
 class _ChunkedLinearLogProbs(torch.autograd.Function):
@@ -437,15 +438,19 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
         dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         n = hidden.shape[0]
         logp = torch.empty(n, dtype=dtype, device=hidden.device)
+        lse_all = torch.empty(n, dtype=dtype, device=hidden.device)
         entropy = torch.empty(n if with_entropy else 0, dtype=dtype, device=hidden.device)
         for start in range(0, n, chunk):
             rows = slice(start, start + chunk)
             logits = _chunk_logits(hidden[rows], weight, temperature, dtype)
             lse = torch.logsumexp(logits, -1, keepdim=True)
+            lse_all[rows] = lse.squeeze(-1)
             logp[rows] = (logits.gather(-1, targets[rows].unsqueeze(-1)) - lse).squeeze(-1)
             if with_entropy:
                 entropy[rows] = (lse - (torch.exp(logits - lse) * logits).sum(-1, keepdim=True)).squeeze(-1)
-        ctx.save_for_backward(hidden, weight, targets)
+        # The row log-normalisers (and entropies) are kept, [N] each, so backward gets p = exp(z − lse) from the
+        # recomputed logits in place, without a second logsumexp.
+        ctx.save_for_backward(hidden, weight, targets, lse_all, entropy)
         ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
         ctx.set_materialize_grads(False)
         if not with_entropy:
@@ -454,7 +459,7 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
-        hidden, weight, targets = ctx.saved_tensors
+        hidden, weight, targets, lse_all, entropy = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[:2]
         grad_hidden = torch.zeros_like(hidden) if need_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=ctx.dtype, device=weight.device) if need_weight else None
@@ -462,16 +467,22 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
             return grad_hidden, grad_weight, None, None, None, None
         for start in range(0, hidden.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
-            log_p = torch.log_softmax(_chunk_logits(hidden[rows], weight, ctx.temperature, ctx.dtype), -1)
-            p = log_p.exp()
-            dlogits = torch.zeros_like(p)
-            if grad_logp is not None:
-                g = grad_logp[rows].unsqueeze(-1)
-                dlogits.sub_(g * p).scatter_add_(-1, targets[rows].unsqueeze(-1), g)
-            if grad_entropy is not None:
-                ent = -(p * log_p).sum(-1, keepdim=True)
-                dlogits.sub_(grad_entropy[rows].unsqueeze(-1) * p * (log_p + ent))
-            dlogits = (dlogits / ctx.temperature).to(weight.dtype)
+            # log p = z − lse, in place on the recomputed logits; every step below reuses that buffer
+            log_p = _chunk_logits(hidden[rows], weight, ctx.temperature, ctx.dtype).sub_(lse_all[rows].unsqueeze(-1))
+            g = grad_logp[rows].unsqueeze(-1) if grad_logp is not None else None
+            if grad_entropy is None:
+                dlogits = log_p.exp_().mul_(-g)  # −dlogp·p
+            else:  # −p·(dlogp + dH·(log p + H))
+                p = log_p.exp()
+                dlogits = log_p.add_(entropy[rows].unsqueeze(-1)).mul_(grad_entropy[rows].unsqueeze(-1))
+                if g is not None:
+                    dlogits.add_(g)
+                dlogits.mul_(p).neg_()
+            if g is not None:
+                dlogits.scatter_add_(-1, targets[rows].unsqueeze(-1), g)  # + dlogp·onehot
+            if ctx.temperature != 1.0:
+                dlogits.div_(ctx.temperature)
+            dlogits = dlogits.to(weight.dtype)
             if need_hidden:
                 grad_hidden[rows] = dlogits @ weight
             if need_weight:

@@ -12,6 +12,7 @@ resume so no step is lost or repeated), TensorBoard events in `tb/` (if tensorbo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -26,7 +27,9 @@ import numpy as np
 import torch
 import yaml
 
-from agentenv.policies.learner import LearnerConfig, episode_advantages, make_batch, sft_update, update
+from agentenv.policies import plugins as P
+from agentenv.policies.learner import LearnerConfig, episode_advantages, make_batch, sft_update, teacher_logprobs, update
+from agentenv.policies.presets import learner_preset
 
 __all__ = ["TrainConfig", "load_config", "train"]
 
@@ -65,6 +68,10 @@ def _coerce(value: Any, current: Any) -> Any:
     """A CLI/YAML value in the type of the field it replaces (YAML reads `3e-3` as a string)."""
     if isinstance(value, str) and not isinstance(current, str):
         value = yaml.safe_load(value)
+    if isinstance(current, list):  # `--learner.plugins=fipo,owpo` as well as `[fipo, owpo]`
+        if isinstance(value, str):
+            value = value.split(",")
+        return [str(v).strip() for v in value or [] if str(v).strip()]
     if isinstance(current, bool) or current is None:
         return value
     if isinstance(current, (int, float)) and isinstance(value, (str, int, float)):
@@ -79,6 +86,12 @@ def _apply(target: Any, updates: dict[str, Any], where: str) -> None:
     names = {f.name for f in dataclasses.fields(target)}
     for key, value in updates.items():
         head, _, rest = key.partition(".")
+        if head == "preset" and isinstance(target, LearnerConfig):  # a named bundle of learner overrides (presets.py)
+            try:
+                _apply(target, learner_preset(value), where)
+            except ValueError as err:
+                raise SystemExit(str(err)) from None
+            continue
         if head not in names:
             raise SystemExit(f"unknown config key {where}{head!r}; known: {', '.join(sorted(names))}")
         current = getattr(target, head)
@@ -225,11 +238,47 @@ def evaluate(cfg: TrainConfig, policy, n_tasks: int) -> float:
     return float(np.mean([e.reward_components.get("success", 0.0) for e in episodes]))
 
 
+REFLECTION_PROMPT = ("The verifier judged your final answer {verdict}.{peer} In one short sentence, write a hint "
+                     "that would help to solve this task, without stating the answer.")
+
+
+def reflection_hints(policy, episodes: Sequence[Any], max_new_tokens: int) -> list[list[int]]:
+    """AMR-SD's reflection bottleneck: the policy's own short hint per episode, as token ids, written from the
+    verifier's outcome and the answer of a solved episode of the same group (a peer rollout)."""
+    solved = {}
+    for e in episodes:
+        if e.success:
+            solved.setdefault(e.group_id, P.final_answer(e.messages))
+    prompts = []
+    for e in episodes:
+        peer = solved.get(e.group_id)
+        note = f" Another attempt, judged correct, answered {peer}." if peer is not None and not e.success else ""
+        ask = REFLECTION_PROMPT.format(verdict="correct" if e.success else "wrong", peer=note)
+        prompts.append(policy.render_prompt(list(e.messages) + [{"role": "user", "content": ask}]))
+    generations = policy.generate_ids(prompts, max_new_tokens=max_new_tokens)
+    return [policy.tokenizer.encode(f"Hint: {g.text.strip()}\n", add_special_tokens=False) for g in generations]
+
+
+def _single_token_id(tokenizer, token: str) -> int:
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    if len(ids) != 1:
+        raise SystemExit(f"ih_grpo needs {token!r} to be one token of the tokenizer (got {ids}); set learner.ih_token_id")
+    return ids[0]
+
+
 def warm_start(cfg: TrainConfig, policy, model, log) -> None:
     """Supervised steps on scripted demonstrations (tokenized once; env tokens masked out)."""
     from agentenv.policies.rollout import demonstrations
 
-    demos = demonstrations(cfg.env_id, cfg.sft_episodes, policy.tokenizer, env_kwargs=cfg.env_kwargs, seed=cfg.seed + 7_000_000)
+    from agentenv.registration import scripted_policy
+
+    env_id = cfg.env_id if "/" in cfg.env_id else f"agentenv/{cfg.env_id}"
+    try:
+        teacher = scripted_policy(env_id)  # the env's own scripted agent (ScriptedPolicy only knows ToolReasoning)
+    except ValueError:
+        teacher = None
+    demos = demonstrations(cfg.env_id, cfg.sft_episodes, policy.tokenizer, env_kwargs=cfg.env_kwargs, seed=cfg.seed + 7_000_000,
+                           policy=teacher)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     zeros = torch.zeros(len(demos))
@@ -252,6 +301,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     np.random.seed(cfg.seed)
     started = time.perf_counter()
     policy, model = _build(cfg)
+    if "occ" in cfg.learner.plugins:  # OCC: an MTP head on the policy, trained and checkpointed with it
+        P.attach_mtp_head(model)
+    if "ih_grpo" in cfg.learner.plugins and cfg.learner.ih_token_id is None:  # IH-GRPO's v: the tag that runs queued calls
+        cfg.learner.ih_token_id = _single_token_id(policy.tokenizer, "<execute/>")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay)
     checkpoint = out_dir / "checkpoint" / "state.pt"
     start_step, extra = 0, {}
@@ -270,6 +323,12 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         extra["seconds_before"] = time.perf_counter() - started
         log(f"held-out success after warm start: {extra['success_before']}")
         save_checkpoint(out_dir, 0, model, optimizer, policy, extra)
+    ref_model = None  # the reference policy: frozen for a KL term, ratcheted by OWPO; saved in checkpoints
+    if cfg.learner.kl_coef > 0 or "owpo" in cfg.learner.plugins:
+        ref_model = copy.deepcopy(model).requires_grad_(False)
+        if "ref_model" in extra:
+            ref_model.load_state_dict(extra["ref_model"])
+        extra["ref_model"] = ref_model.state_dict()
     metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start_step)
     board = _tensorboard(out_dir)
     sampler = torch.Generator().manual_seed(cfg.seed)
@@ -281,9 +340,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             episodes = collect(cfg.env_id, policy, seeds, group_size=cfg.group_size, env_kwargs=cfg.env_kwargs,
                                max_seq_len=cfg.max_seq_len)
             t1 = time.perf_counter()
-            adv = episode_advantages(episodes, cfg.learner)
-            batch = make_batch(episodes, adv, policy.chat.pad_id)
-            stats = update(model, optimizer, batch, cfg.learner, generator=sampler)
+            adv = episode_advantages(episodes, cfg.learner, step=step)
+            batch = make_batch(episodes, adv, policy.chat.pad_id, cfg.learner)
+            if "amr_sd" in cfg.learner.plugins:  # AMR-SD: a teacher pass conditioned on the policy's own reflection
+                hints = reflection_hints(policy, episodes, cfg.learner.amr_hint_tokens)
+                rows = [hint for e, hint in zip(episodes, hints) for _ in e.samples]
+                batch.extras["teacher_logp"] = teacher_logprobs(model, batch, rows, cfg.learner)
+            stats = update(model, optimizer, batch, cfg.learner, ref_model=ref_model, generator=sampler, step=step)
             t2 = time.perf_counter()
             tokens = int(batch.attention_mask.sum())
             row = {

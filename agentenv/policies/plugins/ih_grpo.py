@@ -1,0 +1,53 @@
+"""IH-GRPO — Implicit Hierarchical GRPO (arXiv 2605.18500): the hierarchical surrogate ("c-loss").
+
+From the paper's code (Lumina04/IH-GRPO-01 @a570f21, verl/trainer/ppo/core_algos.py
+`compute_hierarchy_policy_loss`; anchors-learner.md §2.1, [V]). Let v be the control token, the one that
+commits to running tools. That is `<execute/>` under this repo's delayed execution, and `<tool_call>` in
+the paper's Qwen setup. Let z_t be the logits divided by the temperature and p_v = softmax(z_t)_v:
+
+    logp_v   = min(log p_v, −1e−7);   p̃_v = clamp(exp(logp_v), 1e−7, 1 − 1e−7)
+    logZ¬v_t = z_v − logp_v + log(1 − p̃_v)                       = log Σ_{j≠v} exp(z_j)
+    c_t      = (sg(1 − p̃_v) − 1[y_t ≠ v]) · logZ¬v_t · sg(ℓ_t)    ℓ_t: the token's policy-gradient loss
+    L        = L_pg + λ·agg(c),   λ = 0.001 (hard-coded in the paper's dp_actor.py)
+
+∂logZ¬v/∂z_v = 0 and ∂logZ¬v/∂z_j = p_j/(1 − p_v) for j ≠ v. So the c-term moves only the non-control
+logits, all in the softmax-weighted direction, with the per-token weight λ·(γ − 1[y ≠ v])·ℓ.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["control_token_outputs", "ih_grpo_c_loss"]
+
+
+def control_token_outputs(
+    hidden: Tensor, weight: Tensor, targets: Tensor, logp: Tensor, token_id: int, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """(log p_v, z_v) of the control token v at every position, from the same logits as `logp`.
+
+    hidden: [..., H]; weight: the output layer [V, H]; targets: [...] (long); logp: [...] log p(target)
+    of the same logits, with its gradient (`objectives.selective_log_probs`) -> two [...] tensors in
+    logp's dtype, both differentiable.
+
+    logsumexp(z) = z_y − log p_y, so log p_v = z_v − z_y + log p_y needs only two columns of the
+    logits, never [N, V]. Multiply-and-sum rather than matmul keeps autocast from rounding z to bf16.
+    """
+    hidden = hidden.to(logp.dtype)
+    z_v = (hidden * weight[token_id].to(logp.dtype)).sum(-1) / temperature
+    z_y = (hidden * weight[targets].to(logp.dtype)).sum(-1) / temperature
+    return z_v - z_y + logp, z_v
+
+
+def ih_grpo_c_loss(logp_v: Tensor, z_v: Tensor, is_control: Tensor, per_token_loss: Tensor) -> Tensor:
+    """Per-token c_t of the hierarchical surrogate (see the module docstring). Add λ·c to the loss.
+
+    logp_v, z_v: [B, T] (from `control_token_outputs`); is_control: [B, T] bool, y_t = v;
+    per_token_loss: [B, T] ℓ_t, stop-gradded here -> [B, T]. c = 0 wherever ℓ = 0 (zero advantage).
+    """
+    logp_v = logp_v.clamp(max=-1e-7)
+    p_v = logp_v.exp().clamp(1e-7, 1 - 1e-7)
+    log_z_not_v = z_v - logp_v + torch.log1p(-p_v)
+    gamma = (1 - p_v).detach()
+    return (gamma - (~is_control).to(gamma.dtype)) * log_z_not_v * per_token_loss.detach()

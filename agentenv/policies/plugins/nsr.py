@@ -1,0 +1,56 @@
+"""NSR — Near-boundary Stochastic Rescue (arXiv 2605.22703) of clipped tokens. [R] The rule comes from a
+third-party port (`near_boundary_stochastic_rescue`, anchors-learner.md §2.5), not from the paper's code.
+
+Hard clipping throws away the gradient of tokens that are only just outside the trust region. NSR keeps
+each such token with probability p. In expectation this is a gradient decay on a thin band, p·(−A∇r)
+instead of 0:
+
+    clip_active = ℓ_clipped > ℓ_unclipped                       (the pessimistic max took the clipped branch)
+    near        = (1+ε_h < r ≤ (1+ε_h)(1+m))  or  ((1−ε_l)(1−m) ≤ r < 1−ε_l)
+    rescue      = clip_active & near & (U(0,1) < p)
+    ℓ_t         = −A·r  where rescued,  the PPO-clip loss elsewhere
+
+m (the relative band width) and p (the rescue probability) are unknown; the paper's values need the PDF.
+p = 0 is DAPO. The draws are keyed by (seed, step, epoch), so a run is reproducible and does not depend on
+how the batch is cut into micro-batches.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["nsr_uniforms", "nsr_rescue"]
+
+
+def nsr_uniforms(shape: torch.Size | tuple[int, ...], seed: int, epoch: int) -> Tensor:
+    """U(0,1) [shape] (float64, CPU) for one epoch over the whole batch, from a generator keyed by (seed, epoch).
+
+    `seed` should already depend on the training step (the learner passes its per-step generator's seed).
+    """
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    return torch.rand(shape, generator=generator, dtype=torch.float64)
+
+
+def nsr_rescue(
+    loss: Tensor,
+    log_ratio: Tensor,
+    adv: Tensor,
+    eps_low: float,
+    eps_high: float,
+    band: float,
+    prob: float,
+    uniform: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Replace the loss of rescued tokens by the unclipped −A·r. Returns (loss, rescued), both [B, T].
+
+    loss: [B, T], the PPO-clip loss of `objectives.ppo_clip_loss`; log_ratio: [B, T]; adv: broadcastable;
+    uniform: [B, T] in [0, 1) (`nsr_uniforms`). Tokens outside the band are never rescued.
+    """
+    ratio = torch.exp(log_ratio)
+    high, low = 1 + eps_high, 1 - eps_low
+    unclipped = -adv * ratio
+    clip_active = -adv * ratio.clamp(low, high) > unclipped
+    near = ((ratio > high) & (ratio <= high * (1 + band))) | ((ratio < low) & (ratio >= low * (1 - band)))
+    rescued = clip_active & near & (uniform < prob)
+    return torch.where(rescued, unclipped, loss), rescued

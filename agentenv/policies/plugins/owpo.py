@@ -1,0 +1,38 @@
+"""OWPO — One-Way Policy Optimization (arXiv 2605.22156, ICML 2026): one-way reweighting and a ratchet
+reference. [R] This is the reconstruction in anchors-learner.md §2.4. No code or formula was public, and
+it has to be checked against the PDF.
+
+The paper's stated properties:
+- the verifier (sign A) sets the direction and π_ref only the magnitude;
+- Accelerated Alignment for inferior deviations, Gain Locking for superior ones;
+- iterative reference updates (a "Ratchet Effect").
+
+The reconstruction that satisfies all three:
+
+    δ_t = sign(A_t) · sg(log π_θ(y_t) − log π_ref(y_t))
+    w_t = 1 + κ·min(−δ_t, δ_max)   if δ_t < 0   (inferior: behind π_ref on a good token / ahead on a bad one)
+    w_t = 1                         if δ_t ≥ 0   (superior: gains are kept, with no pull back to π_ref)
+    ℓ_t = ℓ^{DAPO}(A_t · w_t)        with no KL term;   every K steps: π_ref ← π_θ (the ratchet)
+
+κ, δ_max and K are unknown hyperparameters. w ≥ 1 never flips a gradient's sign; κ = 0 (or π_ref = π_θ)
+is DAPO.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["owpo_weights", "ratchet"]
+
+
+def owpo_weights(logp: Tensor, ref_logp: Tensor, adv: Tensor, kappa: float, delta_max: float) -> Tensor:
+    """w_t ≥ 1 (see the module docstring); multiply the advantage by it. [B, T] (adv broadcastable) -> [B, T]."""
+    delta = torch.sign(adv) * (logp - ref_logp).detach()
+    return 1 + kappa * (-delta).clamp(min=0, max=delta_max)
+
+
+@torch.no_grad()
+def ratchet(reference: torch.nn.Module, policy: torch.nn.Module) -> None:
+    """π_ref ← π_θ: copy every parameter and buffer of `policy` into `reference` (same architecture)."""
+    reference.load_state_dict(policy.state_dict())

@@ -1,0 +1,50 @@
+"""Named learner presets: bundles of `LearnerConfig` overrides, loaded by `--learner.preset=NAME`.
+
+In YAML, write `learner: {preset: dapo, lr: 1e-4}`. A preset applies where it appears, so list it before the
+keys it should not override. Every preset sets all the algorithm fields below, so a preset means the same
+algorithm whatever came before it.
+
+- `grpo`: symmetric clip 0.2, group-std advantages, seq-mean-token-mean (TRL `loss_type="grpo"`).
+- `dr_grpo`: no std scaling, seq-mean-token-sum-norm (Dr.GRPO, TRL `dr_grpo`).
+- `dapo`: clip-higher 0.2/0.28, token-mean, zero-variance groups dropped (DAPO's dynamic sampling as a
+  mask; there is no regeneration).
+- `gspo`: sequence-level ratio clipped to 3e−4/4e−4, seq-mean-token-mean (GSPO).
+- `cispo`: CISPO's clipped IS weight with TRL's absolute cap 5.0, token-mean (MiniMax-M1, ScaleRL).
+- one preset per plug-in (`plugins.PLUGINS`): `dapo` plus that plug-in at its `LearnerConfig` defaults.
+  The plug-ins that act only when π_θ ≠ π_old (divergence, fipo, nsr, occ) also get 4 mini-batches per
+  rollout batch. Compare them against `dapo` with the same `--learner.mini_batches`. To stack plug-ins,
+  name them: `--learner.plugins=fipo,owpo`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from agentenv.policies.plugins import PLUGINS
+
+__all__ = ["PRESETS", "OFF_POLICY_PLUGINS", "learner_preset"]
+
+OFF_POLICY_PLUGINS = ("divergence", "fipo", "nsr", "occ")  # no-ops when π_θ = π_old
+
+GRPO: dict[str, Any] = dict(
+    advantage="grpo", scale_rewards="group", ratio_level="token", loss="ppo_clip", eps_low=0.2, eps_high=0.2,
+    dual_clip=None, aggregation="seq-mean-token-mean", filter_zero_variance=False, mini_batches=1, plugins=[],
+)
+DAPO = {**GRPO, "eps_high": 0.28, "aggregation": "token-mean", "filter_zero_variance": True}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "grpo": GRPO,
+    "dr_grpo": {**GRPO, "scale_rewards": "none", "aggregation": "seq-mean-token-sum-norm"},
+    "dapo": DAPO,
+    "gspo": {**GRPO, "ratio_level": "sequence", "eps_low": 3e-4, "eps_high": 4e-4},
+    "cispo": {**GRPO, "loss": "cispo", "cispo_cap": 5.0, "aggregation": "token-mean"},
+    **{name: {**DAPO, "plugins": [name], "mini_batches": 4 if name in OFF_POLICY_PLUGINS else 1} for name in PLUGINS},
+}
+
+
+def learner_preset(name: str) -> dict[str, Any]:
+    """A fresh copy of preset `name`'s overrides (field name -> value)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown learner preset {name!r}; known: {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
