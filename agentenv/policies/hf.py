@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from agentenv.policies.base import Generation, Messages
+from agentenv.policies.base import Generation, TokenPolicy
 from agentenv.policies.chat_tokens import ChatTokens
 
 __all__ = ["HFPolicy", "sample_tokens"]
@@ -51,7 +51,7 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, genera
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
-class HFPolicy:
+class HFPolicy(TokenPolicy):
     """A `Policy` backed by a `transformers` causal LM.
 
     Args:
@@ -94,18 +94,6 @@ class HFPolicy:
         self.max_new_tokens = max_new_tokens
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.stop_ids = {self.chat.end_id}
-
-    def render_prompt(self, messages: Messages) -> list[int]:
-        """Ids of a whole chat plus the assistant generation prompt."""
-        return self.chat.prompt(messages)
-
-    def render_delta(self, messages: Messages) -> list[int]:
-        """Ids of new env messages continuing a chat whose last assistant turn ended with `<|im_end|>`."""
-        return self.chat.delta(messages)
-
-    def generate(self, contexts: Sequence[Messages]) -> list[Generation]:
-        """One sampled assistant turn per chat context."""
-        return self.generate_ids([self.chat.prompt(messages) for messages in contexts])
 
     @torch.no_grad()
     def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int] | None = None) -> list[Generation]:

@@ -32,7 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from agentenv.policies.base import Generation, Messages
+from agentenv.policies.base import Generation, TokenPolicy
 from agentenv.policies.chat_tokens import ChatTokens
 
 __all__ = ["VLLMPolicy", "import_vllm"]
@@ -52,7 +52,7 @@ def import_vllm():
     return vllm
 
 
-class VLLMPolicy:
+class VLLMPolicy(TokenPolicy):
     """A `Policy` backed by a vLLM engine (`vllm.LLM`), with in-place weight updates from the learner.
 
     Args:
@@ -170,21 +170,7 @@ class VLLMPolicy:
         tokenizer.save_pretrained(str(path))
         return path
 
-    # -- rendering (same as HFPolicy) -------------------------------------------------------------
-
-    def render_prompt(self, messages: Messages) -> list[int]:
-        """Ids of a whole chat plus the assistant generation prompt."""
-        return self.chat.prompt(messages)
-
-    def render_delta(self, messages: Messages) -> list[int]:
-        """Ids of new env messages continuing a chat whose last assistant turn ended with `<|im_end|>`."""
-        return self.chat.delta(messages)
-
     # -- generation --------------------------------------------------------------------------------
-
-    def generate(self, contexts: Sequence[Messages]) -> list[Generation]:
-        """One sampled assistant turn per chat context."""
-        return self.generate_ids([self.chat.prompt(messages) for messages in contexts])
 
     def _sampling_params(self, max_tokens: int):
         return self._SamplingParams(
