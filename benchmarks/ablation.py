@@ -1,0 +1,255 @@
+"""Learner ablation: GRPO vs each preset and plug-in, same seed and budget, CPU, ToolReasoning-v0 (delayed execution).
+
+One shared warm start (`train()` with steps=0: SFT on the scripted demonstrations, held-out evaluation, step-0
+checkpoint), then one arm per learner preset, each resuming from its own copy of that checkpoint with
+`train(..., resume=True)`, so every arm starts from the same weights and RNG state and differs only in the learner
+config (the `--learner.preset=NAME` overrides of `agentenv/policies/presets.py`). Nothing is tuned per arm.
+
+Arms: grpo, dapo, dapo_mb4 (dapo with mini_batches=4: the baseline for the plug-ins whose presets use 4
+mini-batches: divergence, fipo, nsr, occ), gspo, cispo, dr_grpo, and one per plug-in (dapo + that plug-in).
+
+    OMP_NUM_THREADS=1 python benchmarks/ablation.py [--steps 10] [--budget-s 900] [--arms grpo,dapo,...]
+
+Writes benchmarks/ablation.{png,json,md} (after every arm, so a cut-off run still leaves its results); the runs
+themselves go to runs/ablation/ (ignored by git). `--from-json` re-renders the plot and table only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agentenv.policies.learner import LearnerConfig  # noqa: E402
+from agentenv.policies.plugins import PLUGINS  # noqa: E402
+from agentenv.policies.presets import learner_preset  # noqa: E402
+from agentenv.policies.train import TrainConfig, train  # noqa: E402
+
+ENV_KWARGS = {"tools": ["calculator"], "kinds": ["counting"], "difficulty": 1, "max_turns": 4, "execution": "delayed"}
+# priority order: the baselines first, so a run cut short by --budget-s still has them
+ARMS = ["grpo", "dapo", "dapo_mb4", *PLUGINS, "gspo", "cispo", "dr_grpo"]
+OUT = ROOT / "benchmarks"
+
+
+def arm_overrides(name: str) -> dict:
+    if name == "dapo_mb4":
+        return {**learner_preset("dapo"), "mini_batches": 4}
+    return learner_preset(name)
+
+
+def add_mtp_head(checkpoint: Path, seed: int) -> None:
+    """OCC attaches an MTP head before the optimizer is built, so the shared (head-less) step-0 checkpoint gets one:
+    a freshly initialised head (seeded, outside the global RNG, which the checkpoint restores anyway) appended to
+    the model state and, as new parameters at the end of the optimizer's single group, with no Adam state yet."""
+    import torch
+
+    from agentenv.policies.plugins.occ import MTPHead
+
+    state = torch.load(checkpoint, weights_only=False)
+    hidden = state["model"]["model.embed_tokens.weight"].shape[1]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        head = MTPHead(hidden).to(state["model"]["model.embed_tokens.weight"].dtype)
+    state["model"].update({f"mtp_head.{k}": v for k, v in head.state_dict().items()})
+    (group,) = state["optimizer"]["param_groups"]
+    start = max(group["params"]) + 1
+    group["params"] = list(group["params"]) + list(range(start, start + len(list(head.parameters()))))
+    torch.save(state, checkpoint)
+
+
+def base_config(args: argparse.Namespace, out_dir: Path) -> TrainConfig:
+    return TrainConfig(
+        env_id="agentenv/ToolReasoning-v0", env_kwargs=dict(ENV_KWARGS), model="tiny", device="cpu", seed=args.seed,
+        steps=args.steps, tasks_per_step=args.tasks, group_size=args.group, max_new_tokens=48, max_seq_len=1024,
+        sft_episodes=args.sft_episodes, sft_steps=args.sft_steps, sft_batch_size=16, sft_lr=3e-3,
+        eval_tasks=args.eval_tasks, checkpoint_every=10_000, out_dir=str(out_dir),
+        learner=LearnerConfig(lr=5e-4, micro_batch_size=16),
+    )
+
+
+def run(args: argparse.Namespace) -> dict:
+    runs = ROOT / "runs" / "ablation"
+    t0 = time.perf_counter()
+    log = lambda message: print(f"[{time.perf_counter() - t0:7.1f}s] {message}", file=sys.stderr, flush=True)  # noqa: E731
+    config = {"env_id": "agentenv/ToolReasoning-v0", "env_kwargs": ENV_KWARGS, "model": "tiny", "seed": args.seed,
+              "steps": args.steps, "tasks_per_step": args.tasks, "group_size": args.group, "sft_steps": args.sft_steps,
+              "sft_episodes": args.sft_episodes, "eval_tasks": args.eval_tasks, "lr": 5e-4}
+    result = {"config": config, "arms": {}, "not_run": [], "date": time.strftime("%Y-%m-%d")}
+    warm = base_config(args, runs / "warm_start")
+    warm.steps = 0
+    if args.reuse_warm and (runs / "warm_start" / "checkpoint" / "state.pt").exists():
+        log("reusing runs/ablation/warm_start")
+        import torch
+
+        state = torch.load(runs / "warm_start" / "checkpoint" / "state.pt", weights_only=False)
+        result["warm_start_s"] = state["extra"].get("seconds_before")  # measured when it was made
+    else:
+        shutil.rmtree(runs, ignore_errors=True)
+        train(warm, log=log)
+        result["warm_start_s"] = time.perf_counter() - t0
+    arms = args.arms.split(",") if args.arms else ARMS
+    for i, name in enumerate(arms):
+        elapsed = time.perf_counter() - t0
+        if args.budget_s and elapsed > args.budget_s:
+            result["not_run"] += [{"arm": a, "why": f"time budget ({args.budget_s:.0f} s) spent"} for a in arms[i:]]
+            break
+        out_dir = runs / name
+        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.copytree(runs / "warm_start", out_dir)
+        if name == "occ":
+            add_mtp_head(out_dir / "checkpoint" / "state.pt", args.seed)
+        cfg = base_config(args, out_dir)
+        overrides = arm_overrides(name)
+        cfg.learner = dataclasses.replace(cfg.learner, **overrides)
+        (out_dir / "config.yaml").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))  # the arm's own config
+        started = time.perf_counter()
+        try:
+            summary = train(cfg, resume=True, log=lambda m, n=name: log(f"{n}: {m}"))
+        except Exception as err:  # an arm that cannot resume from the shared warm start is reported, not hidden
+            log(f"{name}: FAILED {err!r}")
+            result["not_run"].append({"arm": name, "why": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}",
+                                      "traceback": traceback.format_exc()[-1500:]})
+            write(result, args)
+            continue
+        rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+        result["arms"][name] = {
+            "learner": overrides, "reward": [r["reward_mean"] for r in rows], "success": [r["success_rate"] for r in rows],
+            "loss": [r["loss"] for r in rows], "success_before": summary["success_before"],
+            "success_after": summary["success_after"], "wall_s": time.perf_counter() - started}
+        a = result["arms"][name]
+        log(f"{name}: reward {[round(r, 3) for r in a['reward']]} success {a['success_before']} -> {a['success_after']}")
+        result["total_s"] = time.perf_counter() - t0
+        write(result, args)
+    result["total_s"] = time.perf_counter() - t0
+    return result
+
+
+def last_half_mean(values: list) -> float:
+    tail = values[len(values) // 2:]
+    return sum(tail) / max(len(tail), 1)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = result["arms"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.6, 1]})
+    cmap = plt.get_cmap("tab20")
+    for i, (name, arm) in enumerate(arms.items()):
+        style = "-" if name in ("grpo", "dapo", "dapo_mb4") else "--"
+        left.plot(range(1, len(arm["reward"]) + 1), arm["reward"], style, marker="o", ms=3, color=cmap(i % 20),
+                  label=name, lw=2.2 if style == "-" else 1.2)
+    left.set_xlabel("GRPO step")
+    left.set_ylabel("mean reward of the step's rollouts")
+    c = result["config"]
+    left.set_title(f"ToolReasoning-v0 (delayed, counting, d={c['env_kwargs']['difficulty']}), tiny model, seed {c['seed']}",
+                   fontsize=9)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7, ncol=2)
+    names = list(arms)
+    before = [arms[n]["success_before"] for n in names]
+    after = [arms[n]["success_after"] for n in names]
+    right.barh(names, after, color=[cmap(i % 20) for i in range(len(names))])
+    if before:
+        right.axvline(before[0], color="k", ls=":", lw=1, label=f"after warm start ({before[0]:.2f})")
+        right.legend(fontsize=7, loc="lower right")
+    right.invert_yaxis()
+    right.set_xlabel(f"held-out success after GRPO ({c['eval_tasks']} unseen tasks)")
+    right.set_xlim(0, min(1.0, max(0.1, 1.3 * max(after + before, default=0))))
+    right.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(result: dict) -> str:
+    c, arms = result["config"], result["arms"]
+    lines = [
+        "# Learner ablation: GRPO vs presets and plug-ins on ToolReasoning-v0 (delayed execution), CPU", "",
+        f"Generated by `python benchmarks/ablation.py` on {result['date']} · {result.get('machine', '')}. "
+        "Plot: `ablation.png`; raw numbers (per-step rewards, losses, success): `ablation.json`.", "",
+        f"Setup: {c['env_id']} {c['env_kwargs']}; random-init `tiny` Qwen2 with the shipped tokenizer; one shared "
+        f"warm start ({c['sft_steps']} SFT steps on {c['sft_episodes']} scripted demonstrations, then held-out "
+        f"evaluation on {c['eval_tasks']} unseen tasks), after which every arm resumes from a copy of the same step-0 "
+        f"checkpoint (same weights, optimizer and RNG state) and runs {c['steps']} GRPO steps of {c['tasks_per_step']} "
+        f"tasks × {c['group_size']} samples, lr {c['lr']}, seed {c['seed']}. Arms differ only in the learner preset "
+        "(`agentenv/policies/presets.py`), each at its defaults; nothing was tuned. `dapo_mb4` is `dapo` with "
+        "4 mini-batches per rollout batch, the like-for-like baseline for divergence, fipo, nsr and occ (whose "
+        "presets use 4 mini-batches; they are no-ops at π_θ = π_old). Every plug-in preset is `dapo` + that plug-in.", "",
+        "| arm | learner | held-out success before → after | Δ | mean reward, last half of steps | mean reward, all steps | wall (s) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, arm in arms.items():
+        lr = arm["learner"]
+        desc = f"plug-ins {lr['plugins']}, " if lr.get("plugins") else ""
+        desc += f"mb {lr['mini_batches']}"
+        r = arm["reward"]
+        lines.append(f"| {name} | {desc} | {arm['success_before']:.2f} → {arm['success_after']:.2f} | "
+                     f"{arm['success_after'] - arm['success_before']:+.2f} | {last_half_mean(r):.3f} | "
+                     f"{sum(r) / max(len(r), 1):.3f} | {arm['wall_s']:.0f} |")
+    if result.get("not_run"):
+        lines += ["", "Not run / failed:", ""]
+        lines += [f"- `{x['arm']}`: {x['why']}" for x in result["not_run"]]
+    ws = result.get("warm_start_s")
+    lines += ["", f"Warm start (SFT + held-out evaluation, shared): {ws:.0f} s; total {result.get('total_s', 0):.0f} s."
+              if ws else ""]
+    if result.get("notes"):
+        lines += ["", result["notes"]]
+    lines += ["", "## Reading", "", result.get("reading", "(see the table)")]
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict, args: argparse.Namespace) -> None:
+    if args.quick:
+        return
+    result["machine"] = (f"{platform.machine()}, {os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+                         f"Python {platform.python_version()}, load average "
+                         f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())} at write")
+    (OUT / "ablation.json").write_text(json.dumps(result, indent=1))
+    if result["arms"]:
+        plot(result, OUT / "ablation.png")
+    (OUT / "ablation.md").write_text(markdown(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks", type=int, default=4)
+    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--sft-steps", type=int, default=150)
+    parser.add_argument("--sft-episodes", type=int, default=256)
+    parser.add_argument("--eval-tasks", type=int, default=100)
+    parser.add_argument("--arms", default="", help=f"comma-separated subset of {','.join(ARMS)}")
+    parser.add_argument("--budget-s", type=float, default=0, help="start no new arm after this many seconds")
+    parser.add_argument("--reuse-warm", action="store_true", help="reuse runs/ablation/warm_start if present")
+    parser.add_argument("--quick", action="store_true", help="smoke run (2 steps, tiny SFT; results not written)")
+    parser.add_argument("--from-json", action="store_true", help="only re-render the plot and table from ablation.json")
+    args = parser.parse_args()
+    if args.from_json:
+        result = json.loads((OUT / "ablation.json").read_text())
+        plot(result, OUT / "ablation.png")
+        (OUT / "ablation.md").write_text(markdown(result))
+        return
+    if args.quick:
+        args.steps, args.sft_steps, args.eval_tasks, args.tasks, args.sft_episodes = 2, 4, 4, 2, 16
+    result = run(args)
+    write(result, args)
+    print(f"written to {OUT}/ablation.{{json,png,md}}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
