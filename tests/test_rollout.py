@@ -291,3 +291,28 @@ def test_a_saved_policy_reloads_with_the_same_weights_and_token_ids(model, tmp_p
     assert reloaded.render_prompt(messages) == original.render_prompt(messages)
     ids = torch.tensor([original.render_prompt(messages)])
     assert torch.equal(reloaded.model(ids).logits, model(ids).logits)
+
+
+def test_dlogp_extrapolation_with_the_base_itself_is_plain_sampling(model):
+    prompts = [policy(model).render_prompt([{"role": "user", "content": q}]) for q in ("How many 12?", "What is 3*4?")]
+    plain = policy(model, max_new_tokens=10).generate_ids(prompts)
+    same = policy(model, max_new_tokens=10, extrapolate_from=model).generate_ids(prompts)  # Δlog p = 0: never triggers
+    assert [g.token_ids for g in same] == [g.token_ids for g in plain]
+    assert [g.logprobs for g in same] == [g.logprobs for g in plain]
+
+
+def test_dlogp_extrapolation_draws_every_triggered_token_from_the_mixed_distribution(model):
+    from agentenv.policies.plugins.direction import extrapolation_logits
+
+    rl_model = tiny_model("tiny", seed=1)
+    alpha, top_k = 0.1, 40
+    sampler = policy(rl_model, max_new_tokens=8, extrapolate_from=model, extrapolate_alpha=alpha,
+                     extrapolate_tau=float("inf"), extrapolate_top_k=top_k)  # τ = +∞: every token is resampled
+    prompt = sampler.render_prompt([{"role": "user", "content": "How many 12?"}])
+    (gen,) = sampler.generate_ids([prompt])
+    ids = torch.tensor([prompt + gen.token_ids])
+    with torch.no_grad():
+        mixed = extrapolation_logits(model(ids).logits[0], rl_model(ids).logits[0], alpha, top_k).log_softmax(-1)
+    steps = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(gen.token_ids))
+    expected = mixed[steps, torch.tensor(gen.token_ids)]
+    assert torch.allclose(torch.tensor(gen.logprobs), expected, atol=1e-5)

@@ -64,6 +64,11 @@ class HFPolicy(TokenPolicy):
         seed: seeds the sampling generator; the same seed and the same calls give the same tokens.
         dtype: the model's dtype (default: float32 on CPU, bfloat16 on CUDA when loading from a path; a
             given model keeps its dtype).
+        extrapolate_from: Δlog p test-time extrapolation (arXiv 2603.22117, `plugins/direction.py`): this
+            model is the RL checkpoint and `extrapolate_from` its base (a model or a directory). The base
+            samples each token; where log p_RL(y) − log p_base(y) ≤ `extrapolate_tau` the token is
+            resampled from log p_RL + α·Δlog p over the base's top `extrapolate_top_k`
+            (α = `extrapolate_alpha`). Log-probs are those of the distribution each token was drawn from.
 
     `generate(contexts)` renders chats and samples; `generate_ids(prompts)` continues token ids (the rollout
     uses it, so nothing is re-tokenized); `render_prompt` / `render_delta` give ids of a chat / of new
@@ -80,6 +85,10 @@ class HFPolicy(TokenPolicy):
         max_new_tokens: int = 256,
         seed: int = 0,
         dtype: torch.dtype | str | None = None,
+        extrapolate_from: Any = None,
+        extrapolate_alpha: float = 0.1,
+        extrapolate_tau: float = -0.35,
+        extrapolate_top_k: int = 50,
     ):
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
@@ -94,6 +103,8 @@ class HFPolicy(TokenPolicy):
         self.max_new_tokens = max_new_tokens
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.stop_ids = {self.chat.end_id}
+        self.base_model = _load(extrapolate_from, tokenizer, device, dtype)[0] if extrapolate_from is not None else None
+        self.extrapolate = (extrapolate_alpha, extrapolate_tau, extrapolate_top_k)
 
     @torch.no_grad()
     def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int] | None = None) -> list[Generation]:
@@ -127,6 +138,10 @@ class HFPolicy(TokenPolicy):
 
         cache = DynamicCache()
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        base_cache = DynamicCache() if self.base_model is not None else None
+        if base_cache is not None:
+            base_logits = self.base_model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                                          past_key_values=base_cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         stop = torch.tensor(sorted(self.stop_ids), device=self.device)
         steps = int(limits.max())
         tokens = torch.full((batch, max(steps, 0)), pad, dtype=torch.long, device=self.device)
@@ -135,10 +150,16 @@ class HFPolicy(TokenPolicy):
         rows = (limits > 0).nonzero().squeeze(-1)  # original row of each row still in the batch
         logits, attention, next_position = out.logits[rows, -1], attention[rows], positions[rows, -1:] + 1
         cache.batch_select_indices(rows)
+        if base_cache is not None:
+            base_logits = base_logits[rows]
+            base_cache.batch_select_indices(rows)
         for step in range(steps):
             if rows.numel() == 0:
                 break
-            token, logprob = sample_tokens(logits, self.temperature, self.top_p, self.generator)
+            if base_cache is None:
+                token, logprob = sample_tokens(logits, self.temperature, self.top_p, self.generator)
+            else:
+                token, logprob = self._extrapolated_tokens(base_logits, logits)
             tokens[rows, step], logprobs[rows, step] = token, logprob
             lengths[rows] += 1
             finished = torch.isin(token, stop) | (lengths[rows] >= limits[rows])
@@ -146,10 +167,15 @@ class HFPolicy(TokenPolicy):
                 keep = (~finished).nonzero().squeeze(-1)
                 rows, token, attention, next_position = rows[keep], token[keep], attention[keep], next_position[keep]
                 cache.batch_select_indices(keep)
+                if base_cache is not None:
+                    base_cache.batch_select_indices(keep)
                 if rows.numel() == 0:
                     break
             attention = torch.cat([attention, torch.ones((rows.numel(), 1), dtype=attention.dtype, device=self.device)], dim=1)
             out = self.model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position, past_key_values=cache, use_cache=True)
+            if base_cache is not None:
+                base_logits = self.base_model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
+                                              past_key_values=base_cache, use_cache=True).logits[:, -1]
             logits, next_position = out.logits[:, -1], next_position + 1
 
         tokens, logprobs, lengths = tokens.tolist(), logprobs.tolist(), lengths.tolist()
@@ -160,6 +186,19 @@ class HFPolicy(TokenPolicy):
             text = self.chat.decode(ids[:-1] if stopped else ids)
             generations.append(Generation(text, ids, lps, list(prompts[row]), "stop" if stopped else "length"))
         return generations
+
+
+    def _extrapolated_tokens(self, base_logits: torch.Tensor, rl_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample from the base model; resample where the RL model disagrees by ≥ |τ| nats (Δlog p extrapolation)."""
+        from agentenv.policies.plugins.direction import extrapolation_logits, extrapolation_trigger
+
+        alpha, tau, top_k = self.extrapolate
+        token, logprob = sample_tokens(base_logits, self.temperature, self.top_p, self.generator)
+        redo = extrapolation_trigger(base_logits, rl_logits, token, tau)
+        if bool(redo.any()):
+            mixed = extrapolation_logits(base_logits[redo], rl_logits[redo], alpha, top_k)
+            token[redo], logprob[redo] = sample_tokens(mixed, self.temperature, self.top_p, self.generator)
+        return token, logprob
 
 
 def _load_tokenizer(path: Path):
