@@ -34,6 +34,7 @@ from agentenv.policies.learner import LearnerConfig  # noqa: E402
 from agentenv.policies.plugins import PLUGINS  # noqa: E402
 from agentenv.policies.presets import learner_preset  # noqa: E402
 from agentenv.policies.train import TrainConfig, train  # noqa: E402
+from arms import run_arm  # noqa: E402 - benchmarks/arms.py, beside this script
 
 ENV_KWARGS = {"tools": ["calculator"], "kinds": ["counting"], "difficulty": 1, "max_turns": 4, "execution": "delayed"}
 # priority order: the baselines first, so a run cut short by --budget-s still has them
@@ -103,29 +104,19 @@ def run(args: argparse.Namespace) -> dict:
         if args.budget_s and elapsed > args.budget_s:
             result["not_run"] += [{"arm": a, "why": f"time budget ({args.budget_s:.0f} s) spent"} for a in arms[i:]]
             break
-        out_dir = runs / name
-        shutil.rmtree(out_dir, ignore_errors=True)
-        shutil.copytree(runs / "warm_start", out_dir)
-        if name == "occ":
-            add_mtp_head(out_dir / "checkpoint" / "state.pt", args.seed)
-        cfg = base_config(args, out_dir)
+        cfg = base_config(args, runs / name)
         overrides = arm_overrides(name)
         cfg.learner = dataclasses.replace(cfg.learner, **overrides)
-        (out_dir / "config.yaml").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))  # the arm's own config
-        started = time.perf_counter()
+        prepare = (lambda out_dir: add_mtp_head(out_dir / "checkpoint" / "state.pt", args.seed)) if name == "occ" else None
         try:
-            summary = train(cfg, resume=True, log=lambda m, n=name: log(f"{n}: {m}"))
+            arm = run_arm(runs / "warm_start", cfg, log=lambda m, n=name: log(f"{n}: {m}"), prepare=prepare)
         except Exception as err:  # an arm that cannot resume from the shared warm start is reported, not hidden
             log(f"{name}: FAILED {err!r}")
             result["not_run"].append({"arm": name, "why": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}",
                                       "traceback": traceback.format_exc()[-1500:]})
             write(result, args)
             continue
-        rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-        result["arms"][name] = {
-            "learner": overrides, "reward": [r["reward_mean"] for r in rows], "success": [r["success_rate"] for r in rows],
-            "loss": [r["loss"] for r in rows], "success_before": summary["success_before"],
-            "success_after": summary["success_after"], "wall_s": time.perf_counter() - started}
+        result["arms"][name] = {"learner": overrides, **arm}
         a = result["arms"][name]
         log(f"{name}: reward {[round(r, 3) for r in a['reward']]} success {a['success_before']} -> {a['success_after']}")
         result["total_s"] = time.perf_counter() - t0

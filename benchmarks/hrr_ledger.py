@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from agentenv.policies.learner import LearnerConfig  # noqa: E402
 from agentenv.policies.train import TrainConfig, train  # noqa: E402
+from arms import run_arm  # noqa: E402 - benchmarks/arms.py, beside this script
 
 ENV_KWARGS = {"turns": 4, "ledgers": 1, "probe_every": 2, "noise_lines": [1, 3], "compressor": "zip",
               "budget_tokens": 560, "max_turns": 6}
@@ -60,19 +61,10 @@ def run(args: argparse.Namespace) -> dict:
     arms = {"off": dict(hrr_beta=0.0), "on": dict(hrr_beta=args.beta, hrr_mode="add", hrr_group_norm=True)}
     results = {}
     for name, hrr in arms.items():
-        out_dir = runs / name
-        shutil.copytree(runs / "warm_start", out_dir)
-        cfg = base_config(args, out_dir)
+        cfg = base_config(args, runs / name)
         cfg.learner = dataclasses.replace(cfg.learner, **hrr)
-        (out_dir / "config.yaml").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))  # the arm's own config
-        started = time.perf_counter()
-        summary = train(cfg, resume=True, log=lambda m, n=name: log(f"{n}: {m}"))
-        rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
         results[name] = {"learner": {k: getattr(cfg.learner, k) for k in ("hrr_beta", "hrr_mode", "hrr_group_norm")},
-                         "reward": [r["reward_mean"] for r in rows], "success": [r["success_rate"] for r in rows],
-                         "turns": [r["turns_mean"] for r in rows], "loss": [r["loss"] for r in rows],
-                         "success_before": summary["success_before"], "success_after": summary["success_after"],
-                         "wall_s": time.perf_counter() - started}
+                         **run_arm(runs / "warm_start", cfg, log=lambda m, n=name: log(f"{n}: {m}"))}
     return {"warm_start_s": warm_s, "total_s": time.perf_counter() - t0, "arms": results,
             "config": {"env_kwargs": ENV_KWARGS, "seed": args.seed, "steps": args.steps, "tasks_per_step": args.tasks,
                        "group_size": args.group, "sft_steps": args.sft_steps, "eval_tasks": args.eval_tasks, "beta": args.beta},
