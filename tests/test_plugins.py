@@ -43,15 +43,7 @@ from agentenv.policies.presets import PRESETS, learner_preset
 from agentenv.policies.tiny import tiny_model, tiny_tokenizer
 from agentenv.policies.train import load_config, train
 
-F64 = torch.float64
-
-
-def t(values, dtype=F64):
-    return torch.tensor(values, dtype=dtype)
-
-
-def close(a, b, tol=1e-6):
-    torch.testing.assert_close(torch.as_tensor(a, dtype=F64), torch.as_tensor(b, dtype=F64), atol=tol, rtol=0)
+from exact import F64, close, t  # tests/exact.py
 
 
 def central_difference(f, x, h=1e-6):
