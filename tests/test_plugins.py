@@ -9,7 +9,8 @@ import torch
 from torch.autograd import gradcheck
 
 from agentenv.policies import plugins as P
-from agentenv.policies.learner import LearnerConfig, episode_advantages, make_batch, teacher_logprobs, token_logprobs, update
+from agentenv.policies.learner import (LearnerConfig, episode_advantages, make_batch, make_care_probe, teacher_logprobs,
+                                      token_logprobs, update)
 from agentenv.policies.objectives import ppo_clip_loss, selective_log_probs
 from agentenv.policies.plugins import (
     MTPHead,
@@ -514,14 +515,14 @@ def test_care_labels_rewards_and_coefficients():
     answers = torch.tensor([1, 1, 1, 2] + [3, 3, 4, -1] + [5, 5, 5, 5])
     groups = torch.arange(3).repeat_interleave(4)
     gt = t([0, 0, 0, 1] + [0, 0, 1, 0] + [1, 1, 1, 1])
-    rewards, coef, queried = care_labels(gt, answers, groups, top_pct=0.3, prob_gate=0.3, gate=True)
+    rewards, coef, queried = care_labels(gt, answers, groups, acquisition="heuristic", top_pct=0.3, prob_gate=0.3, gate=True)
     # P(maj) = [3/4, 1/2, 1]: group 2 is gated. s = mean CAG(4, x, y) over y: group 0 (x = 3, y ∈ {0, 1})
     # (2 + 4)/2 = 3, group 1 (x = 2, y ∈ {0, 1}) (2 + 3.5523)/2 → group 0 gets the one label
     close(heuristic_scores(answers, groups)[1][[0, 4]], [3.0, (2 + math.sqrt(8 + 8 / math.sqrt(3))) / 2])
     assert queried.tolist() == [True] * 4 + [False] * 8
     close(rewards, [0, 0, 0, 1] + [1, 1, 0, 0] + [1, 1, 1, 1])
     close(coef, [1.0] * 4 + [0.0] * 4 + [0.0] * 4)  # group 2 is gated but unanimous: s = 0
-    everything, coef, queried = care_labels(gt, answers, groups, top_pct=1.0, gate=False)
+    everything, coef, queried = care_labels(gt, answers, groups, acquisition="heuristic", top_pct=1.0, gate=False)
     assert torch.equal(everything, gt) and torch.equal(coef, torch.ones(12, dtype=F64)) and queried.all()
     _, coef, queried = care_labels(gt, answers, groups, acquisition="oracle", top_pct=0.3)
     # true gaps: group 0 A(ps) = −A(gt), so 2·‖A(gt)‖ = 4; group 1 3.5523; group 2 0
@@ -575,7 +576,8 @@ def _run(plugins, **overrides):
     if "occ" in plugins:
         P.attach_mtp_head(model)
     episodes = _episodes()
-    batch = make_batch(episodes, episode_advantages(episodes, cfg, step=0), pad_id=0)
+    care_probe = make_care_probe(model, cfg, group_size=4, seed=0)  # CARE's learned probe (None without care)
+    batch = make_batch(episodes, episode_advantages(episodes, cfg, step=0, model=model, care_probe=care_probe), pad_id=0)
     if "amr_sd" in plugins:
         hints = [[300 + i, 301, 302] for i in range(len(batch))]
         batch.extras["teacher_logp"] = teacher_logprobs(model, batch, hints, cfg)

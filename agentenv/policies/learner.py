@@ -27,8 +27,8 @@ import torch
 from agentenv.policies import objectives as F
 from agentenv.policies import plugins as P
 
-__all__ = ["LearnerConfig", "Batch", "episode_advantages", "make_batch", "final_hidden", "token_logprobs", "policy_loss",
-           "update", "teacher_logprobs", "sft_update"]
+__all__ = ["LearnerConfig", "Batch", "episode_advantages", "make_care_probe", "care_hidden_states", "make_batch",
+           "final_hidden", "token_logprobs", "policy_loss", "update", "teacher_logprobs", "sft_update"]
 
 
 @dataclass
@@ -73,11 +73,17 @@ class LearnerConfig:
     # Seed-paper plug-ins (agentenv/policies/plugins/, one module per paper): each is off unless named in
     # `plugins`; `--learner.preset=NAME` loads a bundle (presets.py). Values marked "guess" are not published.
     plugins: list[str] = field(default_factory=list)  # care | amr_sd | divergence | direction | fipo | owpo | nsr | ih_grpo | occ
-    care_acquisition: str = "heuristic"  # heuristic (CARE's rule, cluster statistics for its probe) | oracle
+    care_acquisition: str = "probe"  # probe (CARE's learned probe) | heuristic (cluster statistics for it) | oracle
     care_top_pct: float = 0.2  # label budget: ground truth for this fraction of each step's prompts
     care_prob_gate: float = 0.25  # fraction of prompts gated as "majority correct"
     care_soft_adv: float = 1.0
     care_warmup: int = 20  # steps before the gate opens
+    care_probe_lr: float = 1e-4  # CARE's probe (al-rule.sh): AdamW, no weight decay
+    care_probe_train_steps: int = 3  # passes per learner step over the queried prompts + a buffer draw
+    care_probe_buffer: int = 2048  # replay buffer of queried prompts
+    care_probe_batch: int = 16  # buffer prompts drawn per pass
+    care_probe_aux_weight: float = 1.5  # stage 1's per-response correctness loss
+    care_len_norm: int = 4000  # response lengths / this (the paper's max response length), clipped to 1
     amr_lambda: float = 0.5  # guess; annealed linearly to 0 over amr_anneal_steps
     amr_anneal_steps: int = 50  # guess
     amr_tau_pos: float = 0.2  # guess
@@ -108,15 +114,28 @@ class LearnerConfig:
 
 
 def episode_advantages(episodes: Sequence[Any], cfg: LearnerConfig, kl_per_episode: torch.Tensor | None = None,
-                       step: int = 0) -> torch.Tensor:
-    """One advantage per episode, `[E]`, from `episode.reward` and `episode.group_id` (`step`: CARE's warm-up)."""
+                       step: int = 0, *, model: torch.nn.Module | None = None,
+                       care_probe: P.CareProbe | None = None) -> torch.Tensor:
+    """One advantage per episode, `[E]`, from `episode.reward` and `episode.group_id` (`step`: CARE's warm-up).
+
+    CARE with `care_acquisition="probe"` also needs the policy `model` (one no-grad forward for the probe's
+    hidden states) and its `care_probe` (`make_care_probe`), which this call trains on the queried prompts.
+    """
     rewards = torch.tensor([float(e.reward) for e in episodes], dtype=torch.float64)
     groups = torch.tensor([int(e.group_id) for e in episodes], dtype=torch.long)
     if "care" in cfg.plugins:  # CARE: majority-vote pseudo-labels; the verifier's reward only for selected prompts
         answers = P.answer_ids([P.final_answer(e.messages) for e in episodes])
+        features = None
+        if cfg.care_acquisition == "probe":
+            if model is None or care_probe is None:
+                raise ValueError("care_acquisition='probe' needs episode_advantages(..., model=policy model, "
+                                 "care_probe=make_care_probe(...))")
+            features = P.probe_features(answers, groups, *care_hidden_states(model, episodes, cfg),
+                                        len_norm=cfg.care_len_norm)
         rewards, care_scale, _ = P.care_labels(rewards, answers, groups, acquisition=cfg.care_acquisition,
                                                top_pct=cfg.care_top_pct, prob_gate=cfg.care_prob_gate,
-                                               soft_adv=cfg.care_soft_adv, gate=step >= cfg.care_warmup)
+                                               soft_adv=cfg.care_soft_adv, gate=step >= cfg.care_warmup,
+                                               probe=care_probe, features=features)
     if cfg.overlong_buffer > 0:
         lengths = torch.tensor([sum(sum(s.loss_mask) for s in e.samples) for e in episodes], dtype=torch.float64)
         rewards = rewards + F.overlong_penalty(lengths, cfg.overlong_max_tokens, cfg.overlong_buffer, cfg.overlong_factor)
@@ -137,6 +156,70 @@ def episode_advantages(episodes: Sequence[Any], cfg: LearnerConfig, kl_per_episo
     if cfg.mask_truncated:
         adv = adv * torch.tensor([0.0 if e.truncated else 1.0 for e in episodes], dtype=adv.dtype)
     return adv.float()
+
+
+def make_care_probe(model: torch.nn.Module, cfg: LearnerConfig, group_size: int, seed: int) -> P.CareProbe | None:
+    """CARE's probe for this policy's hidden size and `group_size` responses per prompt; None unless the run uses it."""
+    if "care" not in cfg.plugins or cfg.care_acquisition != "probe":
+        return None
+    return P.CareProbe(model.config.hidden_size, group_size, seed=seed, lr=cfg.care_probe_lr,
+                       train_steps=cfg.care_probe_train_steps, buffer_size=cfg.care_probe_buffer,
+                       batch_size=cfg.care_probe_batch, aux_weight=cfg.care_probe_aux_weight)
+
+
+def _generated(mask: Sequence[int]) -> list[int]:
+    return [i for i, m in enumerate(mask) if m]
+
+
+@torch.no_grad()
+def care_hidden_states(model: torch.nn.Module, episodes: Sequence[Any],
+                       cfg: LearnerConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CARE's probe inputs from one no-grad pass of the policy over the episodes (CPU, float32):
+
+    prompt [E, H], the last-layer hidden state at the prompt's last token (first sample); response [E, H],
+    at the last generated token (last sample; the paper's `compute_probe_stage1_features`); lengths [E],
+    generated tokens. Micro-batches of `cfg.micro_batch_size` rows share each group's prompt forward
+    (`final_hidden`'s `share_prefix`).
+    """
+    device = next(model.parameters()).device
+    sequences: list[list[int]] = []
+    masks: list[list[int]] = []
+    prompt_at: list[tuple[int, int]] = []  # (row, position) per episode
+    response_at: list[tuple[int, int]] = []
+    for e in episodes:
+        first, last = e.samples[0], e.samples[-1]
+        first_row = len(sequences)
+        for sample in (first,) if last is first else (first, last):  # one row unless a compressor split the episode
+            sequences.append(list(sample.token_ids))
+            masks.append(list(sample.loss_mask))
+        generated = _generated(first.loss_mask)
+        prompt_at.append((first_row, max(generated[0] - 1, 0) if generated else len(first.token_ids) - 1))
+        generated = _generated(last.loss_mask)
+        response_at.append((len(sequences) - 1, generated[-1] if generated else len(last.token_ids) - 1))
+    # one trailing token per row: final_hidden drops the last column, so every real position stays in range
+    length = max(len(ids) for ids in sequences) + 1
+    ids = torch.zeros(len(sequences), length, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    loss_mask = torch.zeros(len(sequences), length, dtype=torch.float32)
+    for row, (tokens, mask) in enumerate(zip(sequences, masks)):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        attention[row, : len(tokens) + 1] = 1
+        loss_mask[row, : len(mask)] = torch.tensor(mask, dtype=torch.float32)
+    empty = torch.zeros(len(sequences), length - 1)
+    batch = Batch(ids, attention, ids[:, 1:], loss_mask[:, 1:], empty, torch.zeros(len(sequences)))
+    wanted = sorted(set(prompt_at) | set(response_at))  # keep only these (row, position) states, not [B, L, H]
+    kept: dict[tuple[int, int], torch.Tensor] = {}
+    for start in range(0, len(batch), cfg.micro_batch_size):
+        rows = torch.arange(start, min(start + cfg.micro_batch_size, len(batch)))
+        with _autocast(device, cfg):
+            out = final_hidden(model, batch.rows(rows).to(device), cfg.share_prefix)
+        here = [(row, pos) for row, pos in wanted if start <= row < start + len(rows)]
+        states = out[[row - start for row, _ in here], [pos for _, pos in here]].float().cpu()
+        kept.update(zip(here, states))
+    prompt = torch.stack([kept[at] for at in prompt_at])
+    response = torch.stack([kept[at] for at in response_at])
+    lengths = torch.tensor([float(sum(sum(s.loss_mask) for s in e.samples)) for e in episodes])
+    return prompt, response, lengths
 
 
 # -- 2. batch --------------------------------------------------------------------------------------
@@ -221,8 +304,11 @@ def _right_padded(mask: torch.Tensor) -> bool:
 def _shared_prefix(batch: Batch, min_length: int) -> tuple[int, torch.Tensor, torch.Tensor] | None:
     """(P, unique prefixes [U, P], row → prefix index [B]) when rows share their first P tokens, else None.
 
-    P is the shortest prompt of the batch (tokens before a row's first loss position), so every row's first
-    P tokens are real tokens; rows are right-padded (as `make_batch` builds them), so none has padding there.
+    Two candidates, whichever saves more tokens ((B − U)·P): P = the shortest prompt of the batch (tokens
+    before a row's first loss position; a GRPO group's samples share it), or P = the tokens every row opens
+    with (a system prompt shared by different tasks, as in SFT batches; U = 1). Either way P ends at or
+    before every row's first target, so those tokens are real; rows are right-padded (as `make_batch` builds
+    them), so none has padding there.
     """
     mask = batch.attention_mask
     if min_length <= 0 or len(batch) < 2 or not _right_padded(mask):
@@ -232,7 +318,12 @@ def _shared_prefix(batch: Batch, min_length: int) -> tuple[int, torch.Tensor, to
     length = int(start.min())
     if length < min_length or length >= batch.input_ids.shape[1]:
         return None
-    prefixes, inverse = torch.unique(batch.input_ids[:, :length], dim=0, return_inverse=True)
+    prompts = batch.input_ids[:, :length]
+    prefixes, inverse = torch.unique(prompts, dim=0, return_inverse=True)
+    differs = (prompts != prompts[:1]).any(0)
+    common = int(differs.int().argmax()) if bool(differs.any()) else length
+    if common >= min_length and (len(batch) - 1) * common > (len(batch) - prefixes.shape[0]) * length:
+        return common, prompts[:1, :common], torch.zeros(len(batch), dtype=torch.long, device=prompts.device)
     return (length, prefixes, inverse) if prefixes.shape[0] < len(batch) else None
 
 

@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from agentenv.policies import plugins as P
-from agentenv.policies.learner import LearnerConfig, episode_advantages, make_batch, sft_update, teacher_logprobs, update
+from agentenv.policies.learner import LearnerConfig, episode_advantages, make_batch, make_care_probe, sft_update, teacher_logprobs, update
 from agentenv.policies.presets import learner_preset
 
 __all__ = ["TrainConfig", "load_config", "train"]
@@ -329,6 +329,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         if "ref_model" in extra:
             ref_model.load_state_dict(extra["ref_model"])
         extra["ref_model"] = ref_model.state_dict()
+    care_probe = make_care_probe(model, cfg.learner, cfg.group_size, cfg.seed)  # CARE's probe; None unless used
+    if care_probe is not None and "care_probe" in extra:
+        care_probe.load_state_dict(extra["care_probe"])
     metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start_step)
     board = _tensorboard(out_dir)
     sampler = torch.Generator().manual_seed(cfg.seed)
@@ -340,7 +343,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             episodes = collect(cfg.env_id, policy, seeds, group_size=cfg.group_size, env_kwargs=cfg.env_kwargs,
                                max_seq_len=cfg.max_seq_len)
             t1 = time.perf_counter()
-            adv = episode_advantages(episodes, cfg.learner, step=step)
+            adv = episode_advantages(episodes, cfg.learner, step=step, model=model, care_probe=care_probe)
             batch = make_batch(episodes, adv, policy.chat.pad_id, cfg.learner)
             if "amr_sd" in cfg.learner.plugins:  # AMR-SD: a teacher pass conditioned on the policy's own reflection
                 hints = reflection_hints(policy, episodes, cfg.learner.amr_hint_tokens)
@@ -368,6 +371,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             log(f"step {step + 1}/{cfg.steps} reward {row['reward_mean']:.3f} success {row['success_rate']:.3f} "
                 f"loss {row['loss']:+.4f} ({t2 - t0:.1f} s)")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                if care_probe is not None:  # weights, optimizers, replay buffer and generator, as of this step
+                    extra["care_probe"] = care_probe.state_dict()
                 save_checkpoint(out_dir, step + 1, model, optimizer, policy, extra)
     finally:
         metrics.close()

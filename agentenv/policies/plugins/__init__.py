@@ -23,14 +23,21 @@ no-ops on a fully on-policy update (one epoch, one mini-batch); their presets us
 
 from agentenv.policies.plugins.amr_sd import amr_sd_advantages, annealed_lambda, cig_gate, insert_hint
 from agentenv.policies.plugins.care import (
+    CareProbe,
+    ProbeFeatures,
+    ProbeTargets,
+    SetScorer,
     answer_ids,
     cag_from_counts,
     care_labels,
     care_select,
     corrective_advantage_gap,
+    count_costs,
     final_answer,
     heuristic_scores,
     majority_vote,
+    probe_features,
+    probe_targets,
 )
 from agentenv.policies.plugins.direction import direction_weights, extrapolation_logits, extrapolation_trigger
 from agentenv.policies.plugins.divergence import divergence_weights
@@ -44,7 +51,11 @@ PLUGINS = ("care", "amr_sd", "divergence", "direction", "fipo", "owpo", "nsr", "
 
 __all__ = [
     "PLUGINS",
+    "CareProbe",
     "MTPHead",
+    "ProbeFeatures",
+    "ProbeTargets",
+    "SetScorer",
     "amr_sd_advantages",
     "annealed_lambda",
     "answer_ids",
@@ -55,6 +66,7 @@ __all__ = [
     "cig_gate",
     "control_token_outputs",
     "corrective_advantage_gap",
+    "count_costs",
     "direction_weights",
     "discounted_future_sum",
     "divergence_weights",
@@ -71,5 +83,7 @@ __all__ = [
     "nsr_uniforms",
     "occ_coefficient",
     "owpo_weights",
+    "probe_features",
+    "probe_targets",
     "ratchet",
 ]
