@@ -118,25 +118,34 @@ def test_kl_penalty_against_reference(episodes):
     assert stats["kl"] > 0.0
 
 
-def grouped_episodes(prompt_lengths=(40, 43), group=4, seed=0):
-    """GRPO-shaped episodes: each group's samples share one prompt, then differ (different lengths)."""
+def grouped_episodes(prompt_lengths=(40, 43), group=4, seed=0, system=0):
+    """GRPO-shaped episodes: each group's samples share one prompt, then differ (different lengths); with
+    `system` > 0 every prompt opens with the same `system` tokens."""
     g = torch.Generator().manual_seed(seed)
+    opening = torch.randint(10, 500, (system,), generator=g).tolist()
     out = []
     for gid, plen in enumerate(prompt_lengths):
-        prompt = torch.randint(10, 500, (plen,), generator=g).tolist()
+        prompt = opening + torch.randint(10, 500, (plen - system,), generator=g).tolist()
         for i in range(group):
             new = torch.randint(10, 500, (3 + int(torch.randint(0, 12, (1,), generator=g)),), generator=g).tolist()
             out.append(episode(gid, float(i % 2), prompt + new, first_generated=plen))
     return out
 
 
-def test_shared_prefix_forward_matches_plain_values_and_gradients():
+@pytest.mark.parametrize("layout", ["groups", "system prompt"])
+def test_shared_prefix_forward_matches_plain_values_and_gradients(layout):
     from agentenv.policies.learner import _shared_prefix, final_hidden
 
-    episodes = grouped_episodes()
-    batch = make_batch(episodes, torch.zeros(len(episodes)), pad_id=0)
-    length, prefixes, inverse = _shared_prefix(batch, 32)
-    assert length == 40 and prefixes.shape[0] == 2 and inverse.tolist() == [0] * 4 + [1] * 4
+    if layout == "groups":  # a GRPO batch: each group's prompt once
+        episodes = grouped_episodes()
+        batch = make_batch(episodes, torch.zeros(len(episodes)), pad_id=0)
+        length, prefixes, inverse = _shared_prefix(batch, 32)
+        assert length == 40 and prefixes.shape[0] == 2 and inverse.tolist() == [0] * 4 + [1] * 4
+    else:  # an SFT-like batch: eight different tasks behind one 36-token system prompt, which is run once
+        episodes = grouped_episodes(prompt_lengths=(40, 43, 41, 45, 42, 40, 44, 46), group=1, system=36)
+        batch = make_batch(episodes, torch.zeros(len(episodes)), pad_id=0)
+        length, prefixes, inverse = _shared_prefix(batch, 32)
+        assert length == 36 and prefixes.shape[0] == 1 and inverse.tolist() == [0] * 8
     weight = torch.randn(128, generator=torch.Generator().manual_seed(1))
     results = []
     for share in (0, 32):
@@ -149,7 +158,8 @@ def test_shared_prefix_forward_matches_plain_values_and_gradients():
     assert g0.keys() == g1.keys() and all(float((g0[n] - g1[n]).norm()) <= 1e-5 * float(g0[n].norm()) for n in g0)
     # no shared prompt (or too short a one): the plain forward
     assert _shared_prefix(batch, 41) is None
-    assert _shared_prefix(make_batch(episodes[::4], torch.zeros(2), pad_id=0), 8) is None
+    if layout == "groups":
+        assert _shared_prefix(make_batch(episodes[::4], torch.zeros(2), pad_id=0), 8) is None
 
 
 def test_token_logprobs_mask_scores_only_masked_positions(episodes):
