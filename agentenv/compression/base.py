@@ -108,6 +108,7 @@ class Plan:
     complete: list[float] | None = None
     mass: list[float] | None = None
     forget: list[int] | None = None  # turns this plan dropped for good (a streamed history releases them)
+    tokens: int | None = None  # the exact size of `messages` when the compressor knows it (then it is not counted again)
 
 
 class Compressor:
@@ -171,7 +172,7 @@ class Compressor:
         if not isinstance(budget_tokens, int) or budget_tokens < MIN_BUDGET:
             raise ValueError(f"budget_tokens must be an int of at least {MIN_BUDGET}, got {budget_tokens!r}")
         plan = self._compress(history, budget_tokens, **options)
-        new, tokens_after = fit_to_budget(plan.messages, budget_tokens, self.counter)
+        new, tokens_after = fit_to_budget(plan.messages, budget_tokens, self.counter, plan.tokens)
         turns = history.turns
         if plan.kept_value is None or plan.complete is None or plan.mass is None or new is not plan.messages:
             values = [history.values(d) for d in turns]
@@ -212,11 +213,11 @@ def _shrink(text: str, keep: float) -> str:
     return text[: chars // 2] + _CUT + text[len(text) - chars // 2 :]
 
 
-def fit_to_budget(messages: Sequence[Message], budget: int, counter: TokenCounter) -> tuple[list[Message], int]:
+def fit_to_budget(messages: Sequence[Message], budget: int, counter: TokenCounter, tokens: int | None = None) -> tuple[list[Message], int]:
     """Last resort so that a context always fits: cut the largest message in the middle (repeatedly),
     and drop messages after the first when even empty ones do not fit. Returns (messages, their tokens);
-    the same list when it already fits."""
-    total = counter.count_messages(messages)
+    the same list when it already fits. `tokens`: the messages' exact size, when the caller knows it."""
+    total = counter.count_messages(messages) if tokens is None else tokens
     if total <= budget:
         return (messages if isinstance(messages, list) else list(messages)), total
     out = list(messages)

@@ -103,7 +103,7 @@ class ContextWindow:
             new = messages[self._seen :]
             self._seen = len(messages)
         counter = self.compressor.counter
-        added = counter.count_messages(new)
+        added = sum(counter.count_lines(m["content"]) + counter.per_message for m in new)  # compressors look up their lines next
         if self._head_tokens is None:
             self._head_tokens = added
         self._full_tokens += added

@@ -17,8 +17,9 @@ with the budget, not with the episode: a `ContextWindow` raises `generation` to 
 regex tokenizer the count of a text is also the sum of the counts of its lines (split after a newline that
 is followed by a non-space character: no pre-tokenizer piece of either crosses such a boundary), so a
 compressed rendering made of lines counted before (a compressor counts the lines it may keep) is counted
-line by line from the cache, without encoding it again. `tests/test_compression.py` checks the equality
-against direct encoding.
+line by line from the cache, without encoding it again; and a new environment message is counted line by
+line (`count_lines`, what `ContextWindow` does), so that the lines a compressor looks up next are cached.
+`tests/test_compression.py` checks the equality against direct encoding.
 """
 
 from __future__ import annotations
@@ -101,11 +102,28 @@ class TokenCounter:
         if n is not None:
             self._store(text, n)
             return n
-        if self.additive and "\n" in text:
+        if self.additive and 0 <= text.find("\n") < len(text) - 1:  # a single line ending in "\n" has nothing to split
             segments = split_segments(text)
-            if any(s in self._cache or s in self._old for s in segments):  # a rendering of known lines: counted line
-                return sum(self._encoded(s) for s in segments)  # by line, and not cached itself (renderings rarely recur)
+            if len(segments) > 1 and any(s in self._cache or s in self._old for s in segments):
+                n = sum(self._encoded(s) for s in segments)  # made of known lines: only the new ones are encoded
+                self._store(text, n)  # a message is looked up again while it is shown (and when its turn is digested)
+                return n
         n = len(self._encode(text))
+        self._store(text, n)
+        return n
+
+    def count_lines(self, text: str) -> int:
+        """`count(text)` for a new text whose lines will be looked up next (an environment's message, which a
+        compressor digests line by line): an additive counter encodes it segment by segment and caches the
+        segments and the whole, which costs less than encoding it whole and then its lines again."""
+        if not self.additive or "\n" not in text or text in self._cache:
+            return self.count(text)
+        segments = split_segments(text)
+        if len(segments) == 1:
+            return self.count(text)
+        n = self._old.get(text)
+        if n is None:
+            n = sum(self._encoded(s) for s in segments)
         self._store(text, n)
         return n
 

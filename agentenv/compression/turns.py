@@ -75,12 +75,13 @@ def task_terms(messages: Sequence[Message]) -> dict[str, float]:
 class TurnDigest:
     """One turn, as much of it as a compressor can use: the lines with some relevance to the task (in
     order; a compressor keeps the others only by keeping the turn verbatim) and per line its relevance,
-    fact key, references to task identifiers (for facts) and token cost (the line plus a newline);
+    fact key and its terms (`terms(key)`), references to task identifiers (for facts) and token cost (the
+    line plus a newline); `flush` when none of those lines starts with a space character;
     `redundant` lines quote one of `known_keys` (the fact keys seen before this turn). `line_count` counts
     all non-blank lines and `tokens` is the exact size of the turn's messages as they are."""
 
-    __slots__ = ("number", "messages", "first", "size", "line_count", "lines", "relevance", "keys", "refs", "costs", "tokens",
-                 "superseded", "redundant", "version", "_values")
+    __slots__ = ("number", "messages", "first", "size", "line_count", "lines", "relevance", "keys", "key_terms", "refs", "costs",
+                 "tokens", "flush", "superseded", "redundant", "version", "_values")
 
     def __init__(self, number: int, messages: Sequence[Message], terms: dict[str, float], counter: TokenCounter,
                  known_keys: Container[str] = ()):
@@ -88,36 +89,42 @@ class TurnDigest:
         self.messages = messages
         self.first = messages[0]  # identity of the turn's first message: the index checks it is unchanged
         self.size = len(messages)
-        self.line_count = 0
         self.lines: list[str] = []
+        lines = self.lines
         self.relevance: list[float] = []
         self.keys: list[str | None] = []
+        self.key_terms: list[list[str]] = []  # terms(key) of a fact line, [] for other lines
         self.refs: list[tuple[str, ...]] = []
         self.redundant: set[int] = set()
-        vocabulary = terms.keys()
-        findall = _TERM.findall
+        vocabulary, weight = terms.keys(), terms.__getitem__
+        findall, match = _TERM.findall, FACT_LINE.match
+        line_count = 0
         for m in messages:
             for line in m["content"].split("\n"):
                 if not line or line.isspace():
                     continue
-                self.line_count += 1
-                fact = FACT_LINE.match(line)
-                about = vocabulary & findall((fact.group(1) if fact else line).lower())
-                if not about:
+                line_count += 1
+                fact = match(line)
+                words = findall((fact.group(1) if fact else line).lower())
+                if vocabulary.isdisjoint(words):  # most lines: no set built for them
                     continue
                 if fact:
                     refs = vocabulary & findall(fact.group(2).lower())
                     self.keys.append(fact.group(1))
+                    self.key_terms.append(words)
                     self.refs.append(tuple(t for t in refs if terms[t] == 1.0) if refs else ())
                 else:
                     self.keys.append(None)
+                    self.key_terms.append([])
                     self.refs.append(())
                     if any(word in known_keys for word in _KEY.findall(line)):
-                        self.redundant.add(len(self.lines))
-                self.lines.append(line)
-                self.relevance.append(min(1.0, sum(terms[t] for t in about)))
+                        self.redundant.add(len(lines))
+                lines.append(line)
+                self.relevance.append(min(1.0, sum(map(weight, vocabulary & words))))
+        self.line_count = line_count
+        self.flush = not any(line[0].isspace() for line in lines)
         count = counter.count
-        self.costs = [count(line + "\n") for line in self.lines]
+        self.costs = [count(line + "\n") for line in lines]
         self.tokens = counter.count_messages(messages)
         self.superseded: set[int] = set()
         self.version = 0  # bumped when a line is superseded, so derived caches know they are stale

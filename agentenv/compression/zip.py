@@ -34,8 +34,8 @@ from bisect import bisect_left, insort
 from typing import Any
 
 from agentenv.compression.base import Compressor, History, Message, Plan
-from agentenv.compression.quality import completeness
-from agentenv.compression.turns import TurnDigest, terms
+from agentenv.compression.quality import RELEVANT, completeness
+from agentenv.compression.turns import TurnDigest
 
 __all__ = ["Zip", "THRESHOLDS"]
 
@@ -51,7 +51,7 @@ _DROPPED: Option = (1, 0, 0.0, [])
 class _TurnPlan:
     """A candidate turn's options per level and its upgrades (hull segments) in the sorted list."""
 
-    __slots__ = ("digest", "values", "options", "items", "mass")
+    __slots__ = ("digest", "values", "options", "items", "mass", "_facts")
 
     def __init__(self, digest: TurnDigest, values: list[float], options: dict[int, Option], items: list[tuple]):
         self.digest = digest
@@ -59,6 +59,20 @@ class _TurnPlan:
         self.options = options
         self.items = items
         self.mass = sum(values)
+        self._facts: dict[int, tuple[frozenset[str], int, list[tuple[str, ...]]]] = {}
+
+    def facts(self, option: Option) -> tuple[frozenset[str], int, list[tuple[str, ...]]]:
+        """What Q_com's completeness needs of an option of this turn: the terms of the fact keys it keeps,
+        how many of its kept lines are relevant, and the references of those that have any. Computed once
+        per level: a kept turn is scored at every rewrite while its plan lasts."""
+        level, _, _, kept = option
+        facts = self._facts.get(level)
+        if facts is None:
+            key_terms, refs, values = self.digest.key_terms, self.digest.refs, self.values
+            relevant = [i for i in kept if values[i] >= RELEVANT]
+            defines = frozenset(t for i in kept for t in key_terms[i])
+            facts = self._facts[level] = (defines, len(relevant), [refs[i] for i in relevant if refs[i]])
+        return facts
 
 
 class Zip(Compressor):
@@ -73,21 +87,22 @@ class Zip(Compressor):
         self._plans: dict[int, _TurnPlan] = {}  # candidate turns by number
         self._items: list[tuple] = []  # (-density, -number, from level, to option, extra tokens), sorted
         self._tail: dict[int, frozenset[int]] = {}
+        self._header_cost = self.counter.count(self._header(100000, 100000, True) + "\n")  # at least any header's (6-digit turns)
+        self._block_split = 2 * self.counter.per_message + self._header_cost  # a verbatim turn may split a block in two
 
     # -- planning --------------------------------------------------------------------------------
 
     def _plan_turn(self, digest: TurnDigest, values: list[float]) -> _TurnPlan:
-        count, costs = self.counter.count, digest.costs
+        count, cost, value = self.counter.count, digest.costs.__getitem__, values.__getitem__
         options: dict[int, Option] = {1: _DROPPED}
         relevant = [i for i, v in enumerate(values) if v >= _LOWEST]
         for level, threshold in THRESHOLDS.items():
             kept = [i for i in relevant if values[i] >= threshold]
             if kept:
-                tokens = count(f"[t{digest.number} L{level}]\n") + sum(costs[i] for i in kept)
-                options[level] = (level, tokens, sum(values[i] for i in kept), kept)
-        block_split = 2 * self.counter.per_message + self._header_cost  # a verbatim turn may split a block in two
+                tokens = count(f"[t{digest.number} L{level}]\n") + sum(map(cost, kept))
+                options[level] = (level, tokens, sum(map(value, kept)), kept)
         everything = list(range(len(digest.lines)))
-        options[5] = (5, digest.tokens + block_split, sum(values) + VERBATIM_BONUS * digest.line_count, everything)
+        options[5] = (5, digest.tokens + self._block_split, sum(values) + VERBATIM_BONUS * digest.line_count, everything)
         hull: list[Option] = []
         for option in sorted(options.values(), key=lambda o: (o[1], -o[2])):
             if hull and option[2] <= hull[-1][2]:
@@ -148,10 +163,6 @@ class Zip(Compressor):
             insort(self._items, item)
         return plan
 
-    @property
-    def _header_cost(self) -> int:
-        return self.counter.count(self._header(100000, 100000, True) + "\n")
-
     # -- compressing -----------------------------------------------------------------------------
 
     def _compress(self, history: History, budget: int, levels: dict[int, int] | None = None) -> Plan:
@@ -192,15 +203,15 @@ class Zip(Compressor):
             available -= extra
             chosen[number] = high
             applied.append((number, previous))
-        out = self._render(history, chosen, last)
-        while count_messages(out) > budget and applied:  # estimates were low: undo the least dense upgrades
+        out, tokens = self._render(history, chosen, last)
+        while tokens > budget and applied:  # estimates were low: undo the least dense upgrades
             number, previous = applied.pop()
             if previous[0] == 1:
                 del chosen[number]
             else:
                 chosen[number] = previous
-            out = self._render(history, chosen, last)
-        return self._plan_record(history, chosen, candidates, out)
+            out, tokens = self._render(history, chosen, last)
+        return self._plan_record(history, chosen, candidates, out, tokens)
 
     @staticmethod
     def _header(first: int, last: int, kept: bool) -> str:
@@ -208,27 +219,60 @@ class Zip(Compressor):
             return f"[zip: turns {first}-{last} omitted]"
         return f"[zip: turns {first}-{last} compressed; [tK Ln] = turn K kept at level n of 5, others omitted]"
 
-    def _render(self, history: History, chosen: dict[int, Option], last: int) -> list[Message]:
+    def _render(self, history: History, chosen: dict[int, Option], last: int) -> tuple[list[Message], int]:
+        """The context for `chosen` and its exact size in tokens.
+
+        With an additive counter the size is summed from counts known already, without counting the memory
+        messages (long, and new at every rewrite): when every kept line starts with a non-space character,
+        the `split_segments` of `"\\n".join([header, tag, line, ...])` are exactly `header + "\\n"`, each
+        `tag + "\\n"` and `line + "\\n"` (what an option's tokens sum) and the last line without its newline.
+        Otherwise the messages are counted."""
+        counter = self.counter
+        exact = counter.additive
         out: list[Message] = list(history.head)
+        tokens = 0
         block: list[str] = []
+        block_tokens = last_cost = 0  # Σ option tokens of the block; cost of its last line with its newline
         first = 1
         for number in sorted(chosen):
-            level, _, _, kept = chosen[number]
+            level, option_tokens, _, kept = chosen[number]
+            plan = self._plans[number]
             if level == 5:
                 if number > first:
-                    out.append({"role": "user", "content": "\n".join([self._header(first, number - 1, bool(block)), *block])})
+                    tokens += self._memory(out, first, number - 1, block, block_tokens, last_cost, exact)
                 out.extend(history.messages_of(number))
-                block, first = [], number + 1
+                tokens += plan.digest.tokens
+                block, first, block_tokens = [], number + 1, 0
             else:
-                lines = self._plans[number].digest.lines
+                lines = plan.digest.lines
                 block.append(f"[t{number} L{level}]")
                 block.extend(lines[i] for i in kept)
+                if not kept:  # a turn the policy pinned to L1 keeps its tag only, which its option does not count
+                    exact = False
+                    continue
+                block_tokens += option_tokens
+                last_cost = plan.digest.costs[kept[-1]]
+                exact = exact and plan.digest.flush
         if last >= first:
-            out.append({"role": "user", "content": "\n".join([self._header(first, last, bool(block)), *block])})
+            tokens += self._memory(out, first, last, block, block_tokens, last_cost, exact)
         out.extend(history.tail)
-        return out
+        if not exact:
+            return out, counter.count_messages(out)
+        return out, tokens + counter.count_messages(history.head) + counter.count_messages(history.tail)
 
-    def _plan_record(self, history: History, chosen: dict[int, Option], candidates: list[TurnDigest], out: list[Message]) -> Plan:
+    def _memory(self, out: list[Message], first: int, last: int, block: list[str], block_tokens: int, last_cost: int, exact: bool) -> int:
+        """Append the memory message of turns first..last (`block`: its tag and line texts); returns its tokens
+        summed from the parts' counts (`_render`), 0 when not `exact`."""
+        header = self._header(first, last, bool(block))
+        out.append({"role": "user", "content": "\n".join([header, *block])})
+        if not exact:
+            return 0
+        count = self.counter.count
+        if not block:
+            return self.counter.per_message + count(header)
+        return self.counter.per_message + count(header + "\n") + block_tokens - last_cost + count(block[-1])
+
+    def _plan_record(self, history: History, chosen: dict[int, Option], candidates: list[TurnDigest], out: list[Message], size: int) -> Plan:
         """The plan with what Q_com needs, from the chosen options (no re-reading of the context)."""
         plans = self._plans
         count = len(candidates)
@@ -237,18 +281,21 @@ class Zip(Compressor):
         kept_value, complete = [0.0] * count, [1.0] * count
         mass = [plans[d.number].mass for d in candidates]
         defined: set[str] = set()
-        for number, (_, _, _, kept) in chosen.items():
-            keys = plans[number].digest.keys
-            defined.update(t for i in kept if keys[i] is not None for t in terms(keys[i]))
+        for number, option in chosen.items():
+            defined |= plans[number].facts(option)[0]
         protected = history.turns[count:] + ([history.open] if history.open is not None else [])
         for digest in protected:
-            defined.update(t for key in digest.keys if key is not None for t in terms(key))
-        for number, (level, tokens, value, kept) in chosen.items():
+            for key_terms in digest.key_terms:
+                defined.update(key_terms)
+        for number, option in chosen.items():
+            level, tokens, value, _ = option
             plan, i = plans[number], position[number]
             levels[i] = level
             kept_tokens[i] = tokens if level < 5 else plan.digest.tokens
             kept_value[i] = min(value, plan.mass)
-            complete[i] = completeness(plan.digest, plan.values, kept, defined)
+            _, relevant, refs = plan.facts(option)
+            if relevant:  # `quality.completeness`: the share of relevant kept lines whose references are all defined
+                complete[i] = (relevant - sum(1 for r in refs if not defined.issuperset(r))) / relevant
         for digest in history.turns[count:]:
             values = history.values(digest)
             levels.append(5)
@@ -257,4 +304,4 @@ class Zip(Compressor):
             mass.append(sum(values))
             complete.append(completeness(digest, values, range(len(values)), defined))
         forget = [d.number for d in candidates if d.number not in chosen]  # dropped to the headline
-        return Plan(out, levels, kept_tokens, kept_value, complete, mass, forget)
+        return Plan(out, levels, kept_tokens, kept_value, complete, mass, forget, size)
