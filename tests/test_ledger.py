@@ -36,6 +36,23 @@ def test_same_seed_same_episode_byte_for_byte():
     assert json.dumps(play(gym.make("agentenv/Ledger-v0", turns=40), seed=8)[0]) != runs[0]
 
 
+def test_page_draws_are_randoms_own():
+    """page_text draws with `_below` / `_shuffle` (Random's `_randbelow` and `shuffle`, inlined for speed):
+    the same numbers, so the same pages as `randrange` / `choice` / `shuffle` give."""
+    import random
+
+    from agentenv.envs.ledger_stream import _below, _shuffle
+
+    for seed in range(50):
+        ours, theirs = random.Random(f"{seed}/x"), random.Random(f"{seed}/x")
+        for n in [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 100, 1000, 2**31 + 1]:
+            assert _below(ours.getrandbits, n) == theirs.randrange(n)
+        lines, expected = list(range(seed % 25)), list(range(seed % 25))
+        _shuffle(lines, ours.getrandbits)
+        theirs.shuffle(expected)
+        assert lines == expected and ours.random() == theirs.random()
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_the_oracle_reader_answers_every_probe_from_the_full_history(seed):
     """Every probe answer is recomputable from the stream's text alone."""

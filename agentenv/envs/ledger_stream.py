@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 __all__ = ["LedgerConfig", "Fact", "Probe", "LedgerStream", "PROBE_KINDS"]
@@ -107,9 +107,34 @@ class Probe:
     final: bool
 
 
+_TWO_DIGITS = tuple(f"{i:02d}" for i in range(60))
+
+
 def _pick(draw, options: tuple[str, ...]) -> str:
     """`random.choice` for the hot paths: one `random()` draw instead of rejection sampling on bits."""
     return options[int(draw() * len(options))]
+
+
+def _below(getrandbits: Callable[[int], int], n: int) -> int:
+    """`random.Random._randbelow(n)` (rejection sampling on `getrandbits`), what `randrange` and `choice` draw
+    with: the same draws without their Python-level call chain."""
+    k = n.bit_length()
+    r = getrandbits(k)
+    while r >= n:
+        r = getrandbits(k)
+    return r
+
+
+def _shuffle(lines: list[str], getrandbits: Callable[[int], int]) -> None:
+    """`random.Random.shuffle(lines)` with `_randbelow` (rejection sampling on `getrandbits`) inlined: the same
+    draws and so the same pages, without two Python calls per line."""
+    for i in range(len(lines) - 1, 0, -1):
+        n = i + 1
+        k = n.bit_length()
+        j = getrandbits(k)
+        while j >= n:
+            j = getrandbits(k)
+        lines[i], lines[j] = lines[j], lines[i]
 
 
 def _poisson(rng: random.Random, mean: float, cap: int = 6) -> int:
@@ -295,9 +320,9 @@ class LedgerStream:
         return f"replica lag: {key} read as {self._value(field, rng)} (stale, {rng.randrange(2, 90)} s behind)"
 
     @staticmethod
-    def _noise_line(rng: random.Random) -> str:
-        """A log line; "{t}" marks where its timestamp goes (stamped in page order after shuffling)."""
-        r = rng.random
+    def _noise_line(r: Callable[[], float]) -> str:
+        """A log line drawn with `r` (a Random's `random`); "{t}" marks where its timestamp goes (stamped in page
+        order after shuffling)."""
         roll = int(r() * 6)
         if roll == 0:
             return f"{{t}} INFO worker-{1 + int(r() * 8)} heartbeat ok latency={2 + int(r() * 88)}ms"
@@ -331,14 +356,17 @@ class LedgerStream:
         rng = random.Random(f"{self.seed}/{page}")
         lines = list(self._state_lines[page - 1])
         lines += [self._distractor_line(rng) for _ in range(_poisson(rng, c.distractors_per_page))]
-        lines += [self._noise_line(rng) for _ in range(rng.randint(*c.noise_lines))]
-        rng.shuffle(lines)
+        low, high = c.noise_lines
+        noise, draw, bits = self._noise_line, rng.random, rng.getrandbits
+        lines += [noise(draw) for _ in range(low + _below(bits, high - low + 1))]  # rng.randint(low, high)
+        _shuffle(lines, bits)
         clock = self._clock + (page - 1) * self._page_seconds
+        digits = _TWO_DIGITS
         for i, line in enumerate(lines):
             if line.startswith("{t}"):
-                clock += 1 + int(rng.random() * 39)
-                lines[i] = f"{clock // 3600 % 24:02d}:{clock // 60 % 60:02d}:{clock % 60:02d}" + line[3:]
-        header = f"== feed page {page}/{c.turns} · {rng.choice(_SOURCES)} =="
+                clock += 1 + int(draw() * 39)
+                lines[i] = f"{digits[clock // 3600 % 24]}:{digits[clock // 60 % 60]}:{digits[clock % 60]}{line[3:]}"
+        header = f"== feed page {page}/{c.turns} · {_SOURCES[_below(bits, len(_SOURCES))]} =="
         return "\n".join([header, *lines])
 
     # -- probes ----------------------------------------------------------------------------------
