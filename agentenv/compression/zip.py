@@ -51,15 +51,28 @@ _DROPPED: Option = (1, 0, 0.0, [])
 class _TurnPlan:
     """A candidate turn's options per level and its upgrades (hull segments) in the sorted list."""
 
-    __slots__ = ("digest", "values", "options", "items", "mass", "_facts")
+    __slots__ = ("digest", "values", "options", "items", "mass", "tags", "_facts", "_chunks")
 
-    def __init__(self, digest: TurnDigest, values: list[float], options: dict[int, Option], items: list[tuple]):
+    def __init__(self, digest: TurnDigest, values: list[float], options: dict[int, Option], items: list[tuple], mass: float,
+                 tags: dict[int, int]):
         self.digest = digest
         self.values = values
         self.options = options
         self.items = items
-        self.mass = sum(values)
+        self.mass = mass
+        self.tags = tags  # level → tokens of the `[tK Ln]` tag (a re-plan of the turn reuses them)
         self._facts: dict[int, tuple[frozenset[str], int, list[tuple[str, ...]]]] = {}
+        self._chunks: dict[int, str] = {}
+
+    def chunk(self, option: Option) -> str:
+        """The option's part of a memory message, `[tK Ln]` and its kept lines; joined once per level, as a
+        kept turn is rendered at every rewrite while its plan lasts."""
+        level, _, _, kept = option
+        text = self._chunks.get(level)
+        if text is None:
+            lines = self.digest.lines
+            text = self._chunks[level] = "\n".join([f"[t{self.digest.number} L{level}]", *(lines[i] for i in kept)])
+        return text
 
     def facts(self, option: Option) -> tuple[frozenset[str], int, list[tuple[str, ...]]]:
         """What Q_com's completeness needs of an option of this turn: the terms of the fact keys it keeps,
@@ -92,17 +105,20 @@ class Zip(Compressor):
 
     # -- planning --------------------------------------------------------------------------------
 
-    def _plan_turn(self, digest: TurnDigest, values: list[float]) -> _TurnPlan:
-        count, cost, value = self.counter.count, digest.costs.__getitem__, values.__getitem__
+    def _plan_turn(self, digest: TurnDigest, values: list[float], tags: dict[int, int]) -> _TurnPlan:
+        cost, value = digest.costs.__getitem__, values.__getitem__
         options: dict[int, Option] = {1: _DROPPED}
         relevant = [i for i, v in enumerate(values) if v >= _LOWEST]
         for level, threshold in THRESHOLDS.items():
             kept = [i for i in relevant if values[i] >= threshold]
             if kept:
-                tokens = count(f"[t{digest.number} L{level}]\n") + sum(map(cost, kept))
-                options[level] = (level, tokens, sum(map(value, kept)), kept)
+                tag = tags.get(level)
+                if tag is None:
+                    tag = tags[level] = self.counter.count(f"[t{digest.number} L{level}]\n")
+                options[level] = (level, tag + sum(map(cost, kept)), sum(map(value, kept)), kept)
         everything = list(range(len(digest.lines)))
-        options[5] = (5, digest.tokens + self._block_split, sum(values) + VERBATIM_BONUS * digest.line_count, everything)
+        mass = sum(values)
+        options[5] = (5, digest.tokens + self._block_split, mass + VERBATIM_BONUS * digest.line_count, everything)
         hull: list[Option] = []
         for option in sorted(options.values(), key=lambda o: (o[1], -o[2])):
             if hull and option[2] <= hull[-1][2]:
@@ -119,7 +135,7 @@ class Zip(Compressor):
             extra = high[1] - low[1]
             density = (high[2] - low[2]) / extra if extra > 0 else float("inf")
             items.append((-density, -digest.number, low[0], high, extra))
-        return _TurnPlan(digest, values, options, items)
+        return _TurnPlan(digest, values, options, items, mass, tags)
 
     def _refresh(self, history: History, candidates: list[TurnDigest]) -> None:
         """Bring the plans of the candidate turns up to date (new turns, superseded lines)."""
@@ -137,14 +153,14 @@ class Zip(Compressor):
                 old.values = values
                 continue
             self._drop(number)
-            self._plans[number] = self._add(history, old.digest)
+            self._plans[number] = self._add(history, old.digest, old.tags)
         new = []
         for digest in reversed(candidates):  # candidates only grow at the end
             if digest.number in self._plans:
                 break
             new.append(digest)
         for digest in reversed(new):
-            self._plans[digest.number] = self._add(history, digest)
+            self._plans[digest.number] = self._add(history, digest, {})
 
     def _drop(self, number: int) -> None:
         for item in self._plans.pop(number).items:
@@ -157,8 +173,8 @@ class Zip(Compressor):
             if number in self._plans:
                 self._drop(number)
 
-    def _add(self, history: History, digest: TurnDigest) -> _TurnPlan:
-        plan = self._plan_turn(digest, history.values(digest))
+    def _add(self, history: History, digest: TurnDigest, tags: dict[int, int]) -> _TurnPlan:
+        plan = self._plan_turn(digest, history.values(digest), tags)
         for item in plan.items:
             insort(self._items, item)
         return plan
@@ -231,38 +247,39 @@ class Zip(Compressor):
         exact = counter.additive
         out: list[Message] = list(history.head)
         tokens = 0
-        block: list[str] = []
-        block_tokens = last_cost = 0  # Σ option tokens of the block; cost of its last line with its newline
+        block: list[str] = []  # chunks of the memory message being rendered
+        block_tokens = 0  # Σ option tokens of its chunks
+        last_line, last_cost = "", 0  # its last line, and that line's cost with a newline
         first = 1
         for number in sorted(chosen):
-            level, option_tokens, _, kept = chosen[number]
+            option = chosen[number]
+            level, option_tokens, _, kept = option
             plan = self._plans[number]
             if level == 5:
                 if number > first:
-                    tokens += self._memory(out, first, number - 1, block, block_tokens, last_cost, exact)
+                    tokens += self._memory(out, first, number - 1, block, block_tokens, last_line, last_cost, exact)
                 out.extend(history.messages_of(number))
                 tokens += plan.digest.tokens
                 block, first, block_tokens = [], number + 1, 0
             else:
-                lines = plan.digest.lines
-                block.append(f"[t{number} L{level}]")
-                block.extend(lines[i] for i in kept)
+                block.append(plan.chunk(option))
                 if not kept:  # a turn the policy pinned to L1 keeps its tag only, which its option does not count
                     exact = False
                     continue
                 block_tokens += option_tokens
-                last_cost = plan.digest.costs[kept[-1]]
+                last_line, last_cost = plan.digest.lines[kept[-1]], plan.digest.costs[kept[-1]]
                 exact = exact and plan.digest.flush
         if last >= first:
-            tokens += self._memory(out, first, last, block, block_tokens, last_cost, exact)
+            tokens += self._memory(out, first, last, block, block_tokens, last_line, last_cost, exact)
         out.extend(history.tail)
         if not exact:
             return out, counter.count_messages(out)
         return out, tokens + counter.count_messages(history.head) + counter.count_messages(history.tail)
 
-    def _memory(self, out: list[Message], first: int, last: int, block: list[str], block_tokens: int, last_cost: int, exact: bool) -> int:
-        """Append the memory message of turns first..last (`block`: its tag and line texts); returns its tokens
-        summed from the parts' counts (`_render`), 0 when not `exact`."""
+    def _memory(self, out: list[Message], first: int, last: int, block: list[str], block_tokens: int, last_line: str, last_cost: int,
+                exact: bool) -> int:
+        """Append the memory message of turns first..last (`block`: its chunks); returns its tokens summed from
+        the parts' counts (`_render`), 0 when not `exact`."""
         header = self._header(first, last, bool(block))
         out.append({"role": "user", "content": "\n".join([header, *block])})
         if not exact:
@@ -270,7 +287,7 @@ class Zip(Compressor):
         count = self.counter.count
         if not block:
             return self.counter.per_message + count(header)
-        return self.counter.per_message + count(header + "\n") + block_tokens - last_cost + count(block[-1])
+        return self.counter.per_message + count(header + "\n") + block_tokens - last_cost + count(last_line)
 
     def _plan_record(self, history: History, chosen: dict[int, Option], candidates: list[TurnDigest], out: list[Message], size: int) -> Plan:
         """The plan with what Q_com needs, from the chosen options (no re-reading of the context)."""
