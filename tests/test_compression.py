@@ -82,6 +82,23 @@ def test_counter_encodes_each_message_once_and_renderings_of_known_lines_not_at_
     assert calls[encoded:] == ["[memory]\n", "last"]  # only what was never seen
 
 
+def test_regex_tokenizer_ascii_pattern_splits_as_the_unicode_one():
+    """RegexTokenizer uses a pattern with spelled-out ASCII classes for ASCII text; on every ASCII character,
+    pair of characters and random ASCII string it finds the same tokens as the Unicode pattern."""
+    import random
+
+    unicode_, ascii_ = RegexTokenizer._PATTERN, RegexTokenizer._ASCII
+    alphabet = [chr(i) for i in range(128)]
+    for a in alphabet:
+        for b in alphabet:
+            assert ascii_.findall(a + b) == unicode_.findall(a + b), repr(a + b)
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        assert ascii_.findall(text) == unicode_.findall(text), repr(text)
+    assert RegexTokenizer().encode("café 1234_x") == unicode_.findall("café 1234_x")  # non-ASCII: the Unicode pattern
+
+
 def test_count_lines_caches_the_lines_a_compressor_looks_up_next():
     calls = []
     counter = TokenCounter(lambda text: calls.append(text) or RegexTokenizer().encode(text), "spy", additive=True)
