@@ -82,9 +82,9 @@ def test_counter_encodes_each_message_once_and_renderings_of_known_lines_not_at_
     assert calls[encoded:] == ["[memory]\n", "last"]  # only what was never seen
 
 
-def test_regex_tokenizer_ascii_pattern_splits_as_the_unicode_one():
-    """RegexTokenizer uses a pattern with spelled-out ASCII classes for ASCII text; on every ASCII character,
-    pair of characters and random ASCII string it finds the same tokens as the Unicode pattern."""
+def test_ascii_patterns_split_as_their_unicode_forms():
+    """RegexTokenizer (and TurnDigest's key pattern) use patterns with spelled-out ASCII classes for ASCII text;
+    on every pair of ASCII characters and on random ASCII strings they find what the Unicode patterns find."""
     import random
 
     unicode_, ascii_ = RegexTokenizer._PATTERN, RegexTokenizer._ASCII
@@ -97,6 +97,10 @@ def test_regex_tokenizer_ascii_pattern_splits_as_the_unicode_one():
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
         assert ascii_.findall(text) == unicode_.findall(text), repr(text)
     assert RegexTokenizer().encode("café 1234_x") == unicode_.findall("café 1234_x")  # non-ASCII: the Unicode pattern
+    from agentenv.compression.turns import _ASCII_KEY, _KEY  # the same for the key pattern of TurnDigest
+
+    for text in [a + b for a in alphabet for b in alphabet] + ["".join(rng.choice(alphabet) for _ in range(40)) for _ in range(3000)]:
+        assert _ASCII_KEY.findall(text) == _KEY.findall(text), repr(text)
 
 
 def test_count_lines_caches_the_lines_a_compressor_looks_up_next():

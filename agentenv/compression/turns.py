@@ -34,6 +34,7 @@ NON_FACT = 0.5
 SUPERSEDED = 0.1
 REDUNDANT = 0.5
 _KEY = re.compile(r"[A-Za-z_][\w.\-#\[\]]*")
+_ASCII_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-#\[\]]*")  # _KEY on ASCII text (\w = [A-Za-z0-9_] there), without Unicode lookups
 _TERM = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")
 _IDENTIFIER = re.compile(r"[-_]|[a-z].*[0-9]|[0-9].*[a-z]")  # a separator, or letters mixed with digits
 FACT_LINE = re.compile(r"^\s*([A-Za-z_][\w.\-#\[\]]*)\s*(?::=|=|:)\s*(\S.*)$")
@@ -117,7 +118,7 @@ class TurnDigest:
                     self.keys.append(None)
                     self.key_terms.append([])
                     self.refs.append(())
-                    if any(word in known_keys for word in _KEY.findall(line)):
+                    if any(map(known_keys.__contains__, (_ASCII_KEY if line.isascii() else _KEY).findall(line))):
                         self.redundant.add(len(lines))
                 lines.append(line)
                 self.relevance.append(min(1.0, sum(map(weight, vocabulary & words))))
