@@ -67,6 +67,16 @@ def test_cl100k_counts_equal_direct_encoding():
     assert "".join(split_segments(TRICKY[4])) == TRICKY[4]
 
 
+def test_split_segments_cuts_after_each_newline_before_a_non_space():
+    import random
+
+    rng = random.Random(0)
+    alphabet = ["\n", " ", "\t", "a", "\r", "\u00a0", "\x1c", "é", "\u2028"]
+    for text in TRICKY + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(20000)]:
+        cuts = [m.end() for m in re.finditer(r"\n(?=\S)", text)]
+        assert split_segments(text) == [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])], repr(text)
+
+
 def test_counter_encodes_each_message_once_and_renderings_of_known_lines_not_at_all():
     calls = []
     counter = TokenCounter(lambda text: calls.append(text) or RegexTokenizer().encode(text), "spy", additive=True)

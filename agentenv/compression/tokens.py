@@ -31,18 +31,22 @@ __all__ = ["RegexTokenizer", "TokenCounter", "get_counter", "split_segments", "C
 
 CHATML_PER_MESSAGE = 5
 CACHE_GENERATION = 1 << 10  # texts per cache generation, at least (a kept line is looked up at every rewrite)
-_SEGMENT_END = re.compile(r"\n(?=\S)")
 
 
 def split_segments(text: str) -> list[str]:
-    """`text` cut after every newline that is followed by a non-space character ("a\\nb" → ["a\\n", "b"])."""
+    """`text` cut after every newline that is followed by a non-space character ("a\\nb" → ["a\\n", "b"]).
+    (`str.split` and `str.isspace`, which is regex `\\S`'s complement, cost less than scanning with a regex.)"""
     if "\n" not in text:
         return [text]
-    cuts = [m.end() for m in _SEGMENT_END.finditer(text)]
-    if not cuts:
-        return [text]
-    starts = [0, *cuts]
-    return [text[a:b] for a, b in zip(starts, [*cuts, len(text)])]
+    pieces = text.split("\n")
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        if piece and not piece[0].isspace():
+            out[-1] += "\n"
+            out.append(piece)
+        else:
+            out[-1] += "\n" + piece
+    return out
 
 
 class RegexTokenizer:
