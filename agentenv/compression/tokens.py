@@ -111,10 +111,8 @@ class TokenCounter:
             return n
         if self.additive and 0 <= text.find("\n") < len(text) - 1:  # a single line ending in "\n" has nothing to split
             segments = split_segments(text)
-            if len(segments) > 1 and any(s in self._cache or s in self._old for s in segments):
-                n = sum(self._encoded(s) for s in segments)  # made of known lines: only the new ones are encoded
-                self._store(text, n)  # a message is looked up again while it is shown (and when its turn is digested)
-                return n
+            if len(segments) > 1 and any(s in self._cache or s in self._old for s in segments):  # a rendering of known
+                return sum(self._encoded(s) for s in segments)  # lines: counted by line, not cached itself (rarely recurs)
         n = len(self._encode(text))
         self._store(text, n)
         return n
