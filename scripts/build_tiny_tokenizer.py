@@ -4,9 +4,9 @@ The corpus is synthesized from the package itself: ToolReasoning questions and a
 and scripted-policy episodes (immediate and delayed execution, each tool set) rendered with the ChatML
 template, so system prompts, `<tool_call>{json}</tool_call>`, `<execute/>`, `<answer>…</answer>`, tool
 results and error messages all appear. The control tags are atomic tokens (so a control decision is one
-token); `<|im_start|>`, `<|im_end|>` and `<|pad|>` are special tokens.
+token); digits are split one per token; `<|im_start|>`, `<|im_end|>` and `<|pad|>` are special tokens.
 
-    python scripts/build_tiny_tokenizer.py [--vocab-size 3072] [--out agentenv/assets/tiny_tokenizer]
+    python scripts/build_tiny_tokenizer.py [--vocab-size 3072 (a cap: the corpus saturates near 1,250)] [--out agentenv/assets/tiny_tokenizer]
 """
 
 from __future__ import annotations
@@ -69,7 +69,12 @@ def main() -> None:
 
     texts = corpus(args.questions, args.episodes)
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Digits are single tokens, as in Qwen2/Llama tokenizers: a number reads the same wherever it stands
+    # (" 13" in a question, "13" in an expression, "13" in a tool result), so copying it is a digit-by-digit
+    # copy a 2-layer model learns, not a per-number lookup between merged tokens.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in SPECIAL])
     tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in CONTROL])

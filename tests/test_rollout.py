@@ -56,7 +56,11 @@ def render(messages, generation_prompt=False):
 def test_tiny_tokenizer_is_small_chatml_and_offline():
     tok = tiny_tokenizer()
     assert sum(p.stat().st_size for p in TINY_TOKENIZER_DIR.iterdir()) < 1_000_000
-    assert 2000 <= len(tok) <= 4096
+    assert 1000 <= len(tok) <= 4096
+    # one token per digit, wherever the number stands (question, expression, tool result)
+    for text in (" 13", "(13", "\n715", "<answer>7920"):
+        digits = [tok.decode([i]) for i in tok.encode(text, add_special_tokens=False) if tok.decode([i]).isdigit()]
+        assert digits == [c for c in text if c.isdigit()], text
     assert tok.convert_ids_to_tokens([0, 1, 2]) == ["<|im_start|>", "<|im_end|>", "<|pad|>"]
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|pad|>"
     text = render([{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}], generation_prompt=True)

@@ -1,9 +1,10 @@
 """A tiny tokenizer and randomly initialised Qwen2-architecture models, built offline, for tests and CPU runs.
 
-The tokenizer (`agentenv/assets/tiny_tokenizer/`, ~190 KiB) is a 3072-token byte-level BPE trained once by
+The tokenizer (`agentenv/assets/tiny_tokenizer/`, ~70 KiB) is a 1,250-token byte-level BPE trained once by
 `scripts/build_tiny_tokenizer.py` on ToolReasoning questions and scripted transcripts; it has the ChatML
 special tokens `<|im_start|>`, `<|im_end|>` (end of turn, EOS), `<|pad|>`, atomic control tags
-(`<tool_call>`, `</tool_call>`, `<answer>`, `</answer>`, `<execute/>`) and a ChatML chat template.
+(`<tool_call>`, `</tool_call>`, `<answer>`, `</answer>`, `<execute/>`), one token per digit (so numbers are
+copied digit by digit, as with Qwen2's tokenizer) and a ChatML chat template.
 Nothing here touches the network.
 """
 
@@ -62,7 +63,7 @@ def tiny_config(size: str = "tiny", max_seq_len: int = 4096):
 def tiny_model(size: str = "tiny", seed: int = 0, max_seq_len: int = 4096):
     """A randomly initialised `Qwen2ForCausalLM` (float32, eval mode); the same `seed` gives the same weights.
 
-    "tiny" has 0.89 M parameters (0.39 M of them the tied embedding), "small" 4.6 M.
+    "tiny" has 0.65 M parameters (0.16 M of them the tied embedding), "small" 4.1 M.
     """
     from transformers import Qwen2ForCausalLM
 

@@ -47,7 +47,7 @@ class TrainConfig:
     model: str = "tiny"  # "tiny" | "small" (random init from a config) | a local HF model directory
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
-    steps: int = 30
+    steps: int = 60
     tasks_per_step: int = 8
     group_size: int = 8
     temperature: float = 1.0
@@ -55,7 +55,7 @@ class TrainConfig:
     max_new_tokens: int = 48
     max_seq_len: int = 1024
     sft_episodes: int = 1024
-    sft_steps: int = 200
+    sft_steps: int = 300  # the default's short SFT: format and tool use learnt, number copying half-learnt
     sft_batch_size: int = 32
     sft_lr: float = 3e-3
     eval_tasks: int = 200
@@ -222,9 +222,11 @@ def plot_curves(rows: list[dict[str, Any]], evals: dict[str, float], path: Path)
 
 def _build(cfg: TrainConfig):
     from agentenv.policies.hf import HFPolicy
+    from agentenv.policies.tiny import TINY_SIZES, tiny_model
 
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    policy = HFPolicy(cfg.model, device=device, temperature=cfg.temperature, top_p=cfg.top_p,
+    model = tiny_model(cfg.model, seed=cfg.seed) if cfg.model in TINY_SIZES else cfg.model  # the run's seed sets the init too
+    policy = HFPolicy(model, device=device, temperature=cfg.temperature, top_p=cfg.top_p,
                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     return policy, policy.model
 
