@@ -61,7 +61,7 @@ class TrainConfig:
     eval_tasks: int = 200
     checkpoint_every: int = 5
     out_dir: str = "runs/default"
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=5e-4, micro_batch_size=32))
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=3e-4, micro_batch_size=32))
 
 
 def _coerce(value: Any, current: Any) -> Any:
