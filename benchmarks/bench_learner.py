@@ -1,7 +1,7 @@
 """One GRPO update side by side: agentenv's learner vs TRL's GRPOTrainer loss/update path, same run.
 
 Workload (the peer anchor's, `shared/bench/trl_cpu_anchor.py`): a random-init Qwen2-shaped model (hidden 256,
-4 layers, 4 heads, 2 KV heads, MLP 1024, untied head, the shipped 3,072-token tiny tokenizer), 4 prompts × 8
+4 layers, 4 heads, 2 KV heads, MLP 1024, untied head, the shipped 1,250-token tiny tokenizer), 4 prompts × 8
 completions = 32 rows, completions of 32–64 tokens (64 = max_completion_length; shorter ones end with
 `<|im_end|>`), binary rewards → GRPO advantages. Two prompt sets:
 
@@ -268,7 +268,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from agentenv.policies.tiny import TINY_TOKENIZER_DIR
+    from agentenv.policies.tiny import TINY_TOKENIZER_DIR, tiny_tokenizer
 
     torch.set_num_threads(args.threads)
     results = []
@@ -304,7 +304,7 @@ def main() -> None:
                        "(order rotating every round) after untimed warm-up rounds; medians; TRL path = GRPOTrainer.training_step (dapo loss, fused "
                        "chunked LM head) + _clip_grad_norm + optimizer/scheduler step, generation bypassed, gradient "
                        "checkpointing off"),
-            "model": {**MODEL, "vocab_size": 3072, "params": params, "tie_word_embeddings": False},
+            "model": {**MODEL, "vocab_size": len(tiny_tokenizer()), "params": params, "tie_word_embeddings": False},
             "batch": {"prompts": PROMPTS, "group": GROUP, "max_new_tokens": MAX_NEW, "min_new_tokens": MIN_NEW},
             "threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl_version},
