@@ -24,17 +24,18 @@ import os
 import string
 import struct
 import sys
+import time
 import types
 from typing import Any, Callable
 
-if __name__ == "__main__" and len(sys.argv) > 1:  # worker started with -I -S: the parent names the path
-    for _path in json.loads(sys.argv[1]).get("path", ()):
+if __name__ == "__main__" and len(sys.argv) > 2:  # started with -I -S: the parent names the paths
+    for _path in json.loads(sys.argv[2]).get("path", ()):
         if _path not in sys.path:
             sys.path.append(_path)
 
 try:
     from RestrictedPython import compile_restricted_exec
-    from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence, safe_builtins
+    from RestrictedPython.Guards import safe_builtins
     from RestrictedPython.transformer import IOPERATOR_TO_STR, RestrictingNodeTransformer, copy_locations
 except ImportError as _exc:  # pragma: no cover - reported to the parent by main()
     _IMPORT_ERROR: ImportError | None = _exc
@@ -55,23 +56,50 @@ SANDBOX_FILENAME = "<sandbox>"
 REQUEST_HEADER = struct.Struct(">dI")
 LENGTH = struct.Struct(">I")
 
-# Modules the sandboxed program may import. Each is exposed as a read-only proxy holding its public
-# (`__all__`, else non-underscore) attributes that are not modules, minus the exclusions below: anything
-# that reads an attribute or evaluates a string it is given (operator.attrgetter/methodcaller,
-# functools.update_wrapper/wraps/singledispatch -> typing.get_type_hints -> eval, string.Formatter) is
-# left out on purpose, and functools is an explicit allow-list.
-_FUNCTOOLS = ("cache", "cached_property", "cmp_to_key", "lru_cache", "partial", "partialmethod", "reduce")
-_MODULE_EXCLUDES: dict[str, frozenset[str]] = {
-    "operator": frozenset({"attrgetter", "methodcaller"}),
-    "string": frozenset({"Formatter"}),
-    "re": frozenset({"template"}),  # deprecated, warns
-    # the template contexts are process-wide: a program could change them for every later call
-    "decimal": frozenset({"DefaultContext", "BasicContext", "ExtendedContext"}),
+# Modules the sandboxed program may import, each a read-only facade holding exactly the names listed
+# here: vetted functions, types and constants. Nothing listed walks arbitrary objects or evaluates
+# strings (`copy` is the sandbox's own, for plain data; `operator.attrgetter`/`methodcaller`,
+# `functools.wraps`/`singledispatch`, `string.Formatter` are absent), returns a module, frame or code
+# object, or keeps a cache that can grow without bound (`re`'s flags are plain ints, not `RegexFlag`,
+# whose pseudo-members are cached forever). Module-level state that remains (regex caches, `random`'s
+# generator, the decimal context, ABC registries) lives in a worker that serves one episode only.
+FACADES: dict[str, str] = {
+    "math": """acos acosh asin asinh atan atan2 atanh cbrt ceil comb copysign cos cosh degrees dist e erf erfc
+        exp exp2 expm1 fabs factorial floor fmod frexp fsum gamma gcd hypot inf isclose isfinite isinf isnan
+        isqrt lcm ldexp lgamma log log10 log1p log2 modf nan nextafter perm pi pow prod radians remainder sin
+        sinh sqrt tan tanh tau trunc ulp""",
+    "cmath": """acos acosh asin asinh atan atanh cos cosh e exp inf infj isclose isfinite isinf isnan log log10 nan
+        nanj phase pi polar rect sin sinh sqrt tan tanh tau""",
+    "statistics": """NormalDist StatisticsError correlation covariance fmean geometric_mean harmonic_mean
+        linear_regression mean median median_grouped median_high median_low mode multimode pstdev pvariance
+        quantiles stdev variance""",
+    "fractions": "Fraction",
+    "decimal": """Clamped Context ConversionSyntax Decimal DecimalException DecimalTuple DivisionByZero
+        DivisionImpossible DivisionUndefined FloatOperation Inexact InvalidContext InvalidOperation MAX_EMAX
+        MAX_PREC MIN_EMIN MIN_ETINY Overflow ROUND_05UP ROUND_CEILING ROUND_DOWN ROUND_FLOOR ROUND_HALF_DOWN
+        ROUND_HALF_EVEN ROUND_HALF_UP ROUND_UP Rounded Subnormal Underflow getcontext localcontext setcontext""",
+    "random": """Random SystemRandom betavariate choice choices expovariate gammavariate gauss getrandbits getstate
+        lognormvariate normalvariate paretovariate randbytes randint random randrange sample seed setstate
+        shuffle triangular uniform vonmisesvariate weibullvariate""",
+    "itertools": """accumulate chain combinations combinations_with_replacement compress count cycle dropwhile
+        filterfalse groupby islice pairwise permutations product repeat starmap takewhile tee zip_longest""",
+    "functools": "cache cached_property cmp_to_key lru_cache partial partialmethod reduce total_ordering",
+    "collections": "ChainMap Counter OrderedDict UserDict UserList UserString defaultdict deque namedtuple",
+    "operator": """abs add and_ call concat contains countOf delitem eq floordiv ge getitem gt iadd iand iconcat
+        ifloordiv ilshift imatmul imod imul index indexOf inv invert ior ipow irshift is_ is_not isub
+        itemgetter itruediv ixor le length_hint lshift lt matmul mod mul ne neg not_ or_ pos pow rshift
+        setitem sub truediv truth xor""",
+    "heapq": "heapify heappop heappush heappushpop heapreplace merge nlargest nsmallest",
+    "bisect": "bisect bisect_left bisect_right insort insort_left insort_right",
+    "copy": "Error copy deepcopy",
+    "re": """A ASCII DOTALL I IGNORECASE L LOCALE M MULTILINE NOFLAG S U UNICODE VERBOSE X Match Pattern compile
+        error escape findall finditer fullmatch match purge search split sub subn""",
+    "string": """Template ascii_letters ascii_lowercase ascii_uppercase capwords digits hexdigits octdigits
+        printable punctuation whitespace""",
+    "json": "JSONDecodeError JSONDecoder JSONEncoder dump dumps load loads",
+    "datetime": "MAXYEAR MINYEAR UTC date datetime time timedelta timezone tzinfo",
 }
-ALLOWED_MODULES = (
-    "math", "cmath", "statistics", "fractions", "decimal", "random", "itertools", "functools",
-    "collections", "operator", "heapq", "bisect", "copy", "re", "string", "json", "datetime",
-)  # fmt: skip
+ALLOWED_MODULES = tuple(FACADES)
 
 # Attribute names refused at run time on top of RestrictedPython's compile-time checks (names starting
 # with "_" are refused by both): frame/generator/traceback/code introspection and `mro`.
@@ -105,8 +133,22 @@ _INPLACE_OPS: dict[str, Callable[[Any, Any], Any]] = {
 
 
 class _SandboxPolicy(RestrictingNodeTransformer):  # type: ignore[misc,valid-type]
-    """RestrictedPython's policy plus: more dunder methods, `x[k] += v` / `o.a += v`, annotated assignments
-    (annotation dropped), and the value of a final expression statement shown like a REPL."""
+    """RestrictedPython's policy plus: more dunder methods, `o.a += v` through the write guard, annotated
+    assignments (annotation dropped), and the value of a final expression statement shown like a REPL.
+
+    Subscripts, `x += v`, `x[k] += v`, loops and tuple unpacking stay native Python: their guards in
+    RestrictedPython (`_getitem_`, `_write_` on items, `_inplacevar_`, the unpack guards) would only call
+    `ob[key]`, `iter` and the operator here, since item access is allowed on every object, so they cost
+    1.9-4x on loop-heavy programs and stop nothing."""
+
+    def guard_iter(self, node):  # noqa: D102
+        return self.node_contents_visit(node)
+
+    def protect_unpack_sequence(self, target, value):  # noqa: D102
+        return value
+
+    def visit_Subscript(self, node):  # noqa: D102
+        return self.node_contents_visit(node)
 
     def check_name(self, node, name, allow_magic_methods=False):  # noqa: D102
         if allow_magic_methods and name in EXTRA_MAGIC_METHODS and getattr(node, "col_offset", 0) != 0:
@@ -115,16 +157,13 @@ class _SandboxPolicy(RestrictingNodeTransformer):  # type: ignore[misc,valid-typ
 
     def visit_AugAssign(self, node):  # noqa: D102
         target = node.target
-        if not isinstance(target, (ast.Subscript, ast.Attribute)):
-            return super().visit_AugAssign(node)
+        if not isinstance(target, ast.Attribute):
+            return self.node_contents_visit(node)
         op = IOPERATOR_TO_STR[type(node.op)]
-        if isinstance(target, ast.Attribute):
-            if target.attr.startswith("_") or target.attr in BLOCKED_ATTRS:
-                self.error(node, f'"{target.attr}" is an invalid attribute name.')
-                return node
-            helper, key = "_inplace_attr_", ast.Constant(target.attr)
-        else:
-            helper, key = "_inplace_item_", self.visit(target.slice)
+        if target.attr.startswith("_") or target.attr in BLOCKED_ATTRS:
+            self.error(node, f'"{target.attr}" is an invalid attribute name.')
+            return node
+        helper, key = "_inplace_attr_", ast.Constant(target.attr)
         obj = self.visit(target.value)
         value = self.visit(node.value)
         call = ast.Call(func=ast.Name(helper, ast.Load()), args=[obj, key, ast.Constant(op), value], keywords=[])
@@ -239,6 +278,76 @@ def _sandbox_callable(value: Any) -> bool:
     return code is not None and code.co_filename == SANDBOX_FILENAME
 
 
+def _plain_copy(user_types: set[type], deep: bool) -> Callable[[Any], Any]:
+    """`copy.copy` / `copy.deepcopy` for plain data only: built-in scalars and containers, the standard
+    collections, and instances of classes defined in the sandbox. The standard `copy` walks any object
+    through `__reduce_ex__` and keeps every original in its memo, which hands internals to the caller."""
+    import datetime
+    import decimal
+    import fractions
+
+    atomic = frozenset({
+        type(None), bool, int, float, complex, str, bytes, range, type(Ellipsis), type(NotImplemented),
+        fractions.Fraction, decimal.Decimal, datetime.date, datetime.datetime, datetime.time,
+        datetime.timedelta, datetime.timezone,
+    })  # fmt: skip
+    plain_bases = (object, list, dict, set)
+
+    def copy_of(x: Any, memo: dict[int, Any]) -> Any:
+        t = type(x)
+        if t in atomic:
+            return x
+        key = id(x)
+        if key in memo:
+            return memo[key]
+        item = (lambda v: copy_of(v, memo)) if deep else (lambda v: v)
+        if t is list:
+            y = memo[key] = []
+            y.extend(item(v) for v in x)
+        elif t is tuple:
+            y = memo[key] = tuple(item(v) for v in x) if deep else x
+        elif t in (dict, collections.OrderedDict, collections.Counter):
+            y = memo[key] = t()
+            for k, v in x.items():
+                y[item(k)] = item(v)
+        elif t is collections.defaultdict:
+            y = memo[key] = collections.defaultdict(x.default_factory)
+            for k, v in x.items():
+                y[item(k)] = item(v)
+        elif t in (set, frozenset):
+            y = memo[key] = t(item(v) for v in x)
+        elif t is bytearray:
+            y = memo[key] = bytearray(x)
+        elif t is collections.deque:
+            y = memo[key] = collections.deque((item(v) for v in x), x.maxlen)
+        elif issubclass(t, tuple) and type(getattr(t, "_fields", None)) is tuple and hasattr(t, "_make"):
+            y = memo[key] = t._make(item(v) for v in x) if deep else x  # a namedtuple
+        elif t in user_types and all(b in user_types or b in plain_bases for b in t.__mro__):
+            y = memo[key] = t.__new__(t)
+            for k, v in x.__dict__.items():
+                y.__dict__[k] = item(v)
+            if isinstance(x, list):
+                y.extend(item(v) for v in x)
+            elif isinstance(x, set):
+                y.update(item(v) for v in x)
+            elif isinstance(x, dict):
+                y.update((item(k), item(v)) for k, v in x.items())
+        else:
+            raise TypeError(
+                f"copy in the sandbox copies built-in data and objects of classes defined in the sandbox, "
+                f"not {t.__name__!r}"
+            )
+        return y
+
+    def copier(x, memo=None):
+        if memo is not None:
+            raise TypeError("the memo argument is not supported in the sandbox")
+        return copy_of(x, {})
+
+    copier.__name__ = copier.__qualname__ = "deepcopy" if deep else "copy"
+    return copier
+
+
 class Sandbox:
     """RestrictedPython with guarded builtins, whitelisted module proxies and captured output.
 
@@ -247,11 +356,13 @@ class Sandbox:
     Resource limits are *not* applied here: the worker process applies them around it.
     """
 
-    def __init__(self, cache_size: int = 256, memory_mb: int | None = None):
+    def __init__(self, cache_size: int = 256, memory_mb: int | None = None, language_layer: bool = True):
         if _IMPORT_ERROR is not None:
             raise _IMPORT_ERROR
         self.cache_size = cache_size
         self.memory_mb = memory_mb
+        # False only in tests of the process layer: the program then runs as plain Python with every builtin
+        self.language_layer = language_layer
         self._cache: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._user_types: set[type] = set()
         self._out = _Output(0)
@@ -266,32 +377,27 @@ class Sandbox:
     def _build_modules(self) -> dict[str, SandboxModule]:
         import importlib
 
+        user_types = self._user_types
         proxies: dict[str, SandboxModule] = {}
-        for name in ALLOWED_MODULES:
+        for name, listed in FACADES.items():
             module = importlib.import_module(name)
+            attrs = {attr: getattr(module, attr) for attr in listed.split() if hasattr(module, attr)}
+            assert not any(isinstance(v, types.ModuleType) for v in attrs.values()), name
+            if name == "re":  # plain ints: RegexFlag caches every pseudo-member it is asked for
+                attrs.update({k: int(v) for k, v in attrs.items() if isinstance(v, module.RegexFlag)})
+            if name == "copy":
+                attrs.update(copy=_plain_copy(user_types, deep=False), deepcopy=_plain_copy(user_types, deep=True))
             if name == "functools":
-                names: Any = _FUNCTOOLS
-            else:
-                names = getattr(module, "__all__", None) or [n for n in dir(module) if not n.startswith("_")]
-            excluded = _MODULE_EXCLUDES.get(name, frozenset())
-            attrs = {}
-            for attr in names:
-                if attr.startswith("_") or attr in excluded or not hasattr(module, attr):
-                    continue
-                value = getattr(module, attr)
-                if isinstance(value, types.ModuleType):
-                    continue
-                attrs[attr] = value
-            if name == "functools":
-                attrs["total_ordering"] = self._total_ordering
+
+                def total_ordering(cls):
+                    """functools.total_ordering, for classes defined in the sandbox only (it sets attributes)."""
+                    if cls not in user_types:
+                        raise TypeError("total_ordering() is only allowed on classes defined in the sandbox")
+                    return functools.total_ordering(cls)
+
+                attrs["total_ordering"] = total_ordering
             proxies[name] = SandboxModule(name, attrs)
         return proxies
-
-    def _total_ordering(self, cls):
-        """functools.total_ordering, for classes defined in the sandbox only (it sets attributes)."""
-        if cls not in self._user_types:
-            raise TypeError("total_ordering() is only allowed on classes defined in the sandbox")
-        return functools.total_ordering(cls)
 
     # -- guards ----------------------------------------------------------------------------------
     def _build_builtins(self) -> dict[str, Any]:
@@ -300,7 +406,8 @@ class Sandbox:
         allowed_list = ", ".join(sorted(modules))
         blocked_attrs = BLOCKED_ATTRS
         blocked_values = _BLOCKED_VALUE_TYPES
-        format_attrs = _FORMAT_ATTRS
+        special_attrs = _FORMAT_ATTRS | {"register"}
+        abc_meta = __import__("abc").ABCMeta
         safe_write_types = frozenset({dict, list, bytearray})
         decimal_context = __import__("decimal").Context
         missing = object()
@@ -314,8 +421,11 @@ class Sandbox:
                 raise AttributeError(f'"{name}" is an invalid attribute name because it starts with "_"')
             if name in blocked_attrs:
                 raise AttributeError(f'"{name}" is a restricted attribute in the sandbox')
-            if name in format_attrs:
-                return format_attr(ob, name)
+            if name in special_attrs:
+                if name == "register" and isinstance(ob, abc_meta) and ob not in user_types:
+                    raise AttributeError("register() of library classes is not allowed in the sandbox")
+                if name != "register":
+                    return format_attr(ob, name)
             if default is missing:
                 value = getattr(ob, name)
             else:
@@ -335,9 +445,6 @@ class Sandbox:
             if callable(value) and not _sandbox_callable(value):
                 raise AttributeError(f"'{name}' methods other than str.{name} are disabled in the sandbox")
             return value
-
-        def guarded_getitem(ob, key):
-            return ob[key]
 
         def guarded_hasattr(ob, name):
             if type(name) is not str:
@@ -401,13 +508,6 @@ class Sandbox:
                 raise AttributeError(f'"{name}" is an invalid attribute name in the sandbox')
             delattr(guarded_write(ob), name)
 
-        def inplacevar(op, x, y):
-            return _INPLACE_OPS[op](x, y)
-
-        def inplace_item(ob, key, op, value):
-            writer = guarded_write(ob)
-            writer[key] = _INPLACE_OPS[op](ob[key], value)
-
         def inplace_attr(ob, name, op, value):
             writer = guarded_write(ob)
             setattr(writer, name, _INPLACE_OPS[op](guarded_getattr(ob, name), value))
@@ -415,12 +515,18 @@ class Sandbox:
         def apply(func, *args, **kwargs):
             return func(*args, **kwargs)
 
+        # Imports that C code of an allowed module makes through the current builtins' __import__
+        # (datetime.strptime imports _strptime). A program cannot ask for them: `import _x` does not compile.
+        implementation_modules = {name: __import__(name) for name in ("_strptime",)}
+
         def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
             if type(name) is not str:
                 raise ImportError("module name must be a string")
             if level:
                 raise ImportError("relative imports are not allowed in the sandbox")
             module = modules.get(name)
+            if module is None and name in implementation_modules and not fromlist:
+                return implementation_modules[name]
             if module is None:
                 raise ImportError(
                     f"import of '{name}' is not allowed in the sandbox (importable modules: {allowed_list})"
@@ -469,13 +575,8 @@ class Sandbox:
                 "__import__": guarded_import,
                 "__metaclass__": sandbox_metaclass,
                 "_getattr_": guarded_getattr,
-                "_getitem_": guarded_getitem,
                 "_getiter_": iter,
-                "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
-                "_unpack_sequence_": guarded_unpack_sequence,
                 "_write_": guarded_write,
-                "_inplacevar_": inplacevar,
-                "_inplace_item_": inplace_item,
                 "_inplace_attr_": inplace_attr,
                 "_apply_": apply,
                 "_print_": print_factory,
@@ -508,12 +609,22 @@ class Sandbox:
     def run(self, code: str, max_output_chars: int = 8192) -> tuple[bool, str | None, str]:
         out = self._out = _Output(max_output_chars)
         self._collector = _PrintCollector(out, self._guarded_getattr)
-        compiled = self.compile(code)
+        if self.language_layer:
+            compiled = self.compile(code)
+            scope: dict[str, Any] = {"__builtins__": self.builtins, "__name__": "__main__"}
+        else:
+            try:
+                compiled = compile(code, SANDBOX_FILENAME, "exec")
+            except (SyntaxError, ValueError) as exc:
+                compiled = f"SyntaxError: {exc}"
+            scope = {"__builtins__": builtins, "__name__": "__main__"}
         if isinstance(compiled, str):
             return False, compiled, ""
-        scope: dict[str, Any] = {"__builtins__": self.builtins, "__name__": "__main__"}
         error = None
+        stdout = sys.stdout
         try:
+            if not self.language_layer:
+                sys.stdout = out  # type: ignore[assignment]
             exec(compiled, scope)
         except MemoryError:
             scope.clear()
@@ -524,6 +635,7 @@ class Sandbox:
         except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt raised by the program too
             error = _describe(exc)
         finally:
+            sys.stdout = stdout
             scope.clear()
             self._user_types.clear()
             if self._used_decimal:
@@ -588,7 +700,32 @@ def _describe(exc: BaseException) -> str:
     return f"{name}: {message}" if message else name
 
 
-# -- worker process --------------------------------------------------------------------------------
+
+
+# -- processes ------------------------------------------------------------------------------------------
+# A zygote (`python -I -S _sandbox_worker.py zygote CONFIG FD`) imports and warms everything once, then
+# forks one worker per episode on request, so a fresh interpreter state costs a fork, not a start-up.
+#
+# Host <-> zygote, a SOCK_SEQPACKET Unix socket (message boundaries and SCM_RIGHTS):
+#   host -> zygote: b"S" with fds [request pipe read end, reply pipe write end]: fork a worker on them
+#                   b"W" + pid (">I"): how did that worker end (answered within about a second)
+#   zygote -> host: b"Z" + JSON once ready (layers it applied), or b"F" + text when it could not start;
+#                   b"P" + pid with fds [pidfd] per "S"; b"D" + JSON {"status": int | None} per "W".
+# Host <-> worker, two pipes; every message is a 4-byte big-endian length and that many bytes:
+#   worker -> host: b"R" + JSON once ready (its layers), then one reply per program:
+#                   b"O" + output, or b"E" + error line + b"\0" + output (UTF-8)
+#   host -> worker: b"L" + JSON lease once (memory_mb, cpu_s, recursion_limit, language_layer; no reply),
+#                   then b"C" + REQUEST_HEADER (timeout s, max output characters) + UTF-8 source.
+
+_WARM_UP = (
+    "import math, cmath, statistics, fractions, decimal, random, itertools, functools, collections\n"
+    "import operator, heapq, bisect, copy, re, string, json, datetime\n"
+    "print(statistics.mean([1, 2]), fractions.Fraction(1, 3), decimal.Decimal('1.1') + 1, random.random() < 2)\n"
+    "print(re.sub(r'(a+)', lambda m: m.group(1).upper(), 'aab'), json.loads(json.dumps({'a': [1.5]})))\n"
+    "print(datetime.datetime.strptime('2024-01-02', '%Y-%m-%d').isoformat(), string.Template('$x').substitute(x=1))\n"
+    "print(copy.deepcopy([{1: (2,)}]), '{0:>4}|{x}'.format(1, x=2), collections.Counter('aab').most_common(1))\n"
+    "class A:\n    def __init__(self):\n        self.v = [i * i for i in range(3)]\nprint(sorted(A().v)[-1])\n"
+)
 
 
 def _send(fd: int, payload: bytes) -> None:
@@ -598,28 +735,21 @@ def _send(fd: int, payload: bytes) -> None:
         data = data[written:]
 
 
-def _recv(fd: int) -> bytes:
-    buf = os.read(fd, 1 << 16)
-    if not buf:
-        raise EOFError
-    while len(buf) < 4:
-        more = os.read(fd, 4 - len(buf))
+def _read_exactly(fd: int, n: int) -> bytes:
+    chunks, have = [], 0
+    while have < n:
+        more = os.read(fd, min(n - have, 1 << 20))
         if not more:
             raise EOFError
-        buf += more
-    (n,) = LENGTH.unpack_from(buf)
-    need = 4 + n
-    if len(buf) < need:
-        chunks = [buf]
-        have = len(buf)
-        while have < need:
-            more = os.read(fd, min(need - have, 1 << 20))
-            if not more:
-                raise EOFError
-            chunks.append(more)
-            have += len(more)
-        buf = b"".join(chunks)
-    return buf[4:need]
+        chunks.append(more)
+        have += len(more)
+    return b"".join(chunks)
+
+
+def _recv(fd: int) -> bytes:
+    """One message; never reads past it (the host may send the lease and a program back to back)."""
+    (n,) = LENGTH.unpack(_read_exactly(fd, 4))
+    return _read_exactly(fd, n)
 
 
 def _vm_size_kb() -> int:
@@ -637,62 +767,108 @@ def _encode(text: str) -> bytes:
     return text.encode("utf-8", "replace")
 
 
-def main(argv: list[str]) -> int:
-    """Serve requests on stdin/stdout until EOF."""
-    rfd, wfd = os.dup(0), os.dup(1)
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(null)
-    try:
-        import resource
-        import signal
-        import warnings
+class _Plan:
+    """What the zygote prepared once for every worker it forks."""
 
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
-        warnings.simplefilter("ignore")
-        sys.dont_write_bytecode = True  # RLIMIT_FSIZE=0 below: never try to write a .pyc
-        config = json.loads(argv[1]) if len(argv) > 1 else {}
-        if _IMPORT_ERROR is not None:
-            raise _IMPORT_ERROR
-        memory_mb = int(config.get("memory_mb", 256))
-        sandbox = Sandbox(cache_size=int(config.get("cache_size", 256)), memory_mb=memory_mb or None)
-        sandbox.run("print(1)")  # warm every code path once before measuring the baseline
-        sys.setrecursionlimit(int(config.get("recursion_limit", 1000)))
-        gc.collect()
-        baseline_kb = _vm_size_kb()
-        for limit, value in ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_FSIZE, 0), (resource.RLIMIT_NPROC, 0)):
-            try:
-                resource.setrlimit(limit, (value, value))
-            except (ValueError, OSError):
-                pass
-        if memory_mb > 0 and baseline_kb:
-            limit_bytes = baseline_kb * 1024 + memory_mb * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-        cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
-    except BaseException as exc:  # noqa: BLE001 - tell the parent why we could not start
+    def __init__(self, sandbox: Sandbox, read_paths: list[str], temp_root: str, seccomp: bytes | None):
+        self.sandbox = sandbox
+        self.read_paths = read_paths
+        self.temp_root = temp_root
+        self.seccomp = seccomp
+        self.zygote_pid = os.getpid()
+
+
+def _harden_worker(plan: _Plan) -> dict[str, str | None]:
+    """Apply the per-worker layers (after fork, before any program runs). Values: None = applied, else why not."""
+    import resource
+    import signal
+
+    import _sandbox_os as osl
+
+    layers: dict[str, str | None] = {}
+    pid = os.getpid()
+    temp_dir = os.path.join(plan.temp_root, str(pid))
+    os.mkdir(temp_dir, 0o700)
+    uid = osl.uid_for(pid)
+    if uid is not None:
+        os.chown(temp_dir, uid, uid)
+    os.chdir(temp_dir)
+    for limit, value in (
+        (resource.RLIMIT_CORE, 0), (resource.RLIMIT_FSIZE, 1 << 20), (resource.RLIMIT_NOFILE, 32),
+        (resource.RLIMIT_MSGQUEUE, 0), (resource.RLIMIT_MEMLOCK, 0),
+    ):  # fmt: skip
         try:
-            _send(wfd, b"F" + _encode(_describe(exc)))
-        finally:
-            return 2
-    gc.freeze()
-    gc.disable()
-    _send(wfd, b"R" + json.dumps({"pid": os.getpid(), "baseline_kb": baseline_kb}).encode())
+            resource.setrlimit(limit, (value, value))
+        except (ValueError, OSError):
+            pass
+    layers["uid"] = osl.drop_to_uid(uid) if uid is not None else "the host does not run as root: workers keep its uid"
+    if osl.set_parent_death_signal(signal.SIGKILL) is None and os.getppid() != plan.zygote_pid:
+        os._exit(0)  # the zygote died while this worker started
+    try:
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+        layers["nproc"] = None if uid is not None else "RLIMIT_NPROC does not bind the host's own uid reliably"
+    except (ValueError, OSError) as exc:
+        layers["nproc"] = str(exc)
+    layers["dumpable"] = osl.set_non_dumpable()
+    layers["no_new_privs"] = osl.set_no_new_privs()
+    reason, abi = osl.landlock(plan.read_paths, [temp_dir])
+    layers["landlock"] = reason
+    if reason is None and abi < 6:
+        layers["landlock_scope"] = f"Landlock ABI {abi} < 6: no signal/abstract-socket scoping"
+    layers["seccomp"] = osl.load_seccomp(plan.seccomp) if plan.seccomp else "no seccomp program for this machine"
+    return layers
+
+
+def _worker_main(plan: _Plan, request_fd: int, reply_fd: int) -> None:
+    """A forked worker: harden, say ready, take the lease, then serve programs until EOF."""
+    import random
+    import resource
+
+    os.setsid()
+    os.dup2(request_fd, 0)
+    os.dup2(reply_fd, 1)
+    os.closerange(3, 1 << 16)  # the zygote's socket, pipe originals: nothing else is inherited
+    baseline_kb = _vm_size_kb()
+    layers = _harden_worker(plan)
+    random.seed()  # the zygote's generator state is shared by every fork: draw a fresh one
+    _send(1, b"R" + json.dumps({"pid": os.getpid(), "baseline_kb": baseline_kb, "layers": layers}).encode())
+    try:
+        lease = _recv(0)
+    except (EOFError, OSError):
+        return
+    config = json.loads(lease[1:]) if lease[:1] == b"L" else {}
+    sandbox = plan.sandbox
+    memory_mb = int(config.get("memory_mb", 256))
+    sandbox.memory_mb = memory_mb or None
+    sandbox.language_layer = bool(config.get("language_layer", True))
+    sys.setrecursionlimit(int(config.get("recursion_limit", 1000)))
+    if memory_mb > 0 and baseline_kb:
+        limit_bytes = baseline_kb * 1024 + memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+    cpu_hard = max(1, int(config.get("cpu_s", 600)))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_hard, cpu_hard))
+    _serve(sandbox, cpu_hard)
+
+
+def _serve(sandbox: Sandbox, cpu_hard: int) -> None:
+    import resource
+
     getrusage, RUSAGE_SELF = resource.getrusage, resource.RUSAGE_SELF
-    setrlimit, RLIMIT_CPU, INF = resource.setrlimit, resource.RLIMIT_CPU, resource.RLIM_INFINITY
+    setrlimit, RLIMIT_CPU = resource.setrlimit, resource.RLIMIT_CPU
     while True:
         try:
-            request = _recv(rfd)
+            request = _recv(0)
         except (EOFError, OSError):
-            return 0
+            return
         try:
-            timeout, max_out = REQUEST_HEADER.unpack_from(request)
-            code = request[REQUEST_HEADER.size :].decode("utf-8", "surrogatepass")
-            # Backstop if the parent dies mid-call: the kernel kills us after timeout + 2 s of CPU.
+            if request[:1] != b"C":
+                raise ValueError("unexpected request")
+            timeout, max_out = REQUEST_HEADER.unpack_from(request, 1)
+            code = request[1 + REQUEST_HEADER.size :].decode("utf-8", "surrogatepass")
+            # Backstop if the host dies mid-call: the kernel stops us after timeout + 3 s of CPU.
             usage = getrusage(RUSAGE_SELF)
-            soft = int(usage.ru_utime + usage.ru_stime + timeout) + 3
-            if cpu_hard == INF or soft <= cpu_hard:
-                setrlimit(RLIMIT_CPU, (soft, cpu_hard))
+            soft = min(int(usage.ru_utime + usage.ru_stime + timeout) + 3, cpu_hard)
+            setrlimit(RLIMIT_CPU, (soft, cpu_hard))
             gc.enable()
             try:
                 ok, error, output = sandbox.run(code, max_out)
@@ -707,8 +883,116 @@ def main(argv: list[str]) -> int:
             reply = b"E" + b"MemoryError: the program exceeded the sandbox memory limit\0"
         except BaseException as exc:  # noqa: BLE001 - never die on a program's doing
             reply = b"E" + _encode(_describe(exc)) + b"\0"
-        _send(wfd, reply)
+        _send(1, reply)
+
+
+def _zygote_main(config: dict[str, Any], sock_fd: int) -> int:
+    import shutil
+    import signal
+    import socket
+    import tempfile
+    import warnings
+
+    import _sandbox_os as osl
+
+    sock = socket.socket(fileno=sock_fd)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the host's business
+    warnings.simplefilter("ignore")
+    sys.dont_write_bytecode = True
+    try:
+        if _IMPORT_ERROR is not None:
+            raise _IMPORT_ERROR
+        sandbox = Sandbox(cache_size=int(config.get("cache_size", 256)))
+        ok, error, _ = sandbox.run(_WARM_UP)
+        if not ok:
+            raise RuntimeError(f"warm-up failed: {error}")
+        sandbox._cache.clear()
+        read_paths = sorted({p for p in (sys.base_prefix, sys.prefix, sys.exec_prefix, *config.get("path", ())) if p})
+        layers = {"netns": osl.unshare_network()}
+        seccomp, layers["seccomp_program"] = osl.seccomp_filter()
+        temp_root = tempfile.mkdtemp(prefix="agentenv-sandbox-")
+        os.chmod(temp_root, 0o711)  # workers (other uids) reach only their own 0700 directory inside
+    except BaseException as exc:  # noqa: BLE001 - tell the host why we could not start
+        sock.send(b"F" + _encode(_describe(exc)))
+        return 2
+    plan = _Plan(sandbox, read_paths, temp_root, seccomp)
+    gc.collect()
+    gc.freeze()  # keep the warmed heap shared between forks (no refcount-free GC writes to it)
+    sock.send(b"Z" + json.dumps({"pid": os.getpid(), "layers": layers}).encode())
+    children: dict[int, int] = {}  # pid -> exit status once reaped (None while alive)
+    live: set[int] = set()
+
+    def reap() -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            live.discard(pid)
+            children[pid] = status
+            shutil.rmtree(os.path.join(temp_root, str(pid)), ignore_errors=True)
+            if len(children) > 1024:
+                children.pop(next(iter(children)))
+
+    try:
+        while True:
+            try:
+                message, fds, _flags, _addr = socket.recv_fds(sock, 1024, 2)
+            except OSError:
+                break
+            if not message:
+                break  # the host is gone
+            reap()
+            kind = message[:1]
+            if kind == b"S" and len(fds) == 2:
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        sock.close()
+                        _worker_main(plan, fds[0], fds[1])
+                    finally:
+                        os._exit(0)
+                for fd in fds:
+                    os.close(fd)
+                live.add(pid)
+                pidfd = os.pidfd_open(pid)
+                try:
+                    socket.send_fds(sock, [b"P" + struct.pack(">I", pid)], [pidfd])
+                finally:
+                    os.close(pidfd)
+            elif kind == b"W" and len(message) == 5:
+                (pid,) = struct.unpack(">I", message[1:])
+                for _ in range(100):
+                    reap()
+                    if pid not in live:
+                        break
+                    time.sleep(0.01)
+                sock.send(b"D" + json.dumps({"status": children.get(pid)}).encode())
+            else:
+                for fd in fds:
+                    os.close(fd)
+    finally:
+        for pid in list(live):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for pid in list(live):
+            try:
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+        shutil.rmtree(temp_root, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    if len(sys.argv) == 4 and sys.argv[1] == "zygote":
+        sys.exit(_zygote_main(json.loads(sys.argv[2]), int(sys.argv[3])))
+    sys.exit("usage: _sandbox_worker.py zygote CONFIG_JSON SOCKET_FD (started by agentenv's PythonTool)")

@@ -1,85 +1,63 @@
-"""The `python` tool: RestrictedPython in a persistent, resource-limited worker process.
+"""The `python` tool: RestrictedPython in a forked, OS-confined worker process, one per episode.
 
-Design (measured on the 2-core dev VM, Python 3.11.7, RestrictedPython 9.0; `python
-benchmarks/bench_sandbox.py` prints every number below; ranges are over runs on a VM shared with other work):
+Threat model: every program is hostile (an RL policy searches for exploits), and it reaches the tool only
+through `env.step`. Two independent layers stand between it and the host, each enough on its own for
+what it covers (`docs/security.md` lists what each layer stops, and the tests that show it):
 
-* **Chosen: a pre-started worker subprocess.** `PythonTool` lazily starts
-  `python -I -S agentenv/tools/_sandbox_worker.py` (a plain script, so the worker never imports `agentenv`,
-  torch or anything else the user's process holds; `subprocess.Popen` = fork+exec, safe with threads) and
-  talks to it over two pipes with length-prefixed messages. The worker applies `RLIMIT_AS` (its own
-  baseline, measured at start-up, ~17.7 MB VmSize / 14.8 MB RSS, plus `memory_mb`), `RLIMIT_FSIZE=0`,
-  `RLIMIT_NPROC=0`, `RLIMIT_CORE=0`, a per-call `RLIMIT_CPU` backstop (timeout + 3 s, in case the parent
-  dies mid-call) and a recursion limit of 1000, then runs each program with RestrictedPython in fresh
-  globals. Compiled code is LRU-cached by source in the worker (256 entries). The parent enforces wall time
-  with `poll()`: on timeout it SIGKILLs the worker, reaps it, promotes the spare worker that was started in
-  advance and starts a new spare, so the next call does not pay a cold start. A `MemoryError` (from
-  RLIMIT_AS) is a clean error inside the worker and needs no restart.
-  Measured: trivial call (`print(1+1)`) from `invoke`: 23-92 µs median, p90 <= 145 µs (target <= 300 µs);
-  a new source each call (RestrictedPython compile, cache miss): 140-260 µs; cold start (new tool -> first
-  result): 45-60 ms; first call after a timeout kill: 0.7-2.7 ms median with the spare, 46-61 ms without.
-* **Rejected: in-process execution with a `sys.settrace` step/time budget.** Its trivial call is faster
-  (8-14 µs, no IPC), but the trace hook makes loop-heavy programs 3.4-5.2x slower (300k-iteration loop:
-  ~50 ms -> 216-304 ms), it cannot interrupt one long C-level operation (`math.factorial(250000)` under a
-  50 ms budget ran to completion: 571-1037 ms; the worker stopped it at 52-60 ms; `10**10**10` would never
-  return), and it cannot bound memory: `'a'*10**10` run in-process allocated ~10 GB and the whole process
-  was OOM-killed. Rlimits would apply to the user's whole process (torch, the policy, ...), so they are not
-  an option in-process either.
+* **Language layer** (`_sandbox_worker.Sandbox`): RestrictedPython's compile-time checks plus run-time
+  guards, built by reachability: the program starts from guarded builtins and read-only module facades
+  whose every name is vetted (`FACADES`), and no exposed callable walks arbitrary objects (`copy` is the
+  sandbox's own, for plain data) or hands back modules, frames, code, tracebacks' frames or cells. Names
+  starting with "_" and introspection attributes are refused; attribute writes only on the program's own
+  classes; `register` of library ABCs refused.
+* **Process layer** (`_sandbox_os`): the worker is forked from a pre-warmed zygote in its own session, with
+  its inherited fds closed, its own uid when the host is root (`UID_BASE + pid`; no capabilities), no
+  network (network namespace, seccomp on sockets, Landlock on TCP), no writes outside a private temporary
+  directory (Landlock), no fork/exec/kill/ptrace (seccomp, RLIMIT_NPROC), non-dumpable,
+  `PR_SET_NO_NEW_PRIVS`, and rlimits on address space, CPU, file size and open files. A layer the kernel
+  lacks degrades with one warning per process (`PythonTool.security_layers()` says what is active).
 
-Sandbox rules (worker side, `_sandbox_worker.py`): RestrictedPython's compile-time checks (no names or
-attributes starting with "_", no `exec`/`eval`, no frame/generator/traceback introspection attributes)
-plus run-time guards: a guarded `getattr` (also behind `getattr()`/`hasattr()`) that refuses "_" names,
-introspection attributes and `mro`, and never returns a module, frame, code, traceback or cell object;
-`str.format`/`format_map` re-implemented so that `{0.attr}` fields go through the same guard (other
-`format` methods such as `UserString.format` are refused); attribute writes only on objects of classes
-defined by the program (item writes anywhere), so whitelisted modules and library classes are read-only;
-no `type`, `vars`, `globals`, `locals`, `open`, `compile`, `input`, `__import__`; `import` only of
-whitelisted modules, each exposed as a read-only proxy holding its public, non-module names (so
-`random._os`, `fractions.sys`, `math.__loader__` do not exist), minus helpers that read attributes or
-evaluate strings (`operator.attrgetter`/`methodcaller`, `functools.wraps`/`update_wrapper`/`singledispatch`,
-`string.Formatter`). Every call starts from fresh globals: nothing persists between calls.
+Isolation: a worker serves one episode of one env. `ChatEnv.reset` calls `tool.reset()`, which hands the
+worker back (it is killed) and the next call leases a fresh one; envs get their own tool instance
+(`Tool.fresh`), so nothing one episode plants (module caches, ABC registries, `random` state, memory) is
+seen by another. `PythonTool(keep_worker=True)` opts in to reuse across episodes. Within an episode each
+call still starts from fresh globals.
 
-Writes are allowed on `decimal.Context` objects (`getcontext().prec = 50`); the thread's decimal context is
-reset after every call that imported `decimal`, and the shared template contexts are not exposed.
-Annotated assignments are accepted (the annotation is dropped); `match`, `async`, `nonlocal`, `except*` are
-refused by RestrictedPython (`match` class patterns look attributes up natively, so it stays refused).
-
-Known limitations: variables do not persist between calls; names starting with "_" cannot be used at all
-(so `self._x`, `namedtuple._replace` are unavailable); `x[k] += v` evaluates `v` before reading `x[k]`;
-output written before a timeout is lost; the module-level `random` generator is shared by the calls that
-one worker serves. The worker runs with the user's uid and no seccomp/namespace isolation: RestrictedPython
-plus the guards above is the security boundary, the process only bounds resources. Linux-first: needs
-`fork`/`poll`/`resource`; without `/proc` (macOS) the memory limit is not applied (wall time still is).
+One pool per host process, shared by every tool and env: the zygote (started once, ~0.1-0.3 s) and a few
+pre-forked, already confined workers, so leasing one costs a pipe write. A timeout kills the worker
+(SIGKILL through a pidfd, immune to pid reuse) and the next call leases another. Linux only (fork,
+pidfd, SCM_RIGHTS); `benchmarks/bench_sandbox.py` measures it side by side with peers.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
+import warnings
 import weakref
 from typing import Any
 
+from ._sandbox_worker import ALLOWED_MODULES, REQUEST_HEADER
 from .base import Tool, ToolResult
 
 __all__ = ["PythonTool", "ALLOWED_MODULES"]
 
-ALLOWED_MODULES = (
-    "math", "cmath", "statistics", "fractions", "decimal", "random", "itertools", "functools",
-    "collections", "operator", "heapq", "bisect", "copy", "re", "string", "json", "datetime",
-)  # fmt: skip  (kept equal to _sandbox_worker.ALLOWED_MODULES; a test checks it)
-
-_WORKER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_worker.py")
+_TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
+_WORKER_PATH = os.path.join(_TOOLS_DIR, "_sandbox_worker.py")
 MAX_CODE_CHARS = 1_000_000
 STARTUP_TIMEOUT_S = 60.0
+POOL_READY_WORKERS = 2
 _LENGTH = 4
-_REQUEST_HEADER = struct.Struct(">dI")  # timeout (s), max output characters; then UTF-8 source
 
 
 class _Timeout(Exception):
@@ -107,30 +85,16 @@ def _restricted_python_dir() -> str | None:
 
 
 class _Worker:
-    """One worker process and its pipes."""
+    """The host's handle on one forked worker: its pid, a pidfd and the two pipes."""
 
-    __slots__ = ("proc", "rfd", "wfd", "poller", "ready", "info", "spawned_at")
+    __slots__ = ("pid", "pidfd", "rfd", "wfd", "poller", "ready", "info")
 
-    def __init__(self, config: str):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", _WORKER_PATH, config],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            bufsize=0,
-            close_fds=True,
-        )
-        self.wfd = self.proc.stdin.fileno()  # type: ignore[union-attr]
-        self.rfd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+    def __init__(self, pid: int, pidfd: int, rfd: int, wfd: int):
+        self.pid, self.pidfd, self.rfd, self.wfd = pid, pidfd, rfd, wfd
         self.poller = select.poll()
-        self.poller.register(self.rfd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        self.poller.register(rfd, select.POLLIN | select.POLLHUP | select.POLLERR)
         self.ready = False
         self.info: dict[str, Any] = {}
-        self.spawned_at = time.perf_counter()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     def send(self, payload: bytes) -> None:
         data = memoryview(len(payload).to_bytes(_LENGTH, "big") + payload)
@@ -173,85 +137,235 @@ class _Worker:
         try:
             message = self.recv(time.perf_counter() + timeout_s, 1 << 20)
         except _Timeout:
-            raise _WorkerGone(f"the sandbox did not start within {timeout_s:g} s") from None
-        if message[:1] == b"R":
-            try:
-                self.info = json.loads(message[1:].decode())
-            except ValueError:
-                raise _WorkerGone("unexpected start-up message") from None
-            self.ready = True
-            return
-        if message[:1] == b"F":
-            raise _WorkerGone(message[1:].decode("utf-8", "replace"))
-        raise _WorkerGone("unexpected start-up message")
+            raise _WorkerGone(f"the sandbox worker did not start within {timeout_s:g} s") from None
+        if message[:1] != b"R":
+            raise _WorkerGone("unexpected start-up message")
+        try:
+            self.info = json.loads(message[1:].decode())
+        except ValueError:
+            raise _WorkerGone("unexpected start-up message") from None
+        self.ready = True
+
+    def exited(self) -> bool:
+        return bool(select.select([self.pidfd], [], [], 0)[0]) if self.pidfd >= 0 else True
 
     def kill(self) -> None:
-        """SIGKILL, close the pipes and reap (so no zombie is left)."""
-        proc = self.proc
-        if proc.returncode is None:
+        """SIGKILL through the pidfd (never another process that reused the pid) and close our ends."""
+        if self.pidfd >= 0:
             try:
-                proc.kill()
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             except OSError:
                 pass
-        for stream in (proc.stdin, proc.stdout):
+        self.forget()
+
+    def forget(self) -> None:
+        for fd in (self.rfd, self.wfd, self.pidfd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.rfd = self.wfd = self.pidfd = -1
+
+
+class _Pool:
+    """One per host process: the zygote and a few pre-forked workers, shared by every PythonTool."""
+
+    def __init__(self, ready_workers: int = POOL_READY_WORKERS):
+        self.ready_workers = ready_workers
+        self.lock = threading.Lock()
+        self.pid = os.getpid()
+        self.proc: subprocess.Popen | None = None
+        self.sock: socket.socket | None = None
+        self.ready: list[_Worker] = []
+        self.layers: dict[str, str | None] = {}
+        self.warned: set[str] = set()
+
+    # -- zygote -------------------------------------------------------------------------------------
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        rp_dir = _restricted_python_dir()
+        config = json.dumps({"path": [_TOOLS_DIR] + ([rp_dir] if rp_dir else [])})
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", _WORKER_PATH, "zygote", config, str(theirs.fileno())],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),), close_fds=True, start_new_session=True,
+            )  # fmt: skip
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            ours.close()
+            raise _StartError(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            theirs.close()
+        ours.settimeout(STARTUP_TIMEOUT_S)
+        self.sock = ours
+        try:
+            message = ours.recv(1 << 16)
+        except OSError as exc:
+            self._stop_zygote()
+            raise _StartError(f"the sandbox did not start: {exc}") from None
+        if message[:1] != b"Z":
+            self._stop_zygote()
+            reason = message[1:].decode("utf-8", "replace") if message[:1] == b"F" else "it exited"
+            raise _StartError(f"the sandbox did not start: {reason}")
+        ours.settimeout(10.0)
+        self._note_layers(json.loads(message[1:]).get("layers", {}))
+
+    def _stop_zygote(self) -> None:
+        for worker in self.ready:
+            worker.kill()
+        self.ready = []
+        if self.sock is not None:
+            self.sock.close()  # the zygote sees EOF, kills its workers and exits
+            self.sock = None
+        if self.proc is not None:
             try:
-                stream.close()  # type: ignore[union-attr]
-            except OSError:
+                self.proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def _spawn(self) -> _Worker:
+        """Ask the zygote to fork one worker on two new pipes (the worker hardens itself meanwhile)."""
+        if self.sock is None or (self.proc is not None and self.proc.poll() is not None):
+            self._stop_zygote()
+            self._start()
+        request_r, request_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        try:
+            socket.send_fds(self.sock, [b"S"], [request_r, reply_w])
+            message, fds, _flags, _addr = socket.recv_fds(self.sock, 64, 1)
+        except OSError as exc:
+            for fd in (request_w, reply_r):
+                os.close(fd)
+            self._stop_zygote()
+            raise _StartError(f"the sandbox zygote failed: {exc}") from None
+        finally:
+            os.close(request_r)
+            os.close(reply_w)
+        if message[:1] != b"P" or len(fds) != 1:
+            for fd in (request_w, reply_r, *fds):
+                os.close(fd)
+            raise _StartError("the sandbox zygote answered out of protocol")
+        (pid,) = struct.unpack(">I", message[1:5])
+        return _Worker(pid, fds[0], reply_r, request_w)
+
+    def _note_layers(self, layers: dict[str, str | None]) -> None:
+        self.layers.update(layers)
+        for name, reason in layers.items():
+            if reason is not None and name not in self.warned:
+                self.warned.add(name)
+                warnings.warn(f"agentenv python sandbox: layer '{name}' is not active: {reason}", RuntimeWarning, stacklevel=4)
+
+    # -- leases -------------------------------------------------------------------------------------
+    def lease(self, startup_timeout_s: float) -> _Worker:
+        """A fresh, confined worker nobody has used (pre-forked when possible); refill the spares."""
+        with self.lock:
+            if self.pid != os.getpid():
+                raise _StartError("the sandbox pool belongs to another process")
+            worker = self.ready.pop(0) if self.ready else self._spawn()
+            while len(self.ready) < self.ready_workers:
+                self.ready.append(self._spawn())
+        worker.wait_ready(startup_timeout_s)
+        layers = worker.info.get("layers", {})
+        if any(reason is not None and name not in self.warned for name, reason in layers.items()):
+            with self.lock:
+                self._note_layers(layers)
+        else:
+            self.layers.update(layers)
+        return worker
+
+    def warm(self, startup_timeout_s: float) -> None:
+        with self.lock:
+            while len(self.ready) < self.ready_workers:
+                self.ready.append(self._spawn())
+            ready = list(self.ready)
+        for worker in ready:
+            try:
+                worker.wait_ready(startup_timeout_s)
+            except _WorkerGone:
                 pass
-        try:
-            proc.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a SIGKILLed process always exits
-            pass
 
-    def describe_death(self) -> str:
-        """Why the worker died, as `Type: message`, once it has exited."""
-        try:
-            code = self.proc.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            code = self.proc.returncode
-        if code is not None and code < 0:
-            sig = -code
-            if sig == getattr(signal, "SIGXCPU", -1):
-                return "TimeoutError: CPU time limit exceeded"
-            if sig == signal.SIGKILL:
-                return "MemoryError: the sandbox process was killed (probably out of memory)"
+    def exit_status(self, pid: int) -> int | None:
+        """How worker `pid` ended (a wait status), as the zygote reaped it; None if unknown."""
+        with self.lock:
+            if self.sock is None:
+                return None
             try:
-                name = signal.Signals(sig).name
-            except ValueError:
-                name = f"signal {sig}"
-            return f"SystemError: the sandbox process crashed ({name}); it has been restarted"
-        return f"SystemError: the sandbox process exited unexpectedly (status {code}); it has been restarted"
+                self.sock.send(b"W" + struct.pack(">I", pid))
+                message = self.sock.recv(1024)
+            except OSError:
+                return None
+        if message[:1] != b"D":
+            return None
+        return json.loads(message[1:]).get("status")
+
+    def shutdown(self) -> None:
+        if self.pid != os.getpid():
+            return
+        with self.lock:
+            self._stop_zygote()
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's zygote and workers without touching them."""
+        for worker in self.ready:
+            worker.forget()
+        self.ready = []
+        if self.sock is not None:
+            self.sock.detach()
+            self.sock = None
+        self.proc = None
 
 
-class _Workers:
-    """The processes a tool owns; shared with its finalizer (which must not reference the tool)."""
+_pool: _Pool | None = None
+_pool_lock = threading.Lock()
 
-    __slots__ = ("active", "spare", "pid", "final")
+
+def _shared_pool() -> _Pool:
+    global _pool
+    pool = _pool
+    if pool is None or pool.pid != os.getpid():
+        with _pool_lock:
+            if _pool is None or _pool.pid != os.getpid():
+                _pool = _Pool()
+            pool = _pool
+    return pool
+
+
+def _shutdown_pool() -> None:
+    if _pool is not None:
+        _pool.shutdown()
+
+
+atexit.register(_shutdown_pool)
+
+
+class _Lease:
+    """The worker a tool holds; shared with its finalizer (which must not reference the tool)."""
+
+    __slots__ = ("worker", "final")
 
     def __init__(self) -> None:
-        self.active: _Worker | None = None
-        self.spare: _Worker | None = None
-        self.pid = os.getpid()
-        self.final = False  # set by the finalizer (garbage collection / interpreter exit): spawn no more
+        self.worker: _Worker | None = None
+        self.final = False
+
+    def release(self) -> None:
+        if self.worker is not None:
+            self.worker.kill()
+            self.worker = None
 
     def finalize(self) -> None:
         self.final = True
-        self.shutdown()
-
-    def shutdown(self) -> None:
-        if self.pid != os.getpid():  # a forked child must not kill its parent's workers
-            return
-        for worker in (self.active, self.spare):
-            if worker is not None:
-                worker.kill()
-        self.active = self.spare = None
+        self.release()
 
 
 _live_tools: weakref.WeakSet[PythonTool] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    if _pool is not None and _pool.pid != os.getpid():
+        _pool.forget_after_fork()
     for tool in list(_live_tools):
         tool._after_fork()
 
@@ -260,24 +374,48 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _describe_status(status: int | None) -> str:
+    if status is not None and os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == getattr(signal, "SIGXCPU", -1):
+            return "TimeoutError: CPU time limit exceeded"
+        if sig == signal.SIGKILL:
+            return "MemoryError: the sandbox process was killed (probably out of memory)"
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"SystemError: the sandbox process crashed ({name}); the next call gets a fresh one"
+    code = os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else "unknown"
+    return f"SystemError: the sandbox process exited unexpectedly (status {code}); the next call gets a fresh one"
+
+
 class PythonTool(Tool):
     """Run Python in a RestrictedPython sandbox; the agent sees what `print` wrote.
 
     Args:
-        timeout_s: wall-clock limit of one call (the worker is killed and replaced past it).
+        timeout_s: wall-clock limit of one call (the worker is killed past it; the next call gets another).
         memory_mb: address-space budget of the program, on top of the worker's own baseline (0: none).
         max_output_chars: output beyond this is cut, with a note saying how much was written.
+        keep_worker: keep one worker across episodes (`reset()` then keeps it). Default: a fresh worker
+            per episode, so nothing one episode leaves behind is visible to the next.
 
     `invoke({"code": ...})` and `run(code)` return a `ToolResult` and never raise for anything in `code`.
-    Calls on one tool are serialised by a lock (each tool owns its worker), so a tool can be shared by
-    several environments and threads. `close()` stops the workers (a later call starts them again);
-    they are also stopped when the tool is garbage-collected and at interpreter exit.
+    Calls on one tool are serialised by a lock. `close()` hands the worker back (a later call leases a
+    new one); it is also handed back when the tool is garbage-collected and at interpreter exit.
     """
 
-    keep_spare: bool = True  # keep a second, already started worker to replace a killed one at once
     startup_timeout_s: float = STARTUP_TIMEOUT_S
 
-    def __init__(self, timeout_s: float = 5.0, memory_mb: int = 256, max_output_chars: int = 8192):
+    def __init__(
+        self,
+        timeout_s: float = 5.0,
+        memory_mb: int = 256,
+        max_output_chars: int = 8192,
+        keep_worker: bool = False,
+        *,
+        _language_layer: bool = True,  # tests of the process layer only: run programs as plain Python
+    ):
         if not timeout_s or timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
         if memory_mb < 0:
@@ -286,6 +424,8 @@ class PythonTool(Tool):
             raise ValueError("max_output_chars must be >= 1")
         self.memory_mb = int(memory_mb)
         self.max_output_chars = int(max_output_chars)
+        self.keep_worker = bool(keep_worker)
+        self._language_layer = bool(_language_layer)
         super().__init__(
             name="python",
             description=(
@@ -304,23 +444,22 @@ class PythonTool(Tool):
             timeout_s=float(timeout_s),
         )
         self._lock = threading.Lock()
-        self._workers = _Workers()
-        self._finalizer = weakref.finalize(self, _Workers.finalize, self._workers)
-        self._config: str | None = None
+        self._lease = _Lease()
+        self._finalizer = weakref.finalize(self, _Lease.finalize, self._lease)
         _live_tools.add(self)
 
-    # Tool is a dataclass (eq=True makes it unhashable); a tool owning processes compares by identity.
+    # Tool is a dataclass (eq=True makes it unhashable); a tool owning a process compares by identity.
     __eq__ = object.__eq__
     __hash__ = object.__hash__
 
     def __repr__(self) -> str:
         return (
             f"PythonTool(timeout_s={self.timeout_s:g}, memory_mb={self.memory_mb}, "
-            f"max_output_chars={self.max_output_chars})"
+            f"max_output_chars={self.max_output_chars}, keep_worker={self.keep_worker})"
         )
 
     def __reduce__(self):
-        return (PythonTool, (self.timeout_s, self.memory_mb, self.max_output_chars))
+        return (PythonTool, (self.timeout_s, self.memory_mb, self.max_output_chars, self.keep_worker))
 
     def __enter__(self) -> PythonTool:
         return self
@@ -329,161 +468,130 @@ class PythonTool(Tool):
         self.close()
 
     # -- public API ------------------------------------------------------------------------------
-    def invoke(self, arguments: Any) -> ToolResult:
+    def fresh(self) -> PythonTool:
+        """The same tool with a worker of its own (an env never shares its sandbox with another env)."""
+        return PythonTool(
+            self.timeout_s, self.memory_mb, self.max_output_chars, self.keep_worker, _language_layer=self._language_layer
+        )
+
+    def reset(self) -> None:
+        """A new episode: hand the worker back, so the next call runs in a fresh one (unless keep_worker)."""
+        if not self.keep_worker:
+            with self._lock:
+                self._lease.release()
+
+    def invoke(self, arguments: Any, timeout_s: float | None = None) -> ToolResult:
         """Validate `{"code": str}` and run it; every failure is a `ToolResult(ok=False)`."""
         try:
             problem = self.check_arguments(arguments)
             if problem is not None:
                 return ToolResult(self.name, False, f"Error: {problem}", problem)
-            return self.run(arguments["code"])
+            return self.run(arguments["code"], timeout_s=timeout_s)
         except Exception as exc:  # noqa: BLE001 - invoke never raises
             error = f"SystemError: the python tool failed: {type(exc).__name__}: {exc}"
             return ToolResult(self.name, False, f"Error: {error}", error)
 
-    def run(self, code: str) -> ToolResult:
-        """Run `code` in the sandbox and return what it printed (and its final expression's value)."""
+    def run(self, code: str, timeout_s: float | None = None) -> ToolResult:
+        """Run `code` in the sandbox and return what it printed (and its final expression's value).
+
+        `timeout_s` lowers this call's limit below the tool's (an env's step budget uses it)."""
         start = time.perf_counter()
         if not isinstance(code, str):
             return self._error(f"TypeError: code must be a string, not {type(code).__name__}", "", start)
         if len(code) > MAX_CODE_CHARS:
             return self._error(f"ValueError: code is too long ({len(code)} > {MAX_CODE_CHARS} characters)", "", start)
-        payload = self._request(code)
+        limit = float(self.timeout_s) if timeout_s is None else min(float(self.timeout_s), float(timeout_s))
+        payload = b"C" + REQUEST_HEADER.pack(limit, self.max_output_chars) + code.encode("utf-8", "surrogatepass")
         with self._lock:
             try:
-                return self._run_locked(payload, start)
+                return self._run_locked(payload, limit, start)
             except Exception as exc:  # noqa: BLE001 - a bug mid-protocol: the worker's state is unknown
-                self._discard_active()
+                self._lease.release()
                 return self._error(f"SystemError: the python tool failed: {type(exc).__name__}: {exc}", "", start)
             except BaseException:  # KeyboardInterrupt & co. propagate, but never leave a half-read worker
-                self._discard_active()
+                self._lease.release()
                 raise
 
     def start(self, wait: bool = True) -> None:
-        """Start the workers now (instead of at the first call); with `wait`, until they are ready.
+        """Start the shared pool and lease this tool's worker now (instead of at the first call).
 
-        Useful before timing-sensitive work: a first call otherwise pays the cold start (~45 ms).
-        Start-up problems are not raised here; the next call reports them as an error result.
-        """
+        Start-up problems are not raised here; the next call reports them as an error result."""
         with self._lock:
             try:
-                self._ensure_active()
-            except _StartError:
-                return
-            self._ensure_spare()
-            spare = self._workers.spare
-            if wait and spare is not None:
-                try:
-                    spare.wait_ready(self.startup_timeout_s)
-                except _WorkerGone:
-                    spare.kill()
-                    self._workers.spare = None
+                pool = _shared_pool()
+                if wait:
+                    pool.warm(self.startup_timeout_s)
+                self._ensure_worker()
+            except (_StartError, _WorkerGone):
+                self._lease.release()
 
     def close(self) -> None:
-        """Stop the worker processes (killed and reaped). The tool stays usable: a later call restarts them."""
+        """Hand the worker back (killed). The tool stays usable: a later call leases a new one."""
         with self._lock:
-            self._workers.shutdown()
+            self._lease.release()
 
     @property
     def worker_pids(self) -> tuple[int, ...]:
-        """Process ids of this tool's live workers (active first, then the spare)."""
-        ws = self._workers
-        return tuple(w.pid for w in (ws.active, ws.spare) if w is not None and w.proc.returncode is None)
+        """Process id of this tool's worker, if it holds a live one."""
+        worker = self._lease.worker
+        return (worker.pid,) if worker is not None and not worker.exited() else ()
+
+    @staticmethod
+    def security_layers() -> dict[str, str | None]:
+        """The layers the shared pool applied so far: name -> None when active, else why it is not."""
+        return dict(_shared_pool().layers)
 
     # -- internals -------------------------------------------------------------------------------
-    def _request(self, code: str) -> bytes:
-        header = _REQUEST_HEADER.pack(float(self.timeout_s or 0.0), self.max_output_chars)
-        return header + code.encode("utf-8", "surrogatepass")
-
-    def _worker_config(self) -> str:
-        if self._config is None:
-            rp_dir = _restricted_python_dir()
-            self._config = json.dumps(
-                {"path": [rp_dir] if rp_dir else [], "memory_mb": self.memory_mb, "recursion_limit": 1000}
-            )
-        return self._config
-
-    def _spawn(self) -> _Worker:
-        if self._workers.final:  # e.g. a daemon thread still calling while the interpreter exits
+    def _ensure_worker(self) -> _Worker:
+        if self._lease.final:  # e.g. a daemon thread still calling while the interpreter exits
             raise _StartError("the tool has been finalized (interpreter exit)")
-        try:
-            return _Worker(self._worker_config())
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            raise _StartError(f"{type(exc).__name__}: {exc}") from None
-
-    def _ensure_active(self) -> _Worker:
-        ws = self._workers
-        if ws.pid != os.getpid():  # pragma: no cover - handled by the fork hook; belt and braces
-            self._after_fork()
-            ws = self._workers
-        problem = ""
-        for _attempt in range(2):  # a spare that died meanwhile gets one fresh replacement
-            worker = ws.active
-            if worker is None:
-                worker, ws.spare = (ws.spare or self._spawn()), None
-                ws.active = worker
+        worker = self._lease.worker
+        if worker is None:
+            worker = _shared_pool().lease(self.startup_timeout_s)
             try:
-                worker.wait_ready(self.startup_timeout_s)
-                return worker
-            except _WorkerGone as exc:
-                problem = str(exc)
-                self._discard_active()
-        raise _StartError(problem)
+                worker.send(b"L" + json.dumps({
+                    "memory_mb": self.memory_mb,
+                    "cpu_s": int(max(600.0, 60 * float(self.timeout_s))),
+                    "recursion_limit": 1000,
+                    "language_layer": self._language_layer,
+                }).encode())  # fmt: skip
+            except _WorkerGone:
+                worker.kill()
+                raise
+            self._lease.worker = worker
+        return worker
 
-    def _ensure_spare(self) -> None:
-        ws = self._workers
-        if self.keep_spare and ws.spare is None:
-            try:
-                ws.spare = self._spawn()
-            except _StartError:  # the spare is an optimisation; the next call reports the problem
-                pass
-
-    def _discard_active(self) -> None:
-        ws = self._workers
-        if ws.active is not None:
-            ws.active.kill()
-            ws.active = None
-
-    def _replace_active(self) -> None:
-        """Kill the active worker, promote the spare (already starting) and start a new spare."""
-        self._discard_active()
-        ws = self._workers
-        ws.active, ws.spare = ws.spare, None
-        self._ensure_spare()
-
-    def _run_locked(self, payload: bytes, start: float) -> ToolResult:
+    def _run_locked(self, payload: bytes, limit: float, start: float) -> ToolResult:
         try:
-            worker = self._ensure_active()
-        except _StartError as exc:
+            worker = self._ensure_worker()
+            try:
+                worker.send(payload)
+            except _WorkerGone:  # died while idle: one retry on a fresh worker
+                self._lease.release()
+                worker = self._ensure_worker()
+                worker.send(payload)
+        except (_StartError, _WorkerGone) as exc:
+            self._lease.release()
             return self._error(f"SystemError: the python sandbox could not start: {exc}", "", start)
         max_reply = 64 + 4 * self.max_output_chars + 65536
         try:
-            try:
-                worker.send(payload)
-            except _WorkerGone:  # died while idle: retry once on a fresh worker
-                self._discard_active()
-                worker = self._ensure_active()
-                worker.send(payload)
-            reply = worker.recv(time.perf_counter() + float(self.timeout_s), max_reply)
+            reply = worker.recv(time.perf_counter() + limit, max_reply)
         except _Timeout:
-            self._replace_active()
-            return self._error(f"TimeoutError: execution exceeded {self.timeout_s:g} s", "", start)
+            self._lease.release()
+            return self._error(f"TimeoutError: execution exceeded {limit:g} s", "", start)
         except _WorkerGone:
-            reason = worker.describe_death() if worker.proc.poll() is not None else None
-            self._replace_active()
-            return self._error(reason or "SystemError: the sandbox process misbehaved; it has been restarted", "", start)
-        except _StartError as exc:
-            return self._error(f"SystemError: the python sandbox could not start: {exc}", "", start)
-        if self._workers.spare is None:
-            self._ensure_spare()  # only after a cold start (a kill replaces the spare at once)
+            pid = worker.pid
+            self._lease.release()
+            reason = _describe_status(_shared_pool().exit_status(pid))
+            return self._error(reason, "", start)
         kind, body = reply[:1], reply[1:]
         if kind == b"O":
-            text = body.decode("utf-8", "replace").rstrip("\n")
-            return ToolResult(self.name, True, text, None, time.perf_counter() - start)
+            return ToolResult(self.name, True, body.decode("utf-8", "replace").rstrip("\n"), None, time.perf_counter() - start)
         if kind == b"E":
             error, _, output = body.partition(b"\0")
             return self._error(error.decode("utf-8", "replace"), output.decode("utf-8", "replace"), start)
-        self._discard_active()
-        return self._error("SystemError: the sandbox process misbehaved; it has been restarted", "", start)
+        self._lease.release()
+        return self._error("SystemError: the sandbox process misbehaved; the next call gets a fresh one", "", start)
 
     def _error(self, error: str, output: str, start: float) -> ToolResult:
         content = f"Error: {error}"
@@ -493,16 +601,10 @@ class PythonTool(Tool):
         return ToolResult(self.name, False, content, error, time.perf_counter() - start)
 
     def _after_fork(self) -> None:
-        """In a forked child: forget the parent's workers (without killing them) and reset the lock."""
+        """In a forked child: forget the parent's worker (without killing it) and reset the lock."""
         self._lock = threading.Lock()
         self._finalizer.detach()
-        for worker in (self._workers.active, self._workers.spare):
-            if worker is not None:
-                for stream in (worker.proc.stdin, worker.proc.stdout):
-                    try:
-                        stream.close()  # type: ignore[union-attr]
-                    except OSError:
-                        pass
-                worker.proc.returncode = 0  # not our child: never wait for it
-        self._workers = _Workers()
-        self._finalizer = weakref.finalize(self, _Workers.finalize, self._workers)
+        if self._lease.worker is not None:
+            self._lease.worker.forget()
+        self._lease = _Lease()
+        self._finalizer = weakref.finalize(self, _Lease.finalize, self._lease)
