@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -34,6 +35,7 @@ ROLES = ("system", "user", "assistant", "tool")
 MAX_ACTION_CHARS = 1 << 22  # 4 MiB of text: anything longer is cut (and said so) before parsing
 
 EXECUTION_MODES = ("immediate", "delayed")
+DEFAULT_STEP_TIMEOUT_S = 30.0
 
 
 class Utterance(spaces.Text):
@@ -111,6 +113,13 @@ class ChatEnv(gym.Env[list, str]):
             compressor releases the turns it drops for good, so an episode's memory follows the budget, not
             its length. (Without a compressor the observation is the full history anyway.)
             Every subclass accepts these three keywords, whether or not its `__init__` lists them.
+        step_timeout_s: wall-time budget of all tool calls of one `step` together (queued calls run by
+            `<execute/>` included); a call gets what is left of it, and calls past it are not run and
+            come back as errors. None: no step budget (each call keeps its own timeout). Every subclass
+            accepts it too.
+
+    Each env owns its tools (`Tool.fresh`): a tool with state, like the python sandbox, is never shared
+    with another env, and `reset()` calls `tool.reset()` so no episode sees what the last one left.
 
     Subclasses implement `_new_episode()` and `_score_answer(answer)`.
     """
@@ -128,14 +137,18 @@ class ChatEnv(gym.Env[list, str]):
         compressor: Any = None,
         budget_tokens: int | None = None,
         keep_full_history: bool = False,
+        step_timeout_s: float | None = DEFAULT_STEP_TIMEOUT_S,
     ):
+        if step_timeout_s is not None and not step_timeout_s > 0:
+            raise ValueError("step_timeout_s must be > 0 or None")
         if execution not in EXECUTION_MODES:
             raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {execution!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}")
         if max_turns < 1:
             raise ValueError("max_turns must be at least 1")
-        self.tools: dict[str, Tool] = resolve_tools(tools)
+        self.tools: dict[str, Tool] = {name: t.fresh() for name, t in resolve_tools(tools).items()}
+        self.step_timeout_s = step_timeout_s
         self.context_window = _context_window(compressor, budget_tokens)
         self.keep_full_history = bool(keep_full_history)
         self.tool_schemas: list[dict[str, Any]] = [t.schema for t in self.tools.values()]
@@ -191,6 +204,8 @@ class ChatEnv(gym.Env[list, str]):
         self._turn = 0
         self._delayed_calls = 0
         self._done = False
+        for t in self.tools.values():
+            t.reset()
         self._messages = self._new_episode()
         if self.context_window is not None:
             self.context_window.reset(self.keep_full_history)
@@ -267,18 +282,24 @@ class ChatEnv(gym.Env[list, str]):
         if init is None:
             return
         params = inspect.signature(init).parameters
-        if "compressor" in params and "keep_full_history" in params:
+        if "compressor" in params and "keep_full_history" in params and "step_timeout_s" in params:
             return
         takes_compressor = "compressor" in params
+        takes_step_timeout = "step_timeout_s" in params
 
         @functools.wraps(init)
         def __init__(self: ChatEnv, *args: Any, keep_full_history: bool = False, **kw: Any) -> None:
             compressor = None if takes_compressor else kw.pop("compressor", None)
             budget_tokens = None if takes_compressor else kw.pop("budget_tokens", None)
+            step_timeout = None if takes_step_timeout else kw.pop("step_timeout_s", DEFAULT_STEP_TIMEOUT_S)
             init(self, *args, **kw)
             if compressor is not None or budget_tokens is not None:
                 self.context_window = _context_window(compressor, budget_tokens)
             self.keep_full_history = bool(keep_full_history)
+            if not takes_step_timeout:
+                if step_timeout is not None and not step_timeout > 0:
+                    raise ValueError("step_timeout_s must be > 0 or None")
+                self.step_timeout_s = step_timeout
 
         cls.__init__ = __init__
 
@@ -301,8 +322,9 @@ class ChatEnv(gym.Env[list, str]):
 
         Returns the results delivered this step.
         """
+        deadline = None if self.step_timeout_s is None else time.monotonic() + self.step_timeout_s
         if self.execution == "immediate":
-            results = [self._run(call) for call in parsed.calls]
+            results = [self._run(call, deadline) for call in parsed.calls]
         else:
             for call in parsed.calls:
                 if call.name not in self.tools:  # rejected at once: queueing a call that can never run helps no one
@@ -315,18 +337,24 @@ class ChatEnv(gym.Env[list, str]):
             if (parsed.execute or parsed.answer is not None) and self._pending:
                 batch, self._pending = self._pending, []
                 self._delayed_calls += len(batch) - 1
-                results = [self._run(call) for call in batch]
+                results = [self._run(call, deadline) for call in batch]
             elif parsed.execute and not parsed.calls:
                 errors.append("<execute/> with no queued tool calls")
         messages.extend({"role": "tool", "name": r.name, "content": r.content} for r in results)
         return results
 
-    def _run(self, call: ToolCall) -> ToolResult:
+    def _run(self, call: ToolCall, deadline: float | None) -> ToolResult:
         tool = self.tools.get(call.name)
         if tool is None:
             error = self._unknown_tool(call.name)
             return ToolResult(call.name, False, f"Error: {error}", error)
-        return tool.invoke(call.arguments)
+        if deadline is None:
+            return tool.invoke(call.arguments)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            error = f"not run: this step's tool budget of {self.step_timeout_s:g} s is used up"
+            return ToolResult(call.name, False, f"Error: {error}", error)
+        return tool.invoke(call.arguments, timeout_s=left)
 
     def _unknown_tool(self, name: str) -> str:
         return f"unknown tool {name[:80]!r}; available tools: {', '.join(self.tools) or 'none'}"

@@ -504,22 +504,24 @@ def test_timeout_from_a_thread_while_another_thread_runs():
         assert not out["slow"].ok and "TimeoutError" in out["slow"].content
 
 
-def _reaped(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
+def _gone(pid: int, within_s: float = 10.0) -> bool:
+    """The process has exited (a zombie counts: the zygote, not this test, reaps workers)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if "Z" in _proc_state(pid):
+            return True
+        time.sleep(0.01)
     return False
 
 
-def test_close_kills_and_reaps_workers_and_tool_restarts():
+def test_close_kills_the_worker_and_tool_restarts():
     t = PythonTool()
     _assert_works(t)
     pids = t.worker_pids
-    assert len(pids) == 2  # active + spare
+    assert len(pids) == 1  # one worker per tool; spares live in the shared pool
     t.close()
     assert t.worker_pids == ()
-    assert all(_reaped(pid) for pid in pids)
+    assert all(_gone(pid) for pid in pids)
     _assert_works(t)  # usable again after close
     t.close()
 
@@ -530,7 +532,7 @@ def test_garbage_collected_tool_stops_its_workers():
     pids = t.worker_pids
     del t
     gc.collect()
-    assert pids and all(_reaped(pid) for pid in pids)
+    assert pids and all(_gone(pid) for pid in pids)
 
 
 def test_worker_killed_while_idle_is_replaced_transparently():
@@ -538,7 +540,7 @@ def test_worker_killed_while_idle_is_replaced_transparently():
         _assert_works(t)
         active = t.worker_pids[0]
         os.kill(active, signal.SIGKILL)
-        os.waitpid(active, 0)
+        assert _gone(active)
         _assert_works(t)
 
 
@@ -567,9 +569,9 @@ def test_workers_are_killed_at_interpreter_exit():
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     pids = [int(p) for p in proc.stdout.split()]
-    assert len(pids) == 2
+    assert len(pids) == 1
     for pid in pids:  # the busy worker would otherwise spin for a minute
-        assert not os.path.exists(f"/proc/{pid}") or "Z" in _proc_state(pid)
+        assert _gone(pid)
 
 
 def _proc_state(pid: int) -> str:

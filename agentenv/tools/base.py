@@ -270,15 +270,26 @@ class Tool:
                 return f"argument '{key}' of tool '{self.name}' must be {expected}, got {type(value).__name__}"
         return None
 
-    def invoke(self, arguments: Any) -> ToolResult:
-        """Validate and run one call; every failure becomes `ToolResult(ok=False, error=...)`."""
+    def fresh(self) -> "Tool":
+        """The tool an env keeps for itself: stateless tools are shared as they are; a tool that owns a
+        process or state (the python tool) returns a copy of its own, so no two envs share it."""
+        return self
+
+    def reset(self) -> None:
+        """Called by the env at every `reset()`: forget whatever the last episode left (default: nothing)."""
+
+    def invoke(self, arguments: Any, timeout_s: float | None = None) -> ToolResult:
+        """Validate and run one call; every failure becomes `ToolResult(ok=False, error=...)`.
+
+        `timeout_s` lowers this call's budget below the tool's own (an env's per-step budget uses it)."""
         problem = self.check_arguments(arguments)
         if problem is not None:
             return ToolResult(self.name, False, f"Error: {problem}", problem)
+        budget = self.timeout_s if timeout_s is None else min(self.timeout_s or timeout_s, timeout_s)
         try:
-            value = call_with_timeout(self.fn, arguments, self.timeout_s)
+            value = call_with_timeout(self.fn, arguments, budget)
         except ToolTimeout:
-            error = f"tool '{self.name}' timed out after {self.timeout_s:g} s"
+            error = f"tool '{self.name}' timed out after {budget:g} s"
             return ToolResult(self.name, False, f"Error: {error}", error)
         except RecursionError:
             error = f"tool '{self.name}' raised RecursionError: maximum recursion depth exceeded"

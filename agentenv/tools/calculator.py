@@ -1,8 +1,11 @@
 """A calculator tool: exact arithmetic on an expression, evaluated over a whitelisted AST.
 
 Integers and fractions stay exact (`fractions.Fraction`), so `1/3 + 1/6` is `1/2`; a float appears only
-when a float literal or a transcendental function does. Exponents and factorials are bounded so an agent
-cannot turn the calculator into a CPU or memory bomb.
+when a float literal or a transcendental function does. The calculator runs in the host process, where
+nothing can interrupt one long C-level big-integer operation (a signal waits for it; a thread cannot be
+killed), so every operation is refused *before* it runs when its result could exceed `MAX_INT_BITS`:
+each single operation then takes well under a millisecond, and an expression of at most
+`MAX_EXPRESSION_CHARS` characters finishes in bounded time on any thread.
 """
 
 from __future__ import annotations
@@ -22,14 +25,52 @@ MAX_EXPRESSION_CHARS = 2000
 MAX_INT_BITS = 65_536
 
 
+def _bits(x: Any) -> int:
+    """Size of an exact value in bits (numerator plus denominator); floats count as one machine word."""
+    if isinstance(x, Fraction):
+        return x.numerator.bit_length() + x.denominator.bit_length()
+    if isinstance(x, int):
+        return x.bit_length()
+    return 64
+
+
+def _refuse_if_larger(bits: int) -> None:
+    if bits > MAX_INT_BITS:
+        raise ValueError(f"result would be too large (about {bits} bits > {MAX_INT_BITS})")
+
+
 def _bounded_pow(base: Any, exponent: Any) -> Any:
     if isinstance(exponent, Fraction) and exponent.denominator == 1:
         exponent = exponent.numerator
     if isinstance(exponent, int):
         if abs(exponent) > MAX_EXPONENT:
             raise ValueError(f"exponent {exponent} is larger than {MAX_EXPONENT}")
-        return Fraction(base) ** exponent if not isinstance(base, float) else base**exponent
+        if isinstance(base, float):
+            return base**exponent
+        _refuse_if_larger(_bits(base) * abs(exponent))
+        return Fraction(base) ** exponent
     return float(base) ** float(exponent)
+
+
+def _comb_or_perm(fn: Callable[[int, int], int]) -> Callable[[Any, Any], int]:
+    def bounded(n: Any, k: Any) -> int:
+        n, k = int(n), int(k)
+        if n > 10 * MAX_FACTORIAL:
+            raise ValueError("argument too large")
+        if 0 <= k <= n:  # perm(n, k) <= n^k; comb(n, k) <= min(2^n, n^min(k, n-k))
+            width = max(n, 1).bit_length()
+            bits = min(n, min(k, n - k) * width) if fn is math.comb else k * width
+            _refuse_if_larger(bits)
+        return fn(n, k)
+
+    return bounded
+
+
+def _round(x: Any, ndigits: Any = 0) -> Any:
+    ndigits = int(ndigits)
+    if abs(ndigits) > 100:
+        raise ValueError("round() keeps at most 100 digits")
+    return round(Fraction(x), ndigits) if ndigits else round(x)
 
 
 def _factorial(n: Any) -> int:
@@ -53,28 +94,36 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "cos": _as_float(math.cos),
     "tan": _as_float(math.tan),
     "abs": abs,
-    "round": lambda x, nd=0: round(Fraction(x), int(nd)) if nd else round(x),
+    "round": _round,
     "floor": math.floor,
     "ceil": math.ceil,
     "min": min,
     "max": max,
     "factorial": _factorial,
-    "comb": lambda n, k: math.comb(int(n), int(k)) if int(n) <= 10 * MAX_FACTORIAL else _too_big(),
-    "perm": lambda n, k: math.perm(int(n), int(k)) if int(n) <= 10 * MAX_FACTORIAL else _too_big(),
+    "comb": _comb_or_perm(math.comb),
+    "perm": _comb_or_perm(math.perm),
     "gcd": lambda a, b: math.gcd(int(a), int(b)),
 }
 _CONSTANTS = {"pi": math.pi, "e": math.e}
 
 
-def _too_big() -> None:
-    raise ValueError("argument too large")
+def _multiply(a: Any, b: Any) -> Any:
+    _refuse_if_larger(_bits(a) + _bits(b))
+    return a * b
+
+
+def _divide(a: Any, b: Any) -> Any:
+    if isinstance(a, float) or isinstance(b, float):
+        return a / b
+    _refuse_if_larger(_bits(a) + _bits(b))
+    return Fraction(a) / Fraction(b)
 
 
 _BINARY = {
     ast.Add: lambda a, b: a + b,
     ast.Sub: lambda a, b: a - b,
-    ast.Mult: lambda a, b: a * b,
-    ast.Div: lambda a, b: Fraction(a) / Fraction(b) if not isinstance(a, float) and not isinstance(b, float) else a / b,
+    ast.Mult: _multiply,
+    ast.Div: _divide,
     ast.FloorDiv: lambda a, b: a // b,
     ast.Mod: lambda a, b: a % b,
     ast.Pow: _bounded_pow,
