@@ -105,6 +105,13 @@ ALLOWED_MODULES = tuple(FACADES)
 # with "_" are refused by both): frame/generator/traceback/code introspection and `mro`.
 BLOCKED_ATTRS = frozenset(INSPECT_ATTRIBUTES) | _INTROSPECTION_ATTRS
 _FORMAT_ATTRS = frozenset({"format", "format_map"})
+# Names the guard treats specially on every type (never read natively).
+_GUARDED_NAMES = _FORMAT_ATTRS | {"register"}
+# Types whose public attributes are all bound methods or numbers: read without the guard.
+PLAIN_TYPES = frozenset({
+    list, dict, str, set, frozenset, tuple, int, float, complex, bool, bytes, bytearray, range,
+    collections.Counter, collections.OrderedDict, collections.defaultdict, collections.deque,
+})  # fmt: skip
 # Values an attribute access may never return, whatever the name.
 _BLOCKED_VALUE_TYPES = frozenset(
     {types.ModuleType, types.FrameType, types.CodeType, types.TracebackType, types.CellType}
@@ -149,6 +156,66 @@ class _SandboxPolicy(RestrictingNodeTransformer):  # type: ignore[misc,valid-typ
 
     def visit_Subscript(self, node):  # noqa: D102
         return self.node_contents_visit(node)
+
+    # Fast paths: `x.name` and `x.name(a, k=b)` (x, a, b plain names or constants) run natively when
+    # `type(x)` is a built-in data type (PLAIN_TYPES), whose public attributes are all bound methods or
+    # numbers, so the guard could only return the same value; any other type takes the guarded branch.
+    # The call form keeps CPython's method-call opcode (no bound method built per call).
+
+    @staticmethod
+    def _is_plain(node: ast.AST) -> bool:
+        return isinstance(node, ast.Constant) or (isinstance(node, ast.Name) and node.id not in ("print", "printed"))
+
+    @staticmethod
+    def _plain_type_test(name: str) -> ast.expr:
+        load = ast.Load()
+        return ast.Compare(
+            left=ast.Call(func=ast.Name("_type_", load), args=[ast.Name(name, load)], keywords=[]),
+            ops=[ast.In()],
+            comparators=[ast.Name("_plain_types_", load)],
+        )
+
+    def _fast_name(self, attribute: ast.AST) -> str | None:
+        if not isinstance(attribute, ast.Attribute) or not isinstance(attribute.ctx, ast.Load):
+            return None
+        name = attribute.attr
+        if name.startswith("_") or name in BLOCKED_ATTRS or name in _GUARDED_NAMES or not self._is_plain(attribute.value):
+            return None
+        return attribute.value.id if isinstance(attribute.value, ast.Name) else None
+
+    def visit_Attribute(self, node):  # noqa: D102
+        target = self._fast_name(node)
+        guarded = super().visit_Attribute(node)
+        if target is None:
+            return guarded
+        load = ast.Load()
+        native = ast.Attribute(value=ast.Name(target, load), attr=node.attr, ctx=load)
+        fast = ast.IfExp(test=self._plain_type_test(target), body=native, orelse=guarded)
+        copy_locations(fast, node)
+        return ast.fix_missing_locations(fast)
+
+    def visit_Call(self, node):  # noqa: D102
+        target = self._fast_name(node.func)
+        plain_args = all(self._is_plain(a) for a in node.args) and all(
+            k.arg is not None and self._is_plain(k.value) for k in node.keywords
+        )
+        if target is None or not plain_args:
+            return super().visit_Call(node)
+        load = ast.Load()
+        native = ast.Call(
+            func=ast.Attribute(value=ast.Name(target, load), attr=node.func.attr, ctx=load),
+            args=[ast.Constant(a.value) if isinstance(a, ast.Constant) else ast.Name(a.id, load) for a in node.args],
+            keywords=[
+                ast.keyword(arg=k.arg, value=ast.Constant(k.value.value) if isinstance(k.value, ast.Constant) else ast.Name(k.value.id, load))
+                for k in node.keywords
+            ],
+        )
+        guarded = super().visit_Call(node)  # checks every name, and guards the attribute read
+        if isinstance(guarded, ast.Call) and isinstance(guarded.func, ast.IfExp):
+            guarded.func = guarded.func.orelse  # the plain-type branch is `native` already
+        fast = ast.IfExp(test=self._plain_type_test(target), body=native, orelse=guarded)
+        copy_locations(fast, node)
+        return ast.fix_missing_locations(fast)
 
     def check_name(self, node, name, allow_magic_methods=False):  # noqa: D102
         if allow_magic_methods and name in EXTRA_MAGIC_METHODS and getattr(node, "col_offset", 0) != 0:
@@ -406,7 +473,7 @@ class Sandbox:
         allowed_list = ", ".join(sorted(modules))
         blocked_attrs = BLOCKED_ATTRS
         blocked_values = _BLOCKED_VALUE_TYPES
-        special_attrs = _FORMAT_ATTRS | {"register"}
+        special_attrs = _GUARDED_NAMES
         abc_meta = __import__("abc").ABCMeta
         safe_write_types = frozenset({dict, list, bytearray})
         decimal_context = __import__("decimal").Context
@@ -576,6 +643,8 @@ class Sandbox:
                 "__metaclass__": sandbox_metaclass,
                 "_getattr_": guarded_getattr,
                 "_getiter_": iter,
+                "_type_": type,
+                "_plain_types_": PLAIN_TYPES,
                 "_write_": guarded_write,
                 "_inplace_attr_": inplace_attr,
                 "_apply_": apply,
@@ -726,6 +795,14 @@ _WARM_UP = (
     "print(copy.deepcopy([{1: (2,)}]), '{0:>4}|{x}'.format(1, x=2), collections.Counter('aab').most_common(1))\n"
     "class A:\n    def __init__(self):\n        self.v = [i * i for i in range(3)]\nprint(sorted(A().v)[-1])\n"
 )
+
+
+# Codecs a program may name in str.encode/bytes.decode: looked up (imported) in the zygote, because a
+# worker may not be able to read the standard library any more (its uid cannot enter /root, say).
+_CODECS = """ascii latin_1 utf_8 utf_8_sig utf_16 utf_16_le utf_16_be utf_32 utf_32_le utf_32_be utf_7 cp1252
+    cp437 cp850 iso8859_15 idna punycode unicode_escape raw_unicode_escape hex_codec base64_codec rot_13
+    quopri_codec uu_codec zlib_codec bz2_codec mac_roman koi8_r cp1251 gb2312 gbk big5 shift_jis euc_jp
+    euc_kr""".split()
 
 
 def _send(fd: int, payload: bytes) -> None:
@@ -911,6 +988,13 @@ def _zygote_main(config: dict[str, Any], sock_fd: int) -> int:
         if not ok:
             raise RuntimeError(f"warm-up failed: {error}")
         sandbox._cache.clear()
+        import codecs
+
+        for name in _CODECS:
+            try:
+                codecs.lookup(name)
+            except LookupError:
+                pass
         read_paths = sorted({p for p in (sys.base_prefix, sys.prefix, sys.exec_prefix, *config.get("path", ())) if p})
         layers = {"netns": osl.unshare_network()}
         seccomp, layers["seccomp_program"] = osl.seccomp_filter()
