@@ -404,3 +404,14 @@ def test_native_attribute_fast_path_gives_the_same_values(env):
     )
     result = _step(env, code)
     assert result["ok"] and result["content"] == "1 0 [1, 3] ['a', 'b'] 3 2.0 2 A,B", result
+
+
+def test_process_layer_stops_reading_outside_the_python_installation(raw_tool):
+    code = (
+        "import os\nres = []\n"
+        f"for f in (lambda: os.listdir('/'), lambda: open('/etc/passwd').read(), lambda: os.listdir({ROOT!r}),\n"
+        f"          lambda: open({os.path.join(ROOT, 'README.md')!r}).read(), lambda: os.listdir('/proc/self/fd')):\n"
+        "    try:\n        f()\n        res.append('READ')\n    except OSError as e:\n        res.append(type(e).__name__)\nprint(res)"
+    )
+    out = _raw(raw_tool, code)
+    assert "READ" not in out and out.count("PermissionError") == 5, out
