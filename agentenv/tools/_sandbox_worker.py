@@ -824,6 +824,9 @@ _CODECS = """ascii latin_1 utf_8 utf_8_sig utf_16 utf_16_le utf_16_be utf_32 utf
     euc_kr""".split()
 
 
+_FIRST_TOUCH = "import math\nd = {}\nfor i in range(200):\n    d[i % 7] = d.get(i % 7, 0) + math.sqrt(i)\nprint(len(d))"
+
+
 def _send(fd: int, payload: bytes) -> None:
     data = memoryview(LENGTH.pack(len(payload)) + payload)
     while data:
@@ -927,6 +930,10 @@ def _worker_main(plan: _Plan, request_fd: int, reply_fd: int) -> None:
     baseline_kb = _vm_size_kb()
     layers = _harden_worker(plan)
     random.seed()  # the zygote's generator state is shared by every fork: draw a fresh one
+    # Touch the pages a first program needs while the worker waits in the pool (copy-on-write faults
+    # here, not in the episode's first call); trusted code, and the cache it fills is emptied.
+    plan.sandbox.run(_FIRST_TOUCH)
+    plan.sandbox._cache.clear()
     _send(1, b"R" + json.dumps({"pid": os.getpid(), "baseline_kb": baseline_kb, "layers": layers}).encode())
     try:
         lease = _recv(0)
@@ -1053,7 +1060,6 @@ def _zygote_main(config: dict[str, Any], sock_fd: int) -> int:
                 break
             if not message:
                 break  # the host is gone
-            reap()
             kind = message[:1]
             if kind == b"S" and len(fds) == 2:
                 pid = os.fork()
@@ -1071,6 +1077,7 @@ def _zygote_main(config: dict[str, Any], sock_fd: int) -> int:
                     socket.send_fds(sock, [b"P" + struct.pack(">I", pid)], [pidfd])
                 finally:
                     os.close(pidfd)
+                reap()  # after the reply: the host is not kept waiting for clean-up
             elif kind == b"W" and len(message) == 5:
                 (pid,) = struct.unpack(">I", message[1:])
                 for _ in range(100):

@@ -56,7 +56,8 @@ _TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 _WORKER_PATH = os.path.join(_TOOLS_DIR, "_sandbox_worker.py")
 MAX_CODE_CHARS = 1_000_000
 STARTUP_TIMEOUT_S = 60.0
-POOL_READY_WORKERS = 2
+POOL_READY_WORKERS = 2  # spares kept at least; at most one per worker in use, up to POOL_MAX_SPARES
+POOL_MAX_SPARES = 32
 _LENGTH = 4
 
 
@@ -178,6 +179,11 @@ class _Pool:
         self.proc: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
         self.ready: list[_Worker] = []
+        self.pending: list[tuple[int, int]] = []  # (request write end, reply read end) awaiting "P", in order
+        self.leased = 0  # workers tools hold now
+        self.demand = 0  # env-owned python tools alive: the pool keeps a spare for each (capped), so the
+        # next episode of every env finds its worker forked, confined and warm
+        self.announced = False
         self.layers: dict[str, str | None] = {}
         self.warned: set[str] = set()
 
@@ -197,10 +203,16 @@ class _Pool:
             raise _StartError(f"{type(exc).__name__}: {exc}") from None
         finally:
             theirs.close()
-        ours.settimeout(STARTUP_TIMEOUT_S)
         self.sock = ours
+        self.announced = False  # its "Z" comes first on the socket; spawn requests may be queued meanwhile
+
+    def _await_zygote(self) -> None:
+        """Read the zygote's start-up message (it imports and warms for ~0.1 s after `_start`)."""
+        if self.announced:
+            return
+        self.sock.settimeout(STARTUP_TIMEOUT_S)
         try:
-            message = ours.recv(1 << 16)
+            message = self.sock.recv(1 << 16)
         except OSError as exc:
             self._stop_zygote()
             raise _StartError(f"the sandbox did not start: {exc}") from None
@@ -208,13 +220,18 @@ class _Pool:
             self._stop_zygote()
             reason = message[1:].decode("utf-8", "replace") if message[:1] == b"F" else "it exited"
             raise _StartError(f"the sandbox did not start: {reason}")
-        ours.settimeout(10.0)
+        self.sock.settimeout(10.0)
+        self.announced = True
         self._note_layers(json.loads(message[1:]).get("layers", {}))
 
     def _stop_zygote(self) -> None:
         for worker in self.ready:
             worker.kill()
         self.ready = []
+        for fds in self.pending:
+            for fd in fds:
+                os.close(fd)
+        self.pending = []
         if self.sock is not None:
             self.sock.close()  # the zygote sees EOF, kills its workers and exits
             self.sock = None
@@ -226,8 +243,8 @@ class _Pool:
                 self.proc.wait()
             self.proc = None
 
-    def _spawn(self) -> _Worker:
-        """Ask the zygote to fork one worker on two new pipes (the worker hardens itself meanwhile)."""
+    def _request_spawn(self) -> None:
+        """Ask the zygote to fork one worker on two new pipes; its "P" reply is read later, in order."""
         if self.sock is None or (self.proc is not None and self.proc.poll() is not None):
             self._stop_zygote()
             self._start()
@@ -235,7 +252,6 @@ class _Pool:
         reply_r, reply_w = os.pipe()
         try:
             socket.send_fds(self.sock, [b"S"], [request_r, reply_w])
-            message, fds, _flags, _addr = socket.recv_fds(self.sock, 64, 1)
         except OSError as exc:
             for fd in (request_w, reply_r):
                 os.close(fd)
@@ -244,12 +260,38 @@ class _Pool:
         finally:
             os.close(request_r)
             os.close(reply_w)
+        self.pending.append((request_w, reply_r))
+
+    def _complete_spawn(self) -> _Worker:
+        """The worker of the oldest spawn request (its pid and pidfd from the zygote's reply)."""
+        self._await_zygote()
+        request_w, reply_r = self.pending.pop(0)
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(self.sock, 64, 1)
+        except (OSError, AttributeError) as exc:
+            os.close(request_w)
+            os.close(reply_r)
+            self._stop_zygote()
+            raise _StartError(f"the sandbox zygote failed: {exc}") from None
         if message[:1] != b"P" or len(fds) != 1:
             for fd in (request_w, reply_r, *fds):
                 os.close(fd)
+            self._stop_zygote()
             raise _StartError("the sandbox zygote answered out of protocol")
         (pid,) = struct.unpack(">I", message[1:5])
         return _Worker(pid, fds[0], reply_r, request_w)
+
+    def _collect_replies(self, block: bool) -> None:
+        while self.pending and (block or select.select([self.sock], [], [], 0)[0]):
+            if not self.announced and not block:
+                self._await_zygote()
+                continue
+            self.ready.append(self._complete_spawn())
+
+    def _top_up(self) -> None:
+        target = min(POOL_MAX_SPARES, max(self.ready_workers, self.leased, self.demand))
+        while len(self.ready) + len(self.pending) < target:
+            self._request_spawn()
 
     def _note_layers(self, layers: dict[str, str | None]) -> None:
         self.layers.update(layers)
@@ -264,9 +306,15 @@ class _Pool:
         with self.lock:
             if self.pid != os.getpid():
                 raise _StartError("the sandbox pool belongs to another process")
-            worker = self.ready.pop(0) if self.ready else self._spawn()
-            while len(self.ready) < self.ready_workers:
-                self.ready.append(self._spawn())
+            if self.sock is not None:
+                self._collect_replies(block=False)
+            if not self.ready:
+                if not self.pending:
+                    self._request_spawn()
+                self.ready.append(self._complete_spawn())
+            worker = self.ready.pop(0)
+            self.leased += 1
+            self._top_up()
         worker.wait_ready(startup_timeout_s)
         layers = worker.info.get("layers", {})
         if any(reason is not None and name not in self.warned for name, reason in layers.items()):
@@ -276,10 +324,26 @@ class _Pool:
             self.layers.update(layers)
         return worker
 
+    def returned(self) -> None:
+        """A tool handed its worker back (killed it)."""
+        self.leased = max(0, self.leased - 1)
+
+    def expect(self, change: int) -> None:
+        """An env took (+1) or dropped (-1) a python tool: start forking its next worker in the background."""
+        with self.lock:
+            if self.pid != os.getpid():
+                return
+            self.demand = max(0, self.demand + change)
+            if change > 0:
+                try:
+                    self._top_up()
+                except _StartError:
+                    pass  # reported by the first call
+
     def warm(self, startup_timeout_s: float) -> None:
         with self.lock:
-            while len(self.ready) < self.ready_workers:
-                self.ready.append(self._spawn())
+            self._top_up()
+            self._collect_replies(block=True)
             ready = list(self.ready)
         for worker in ready:
             try:
@@ -291,6 +355,11 @@ class _Pool:
         """How worker `pid` ended (a wait status), as the zygote reaped it; None if unknown."""
         with self.lock:
             if self.sock is None:
+                return None
+            try:
+                self._await_zygote()
+                self._collect_replies(block=True)  # spawn replies come first on the socket
+            except _StartError:
                 return None
             try:
                 self.sock.send(b"W" + struct.pack(">I", pid))
@@ -312,6 +381,10 @@ class _Pool:
         for worker in self.ready:
             worker.forget()
         self.ready = []
+        for fds in self.pending:
+            for fd in fds:
+                os.close(fd)
+        self.pending = []
         if self.sock is not None:
             self.sock.detach()
             self.sock = None
@@ -354,6 +427,9 @@ class _Lease:
         if self.worker is not None:
             self.worker.kill()
             self.worker = None
+            pool = _pool
+            if pool is not None and pool.pid == os.getpid():
+                pool.returned()
 
     def finalize(self) -> None:
         self.final = True
@@ -469,10 +545,16 @@ class PythonTool(Tool):
 
     # -- public API ------------------------------------------------------------------------------
     def fresh(self) -> PythonTool:
-        """The same tool with a worker of its own (an env never shares its sandbox with another env)."""
-        return PythonTool(
+        """The same tool with a worker of its own (an env never shares its sandbox with another env).
+
+        The pool starts forking a worker for it now, in the background, and keeps one spare per such tool."""
+        tool = PythonTool(
             self.timeout_s, self.memory_mb, self.max_output_chars, self.keep_worker, _language_layer=self._language_layer
         )
+        pool = _shared_pool()
+        pool.expect(+1)
+        weakref.finalize(tool, pool.expect, -1)
+        return tool
 
     def reset(self) -> None:
         """A new episode: hand the worker back, so the next call runs in a fresh one (unless keep_worker)."""
