@@ -1,7 +1,10 @@
 """Env overhead side by side: agentenv vs gem-llm vs skyrl-gym on the same math task, in one run.
 
 Measures the median µs of one `env.step` (a) with an action that calls no tool and does not end the
-episode, and (b) with an action that makes one trivial python call (`print(1+1)`). The agentenv side
+episode, and (b) with an action that makes one trivial python call (`print(1+1)`, with a comment that
+changes every call, so our compile cache never hits; the peers start a new `python -c` per call, which
+has no cache to hit). gem-llm has no non-terminal step without a tool call: its (a) figure is a terminal
+step graded through a multiprocessing pool, not the same operation, and the table says so. The agentenv side
 runs in this process; the peers run in their own venv (`benchmarks/setup_peers.sh` builds
 `.venv-peers`), launched from here by `benchmarks/peers_env.py`, which documents exactly how each
 peer's env is built and stepped. Only `step` is timed; resets are not.
@@ -28,14 +31,18 @@ from peers_env import ANSWER, CODE, NO_TOOL_ACTION, QUESTION  # noqa: E402 - the
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
-PYTHON_ACTION = '<tool_call>{"name": "python", "arguments": {"code": "%s"}}</tool_call>' % CODE
 
 
-def time_steps(action: str, n: int, warmup: int, check) -> list[int]:
+def python_action(i: int) -> str:
+    return '<tool_call>{"name": "python", "arguments": {"code": "%s  # call %d"}}</tool_call>' % (CODE, i)
+
+
+def time_steps(action_for, n: int, warmup: int, check) -> list[int]:
     env = gym.make("agentenv/ToolReasoning-v0", tools=["python"], tasks=[{"question": QUESTION, "answer": ANSWER}])
     env.reset(seed=0)
     samples = []
     for i in range(n + warmup):
+        action = action_for(i)
         t0 = time.perf_counter_ns()
         obs, reward, terminated, truncated, info = env.step(action)
         t1 = time.perf_counter_ns()
@@ -60,8 +67,8 @@ def check_python(obs, info):
 def ours(quick: bool) -> dict[str, float]:
     n_fast, n_tool = (200, 50) if quick else (5000, 1000)
     return {
-        "step_no_tool": statistics.median(time_steps(NO_TOOL_ACTION, n_fast, 100, check_no_tool)) / 1000,
-        "python_call": statistics.median(time_steps(PYTHON_ACTION, n_tool, 20, check_python)) / 1000,
+        "step_no_tool": statistics.median(time_steps(lambda i: NO_TOOL_ACTION, n_fast, 100, check_no_tool)) / 1000,
+        "python_call": statistics.median(time_steps(python_action, n_tool, 20, check_python)) / 1000,
     }
 
 
@@ -92,6 +99,9 @@ def main() -> None:
         print(f"{what:<14} {mine[what]:>12.1f} {gem or float('nan'):>12.1f} {sky or float('nan'):>13.1f} {ratio(gem):>9} {ratio(sky):>11}")
         rows.append({"what": what, "agentenv_us": mine[what], "gem_llm_us": gem, "skyrl_gym_us": sky})
     print("(ratio > 1: the peer is that many times slower than agentenv; medians, same machine, same run)")
+    print("not the same operation: gem-llm's step_no_tool is a TERMINAL step graded by math_verify through a "
+          "multiprocessing.Pool(1) round trip (gem has no non-terminal step without a tool call); ours and "
+          "skyrl-gym's are non-terminal steps that only append to the history.")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "peers": {f"{k[0]}:{k[1]}": v for k, v in theirs.items()}}, indent=1))
 
