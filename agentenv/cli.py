@@ -9,6 +9,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from agentenv.errors import UserError
+
 __all__ = ["main"]
 
 
@@ -18,7 +20,7 @@ def _parse_kv(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"expected KEY=VALUE, got {pair!r}")
+            raise UserError(f"expected KEY=VALUE, got {pair!r}")
         out[key.strip()] = yaml.safe_load(value)
     return out
 
@@ -31,22 +33,22 @@ def _make_policy(spec: str, env_id: str):
         try:
             return scripted_policy(env_id)
         except ValueError as exc:
-            raise SystemExit(str(exc)) from None
+            raise UserError(str(exc)) from None
     if kind == "hf" and path:
         from agentenv.policies.hf import HFPolicy
 
         try:
             return HFPolicy(path)  # a saved model directory, or "tiny"/"small" (random tiny models)
         except (FileNotFoundError, ValueError) as exc:
-            raise SystemExit(f"cannot load policy {spec!r}: {exc}") from None
+            raise UserError(f"cannot load policy {spec!r}: {exc}") from None
     if kind == "vllm" and path:
         from agentenv.policies.vllm import VLLMPolicy
 
         try:
             return VLLMPolicy(path)  # a saved model directory, or "tiny"/"small"; needs the `vllm` extra and a GPU
         except (ImportError, FileNotFoundError, ValueError) as exc:
-            raise SystemExit(f"cannot load policy {spec!r}: {exc}") from None
-    raise SystemExit(f"unknown policy {spec!r}: use 'scripted', 'hf:PATH' or 'vllm:PATH' (PATH a saved HF model dir, or 'tiny')")
+            raise UserError(f"cannot load policy {spec!r}: {exc}") from None
+    raise UserError(f"unknown policy {spec!r}: use 'scripted', 'hf:PATH' or 'vllm:PATH' (PATH a saved HF model dir, or 'tiny')")
 
 
 def _env_id(name: str) -> str:
@@ -98,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     Console().print(table)
     console.print(f"episodes written to {out}")
-    return 0
+    return 0 if len(logs) == args.episodes else 1
 
 
 def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
@@ -147,12 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb; a user's mistake (`UserError`) is one line on stderr and exit status 2, no traceback."""
     args, extra = build_parser().parse_known_args(argv)
-    if args.command == "train":
-        return args.func(args, extra)
-    if extra:
-        raise SystemExit(f"unrecognized arguments: {' '.join(extra)}")
-    return args.func(args)
+    try:
+        if args.command == "train":
+            return args.func(args, extra)
+        if extra:
+            raise UserError(f"unrecognized arguments: {' '.join(extra)}")
+        return args.func(args)
+    except UserError as exc:
+        print(f"agentenv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"agentenv {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 import pytest
 
-from agentenv.policies.train import TrainConfig, load_config
+from agentenv.cli import main
+from agentenv.errors import UserError
+from agentenv.policies.train import HELD_OUT_SEED_BASE, TrainConfig, load_config, train_task_seed
 
 
 def test_yaml_then_cli_overrides(tmp_path):
@@ -17,5 +19,27 @@ def test_yaml_then_cli_overrides(tmp_path):
 
 @pytest.mark.parametrize("override", ["--stepz=3", "--learner.nope=1", "steps"])
 def test_bad_keys_are_user_errors(override):
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("argv", [["train", "--stepz=3"], ["train", "--learner.nope=1"], ["run", "ToolReasoning-v0", "--policy", "bogus"],
+                                  ["run", "ToolReasoning-v0", "--env-arg", "novalue"], ["list", "--extra"]])
+def test_cli_user_errors_are_one_line_and_exit_2(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"agentenv {argv[0]}: error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("run_seed", [0, 1, 9, 10, 11, 99, 12345])
+def test_training_tasks_never_reach_the_held_out_range(run_seed):
+    # every step of a long run, every task of a step: below the first held-out seed
+    seeds = [train_task_seed(run_seed, step, 64, i) for step in range(0, 20_000, 7) for i in (0, 63)]
+    assert max(seeds) < HELD_OUT_SEED_BASE and min(seeds) >= 0
+    assert train_task_seed(run_seed, 3, 8, 5) == train_task_seed(run_seed, 3, 8, 5)  # deterministic
+
+
+def test_training_seeds_of_small_runs_are_unchanged():
+    # runs with seed < 10 drew these seeds before the fix: their episodes and metrics stay the same
+    assert [train_task_seed(0, 2, 8, i) for i in range(3)] == [16, 17, 18]
+    assert train_task_seed(3, 5, 8, 1) == 300_000_041

@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from agentenv.errors import UserError
+
 __all__ = ["StressConfig", "RunStats", "load_scenario", "run_stress", "sweep", "plot_sweep", "cmd_stress", "add_stress_parser"]
 
 
@@ -76,7 +78,7 @@ def load_scenario(path: str | Path) -> StressConfig:
     known = {f.name for f in fields(StressConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise SystemExit(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise UserError(f"{path}: unknown key(s) {unknown}; known: {sorted(known)}")
     return StressConfig(**data)
 
 
@@ -132,7 +134,7 @@ def run_stress(config: StressConfig, compressor: str | None = None, budget_token
                        keep_full_history=config.keep_full_history)
         stream_env = env.unwrapped
         if not hasattr(stream_env, "stream"):
-            raise SystemExit(f"{config.env} has no fact stream to measure retention on; stress runs need agentenv/Ledger-v0")
+            raise UserError(f"{config.env} has no fact stream to measure retention on; stress runs need agentenv/Ledger-v0")
         t0, c0 = time.perf_counter(), time.process_time()
         obs, info = env.reset(seed=config.seed + episode)
         wall += time.perf_counter() - t0

@@ -28,12 +28,19 @@ import torch
 import yaml
 
 from agentenv.policies import plugins as P
+from agentenv.errors import UserError
 from agentenv.policies.learner import LearnerConfig, episode_advantages, make_batch, make_care_probe, sft_update, teacher_logprobs, update
 from agentenv.policies.presets import learner_preset
 
 __all__ = ["TrainConfig", "load_config", "train"]
 
-HELD_OUT_SEED_BASE = 1_000_000_000  # training seeds stay far below this, so evaluation tasks are unseen
+HELD_OUT_SEED_BASE = 1_000_000_000  # evaluation seeds start here; training seeds are always below it
+
+
+def train_task_seed(run_seed: int, step: int, tasks_per_step: int, index: int) -> int:
+    """The env seed of training task `index` of `step`: in [0, HELD_OUT_SEED_BASE) for every run seed, so a
+    held-out (evaluation) task is never trained on. (Unwrapped, run seed 10 reached the held-out range.)"""
+    return (run_seed * 100_000_000 + step * tasks_per_step + index) % HELD_OUT_SEED_BASE
 
 
 @dataclass
@@ -78,7 +85,7 @@ def _coerce(value: Any, current: Any) -> Any:
         try:
             return type(current)(value) if not isinstance(current, int) or float(value).is_integer() else float(value)
         except ValueError:
-            raise SystemExit(f"expected a number, got {value!r}") from None
+            raise UserError(f"expected a number, got {value!r}") from None
     return value
 
 
@@ -90,10 +97,10 @@ def _apply(target: Any, updates: dict[str, Any], where: str) -> None:
             try:
                 _apply(target, learner_preset(value), where)
             except ValueError as err:
-                raise SystemExit(str(err)) from None
+                raise UserError(str(err)) from None
             continue
         if head not in names:
-            raise SystemExit(f"unknown config key {where}{head!r}; known: {', '.join(sorted(names))}")
+            raise UserError(f"unknown config key {where}{head!r}; known: {', '.join(sorted(names))}")
         current = getattr(target, head)
         if dataclasses.is_dataclass(current):
             _apply(current, {rest: value} if rest else dict(value), f"{where}{head}.")
@@ -112,7 +119,7 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Train
     for item in overrides:
         key, sep, value = item.lstrip("-").partition("=")
         if not sep:
-            raise SystemExit(f"expected --key=value, got {item!r}")
+            raise UserError(f"expected --key=value, got {item!r}")
         _apply(cfg, {key: value}, "")
     return cfg
 
@@ -264,7 +271,7 @@ def reflection_hints(policy, episodes: Sequence[Any], max_new_tokens: int) -> li
 def _single_token_id(tokenizer, token: str) -> int:
     ids = tokenizer.encode(token, add_special_tokens=False)
     if len(ids) != 1:
-        raise SystemExit(f"ih_grpo needs {token!r} to be one token of the tokenizer (got {ids}); set learner.ih_token_id")
+        raise UserError(f"ih_grpo needs {token!r} to be one token of the tokenizer (got {ids}); set learner.ih_token_id")
     return ids[0]
 
 
@@ -341,7 +348,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         for step in range(start_step, cfg.steps):
             t0 = time.perf_counter()
             sampler.manual_seed(cfg.seed * 1_000_003 + step)  # mini-batch order depends only on (seed, step)
-            seeds = [cfg.seed * 100_000_000 + step * cfg.tasks_per_step + i for i in range(cfg.tasks_per_step)]
+            seeds = [train_task_seed(cfg.seed, step, cfg.tasks_per_step, i) for i in range(cfg.tasks_per_step)]
             episodes = collect(cfg.env_id, policy, seeds, group_size=cfg.group_size, env_kwargs=cfg.env_kwargs,
                                max_seq_len=cfg.max_seq_len)
             t1 = time.perf_counter()
