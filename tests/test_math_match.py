@@ -34,3 +34,30 @@ def test_hostile_answers_are_rejected_fast(hostile):
 
 def test_parse_number_forms():
     assert parse_number("-3.5") == -3.5 and parse_number("50%") == 50 and parse_number("abc") is None
+
+
+def test_symbolic_check_does_not_pay_the_sympy_import_inside_its_timeout(monkeypatch):
+    """Under load the first symbolic comparison of a process timed out on the import alone. Now the import
+    and warm-up run before the clock: with a budget far below sympy's import time, a fresh process still
+    scores the correct answer (the remaining work is one parse and one simplify)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import agentenv.rewards.math_match as m\n"
+        "m.SYMBOLIC_TIMEOUT_S = 0.5\n"  # sympy's import alone takes longer than this on a loaded machine
+        "r = m.match_answer('(x-1)*(x+1)', 'x^2 - 1')\n"
+        "print(r.equal, r.timed_out)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["True", "False"], out.stderr[-2000:]
+
+
+def test_a_timed_out_symbolic_check_is_reported_not_silent(monkeypatch):
+    import agentenv.rewards.math_match as m
+
+    m._sympy()
+    monkeypatch.setattr(m, "_symbolic_equal", lambda a, b: __import__("time").sleep(1.0))
+    monkeypatch.setattr(m, "SYMBOLIC_TIMEOUT_S", 0.05)
+    result = m.match_answer("(x-1)*(x+1)", "x^2 - 1")
+    assert result == m.AnswerMatch(False, timed_out=True)

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 from agentenv.core import ChatEnv, Message, Score
 from agentenv.envs.tool_reasoning_tasks import GENERATORS, Task, generate_task, load_jsonl_tasks
-from agentenv.rewards.math_match import answers_match
+from agentenv.rewards.math_match import match_answer
 from agentenv.tools.parsing import parse_action
 from agentenv.tools.registry import ToolSpec
 
@@ -89,8 +89,12 @@ class ToolReasoningEnv(ChatEnv):
 
     def _score_answer(self, answer: str, action: str) -> Score:
         assert self.task is not None
-        correct = len(answer) <= MAX_ANSWER_CHARS and answers_match(answer, self.task.answer)
+        match = match_answer(answer, self.task.answer) if len(answer) <= MAX_ANSWER_CHARS else None
+        correct = match is not None and match.equal
         parsed = parse_action(action, python_blocks="python" in self.tools)
         well_formed = bool(answer) and len(answer) <= MAX_ANSWER_CHARS and not parsed.errors
         reward = (1.0 - self.format_weight) * correct + self.format_weight * well_formed
-        return Score(reward, correct, {"correct": float(correct), "format": float(well_formed)})
+        components = {"correct": float(correct), "format": float(well_formed)}
+        if match is not None and match.timed_out:  # a reward decided by the clock is flagged, never silent
+            components["answer_check_timed_out"] = 1.0
+        return Score(reward, correct, components)

@@ -4,18 +4,22 @@ Numbers are compared exactly as fractions when both sides are exact (`3/4`, `0.7
 equal), else to a relative tolerance of 1e-6. Expressions (`2x+1`, `\\sqrt{2}/2`) are compared with
 sympy after a whitelist check: only known function names and single-letter symbols reach sympy's parser
 (which `eval`s), exponents are bounded, and the comparison runs under a timeout, so an agent's answer
-can neither run code nor hang the reward.
+can neither run code nor hang the reward. sympy is imported and warmed (its parser and `simplify` run
+once) before the first clock starts, so a correct answer never loses to the import time on a busy
+machine; `match_answer` says when the timeout did decide (`timed_out`), and envs report it.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 
 from agentenv.tools.base import ToolTimeout, call_with_timeout
 
-__all__ = ["answers_match", "parse_number", "normalize_answer"]
+__all__ = ["answers_match", "match_answer", "AnswerMatch", "parse_number", "normalize_answer"]
 
 REL_TOL = 1e-6
 MAX_SYMBOLIC_CHARS = 200
@@ -99,7 +103,9 @@ def _to_sympy_text(s: str) -> str | None:
     return s.replace("ln", "log")
 
 
-def _symbolic_equal(a: str, b: str) -> bool:
+@lru_cache(maxsize=1)
+def _sympy() -> tuple:
+    """sympy's `simplify`, `parse_expr` and transformations, imported and run once (outside any timeout)."""
     from sympy import simplify
     from sympy.parsing.sympy_parser import (
         implicit_multiplication_application,
@@ -108,27 +114,47 @@ def _symbolic_equal(a: str, b: str) -> bool:
     )
 
     transformations = standard_transformations + (implicit_multiplication_application,)
+    simplify(parse_expr("(x-1)*(x+1)", transformations=transformations) - parse_expr("x**2 - 1", transformations=transformations))
+    return simplify, parse_expr, transformations
+
+
+def _symbolic_equal(a: str, b: str) -> bool:
+    simplify, parse_expr, transformations = _sympy()
     left = parse_expr(a, transformations=transformations, evaluate=True)
     right = parse_expr(b, transformations=transformations, evaluate=True)
     return bool(simplify(left - right) == 0)
 
 
-def answers_match(predicted: str, reference: str) -> bool:
-    """True when `predicted` states the same answer as `reference` (numerically, symbolically or textually)."""
+@dataclass(frozen=True)
+class AnswerMatch:
+    """Whether two answers match; `timed_out` when the symbolic check ran out of time (counted as no match)."""
+
+    equal: bool
+    timed_out: bool = False
+
+
+def match_answer(predicted: str, reference: str) -> AnswerMatch:
+    """Compare `predicted` with `reference` numerically, textually, then symbolically (see the module doc)."""
     if not isinstance(predicted, str) or not isinstance(reference, str):
-        return False
+        return AnswerMatch(False)
     p_num, r_num = parse_number(predicted), parse_number(reference)
     if r_num is not None:
-        return p_num is not None and _numbers_equal(p_num, r_num)
+        return AnswerMatch(p_num is not None and _numbers_equal(p_num, r_num))
     p_norm, r_norm = normalize_answer(predicted), normalize_answer(reference)
     if p_norm.casefold() == r_norm.casefold():
-        return True
+        return AnswerMatch(True)
     p_sym, r_sym = _to_sympy_text(p_norm), _to_sympy_text(r_norm)
     if p_sym is None or r_sym is None:
-        return False
+        return AnswerMatch(False)
+    _sympy()  # the import and first use are not the answer's cost: outside the clock
     try:
-        return bool(call_with_timeout(_symbolic_equal, {"a": p_sym, "b": r_sym}, SYMBOLIC_TIMEOUT_S))
+        return AnswerMatch(bool(call_with_timeout(_symbolic_equal, {"a": p_sym, "b": r_sym}, SYMBOLIC_TIMEOUT_S)))
     except ToolTimeout:
-        return False
+        return AnswerMatch(False, timed_out=True)
     except Exception:  # sympy rejects many strings with assorted exception types; none is a match
-        return False
+        return AnswerMatch(False)
+
+
+def answers_match(predicted: str, reference: str) -> bool:
+    """True when `predicted` states the same answer as `reference` (numerically, symbolically or textually)."""
+    return match_answer(predicted, reference).equal
