@@ -45,7 +45,7 @@ def test_symbolic_check_does_not_pay_the_sympy_import_inside_its_timeout(monkeyp
 
     code = (
         "import agentenv.rewards.math_match as m\n"
-        "m.SYMBOLIC_TIMEOUT_S = 0.5\n"  # sympy's import alone takes longer than this on a loaded machine
+X
         "r = m.match_answer('(x-1)*(x+1)', 'x^2 - 1')\n"
         "print(r.equal, r.timed_out)"
     )
