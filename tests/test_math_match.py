@@ -45,7 +45,7 @@ def test_symbolic_check_does_not_pay_the_sympy_import_inside_its_timeout(monkeyp
 
     code = (
         "import agentenv.rewards.math_match as m\n"
-X
+        "m.SYMBOLIC_TIMEOUT_S = 0.15\n"  # sympy's import takes 0.24 s on a quiet machine; the check, ~5 ms
         "r = m.match_answer('(x-1)*(x+1)', 'x^2 - 1')\n"
         "print(r.equal, r.timed_out)"
     )
