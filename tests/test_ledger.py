@@ -7,6 +7,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import agentenv
+import agentenv.errors
 from agentenv.compression.stress import StressConfig, load_scenario, run_stress
 from agentenv.envs.ledger import normalize_answer
 from agentenv.envs.ledger_scripted import READ, LedgerReader
@@ -169,5 +170,18 @@ def test_stress_command_prints_the_figures_and_writes_the_plot(tmp_path, capsys)
     bad = tmp_path / "bad.yaml"
     bad.write_text("turnz: 3\n")
     args = parser.parse_args(["stress", str(bad)])
-    with pytest.raises(SystemExit, match="unknown key"):
+    with pytest.raises(agentenv.errors.UserError, match="unknown key"):
         args.func(args)
+
+
+@pytest.mark.parametrize("seed", [942, 1203, 2006, 2910, 4948])
+def test_seeds_whose_account_had_no_look_alike_reset_and_run(seed):
+    # "acct-208": both transpositions were invalid ("028") or tracked ("280"), so it had no twin and
+    # reset raised IndexError; the fallback draws a one-character change, only for such accounts
+    env = gym.make("agentenv/Ledger-v0", turns=12).unwrapped
+    obs, _ = env.reset(seed=seed)
+    for _ in range(3):
+        obs, _r, terminated, truncated, _info = env.step("noted")
+    assert env.observation_space.contains(obs)
+    for twins in env.stream.names.account_twins.values():
+        assert twins and all(t not in env.stream.names.accounts for t in twins)

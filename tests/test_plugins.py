@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
+from agentenv.errors import UserError
 from agentenv.policies import plugins as P
 from agentenv.policies.learner import (LearnerConfig, episode_advantages, make_batch, make_care_probe, teacher_logprobs,
                                       token_logprobs, update)
@@ -670,7 +671,7 @@ def test_presets_load_from_the_train_config(tmp_path):
     assert cfg.learner.ratio_level == "sequence" and cfg.learner.eps_low == 3e-4 and cfg.learner.eps_high == 5e-4
     cfg = load_config(None, ["--learner.preset=cispo", "--learner.preset=dr_grpo"])
     assert cfg.learner.loss == "ppo_clip" and cfg.learner.scale_rewards == "none"  # a preset sets every algorithm field
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError):
         load_config(None, ["--learner.preset=grpo2"])
     assert set(P.PLUGINS) | {"grpo", "dr_grpo", "dapo", "gspo", "cispo"} == set(PRESETS)
     preset = learner_preset("owpo")

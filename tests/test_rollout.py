@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import agentenv  # noqa: F401 - registers the envs
+from agentenv.errors import UserError
 from agentenv.policies.hf import HFPolicy, sample_tokens
 from agentenv.policies.rollout import Episode, collect, demonstrations
 from agentenv.policies.tiny import TINY_TOKENIZER_DIR, tiny_model, tiny_tokenizer
@@ -280,7 +281,7 @@ def test_cli_builds_the_tiny_hf_policy():
     from agentenv.cli import _make_policy
 
     assert isinstance(_make_policy("hf:tiny", ENV), HFPolicy)
-    with pytest.raises(SystemExit, match="not a model directory"):
+    with pytest.raises(UserError, match="not a model directory"):
         _make_policy("hf:/no/such/dir", ENV)
 
 

@@ -11,6 +11,7 @@ from types import ModuleType, SimpleNamespace
 import pytest
 import torch
 
+from agentenv.errors import UserError
 from agentenv.policies.base import Generation
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -34,7 +35,7 @@ def test_lazy_export_and_cli_spec():
 
     assert policies.VLLMPolicy is VLLMPolicy and "VLLMPolicy" in policies.__all__
     if not HAS_VLLM:
-        with pytest.raises(SystemExit, match="pip install"):
+        with pytest.raises(UserError, match="pip install"):
             _make_policy("vllm:tiny", "agentenv/ToolReasoning-v0")
 
 

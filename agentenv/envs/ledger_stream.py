@@ -186,6 +186,13 @@ class _Names:
                 twins.append(name)
             if len(twins) == 2:
                 break
+        while not twins:  # every transposition was taken or invalid ("208": "028", "280" tracked); drawn only then,
+            chars = list(stem)  # so the streams of every other seed are unchanged
+            j = rng.randrange(len(chars))
+            chars[j] = rng.choice(alphabet.replace(chars[j], ""))
+            name = prefix + "".join(chars)
+            if name not in tracked and (prefix != "acct-" or chars[0] != "0"):
+                twins.append(name)
         return twins
 
 
