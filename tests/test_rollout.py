@@ -321,3 +321,12 @@ def test_dlogp_extrapolation_draws_every_triggered_token_from_the_mixed_distribu
     steps = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(gen.token_ids))
     expected = mixed[steps, torch.tensor(gen.token_ids)]
     assert torch.allclose(torch.tensor(gen.logprobs), expected, atol=1e-5)
+
+
+def test_a_model_directory_without_a_tokenizer_is_an_error_not_the_tiny_vocabulary(model, tmp_path):
+    model.save_pretrained(tmp_path)  # weights and config only
+    with pytest.raises(UserError, match="no tokenizer"):
+        HFPolicy(str(tmp_path))
+    from agentenv.cli import main
+
+    assert main(["run", "ToolReasoning-v0", "--policy", f"hf:{tmp_path}", "--episodes", "1"]) == 2

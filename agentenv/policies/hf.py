@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
+from agentenv.errors import UserError
 from agentenv.policies.base import Generation, TokenPolicy
 from agentenv.policies.chat_tokens import ChatTokens
 
@@ -232,7 +233,12 @@ def _load(model_or_path: Any, tokenizer: Any, device: str, dtype: torch.dtype | 
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
         if tokenizer is None:
-            tokenizer = _load_tokenizer(path) if (path / "tokenizer_config.json").exists() else tiny_tokenizer()
+            if not (path / "tokenizer_config.json").exists() and not (path / "tokenizer.json").exists():
+                raise UserError(
+                    f"{path} holds no tokenizer (tokenizer.json / tokenizer_config.json): save one there with "
+                    "tokenizer.save_pretrained(path), or pass tokenizer=..."
+                )  # falling back to another vocabulary would silently read the model's ids wrong
+            tokenizer = _load_tokenizer(path)
     else:
         model = model_or_path
         if tokenizer is None:
