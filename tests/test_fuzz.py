@@ -62,11 +62,25 @@ def fuzz_env():
     env.close()
 
 
-@settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", 10_000)), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
-@given(action=actions)
-def test_step_never_raises(fuzz_env, action):
-    obs, reward, terminated, truncated, info = fuzz_env.step(action)
-    assert fuzz_env.observation_space.contains(obs)
+def _step_never_raises(env, action):
+    obs, reward, terminated, truncated, info = env.step(action)
+    assert env.observation_space.contains(obs)
     assert isinstance(reward, float) and {"turn", "tools", "tool_calls", "tool_results", "error"} <= info.keys()
     if terminated or truncated:
-        fuzz_env.reset()
+        env.reset()
+
+
+_SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+
+
+@settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", 1_000)), **_SETTINGS)
+@given(action=actions)
+def test_step_never_raises(fuzz_env, action):
+    _step_never_raises(fuzz_env, action)
+
+
+@pytest.mark.slow
+@settings(max_examples=10_000, **_SETTINGS)
+@given(action=actions)
+def test_step_never_raises_10k(fuzz_env, action):
+    _step_never_raises(fuzz_env, action)

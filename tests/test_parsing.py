@@ -65,7 +65,7 @@ def test_calls_per_turn_are_capped_and_huge_actions_parse_fast():
         text = unit * (1_000_000 // len(unit))
         start = time.perf_counter()
         parsed = parse_action(text)
-        assert time.perf_counter() - start < 1.0
+        assert time.perf_counter() - start < 10.0  # linear: ~0.1 s; the quadratic scan it replaced took hours
         assert len(parsed.calls) + len(parsed.errors) <= 17
         assert "more than 16 tool calls" in parsed.errors[-1].message
 

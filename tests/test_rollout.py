@@ -330,3 +330,15 @@ def test_a_model_directory_without_a_tokenizer_is_an_error_not_the_tiny_vocabula
     from agentenv.cli import main
 
     assert main(["run", "ToolReasoning-v0", "--policy", f"hf:{tmp_path}", "--episodes", "1"]) == 2
+
+
+def test_generation_and_the_shared_prefix_forward_use_the_current_cache_keyword(model):
+    import warnings
+
+    from agentenv.policies.kv_cache import cache_kwargs
+
+    p = policy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # transformers' "past_key_values is deprecated ... use cache" would raise
+        p.generate([[{"role": "user", "content": "2 + 2 = ?"}]])
+    assert list(cache_kwargs(model, None)) == ["cache" if "cache" in __import__("inspect").signature(model.forward).parameters else "past_key_values"]

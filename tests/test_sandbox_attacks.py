@@ -207,7 +207,7 @@ def test_a_step_with_16_infinite_loops_returns_within_its_budget():
         assert len(results) == 16 and not any(r["ok"] for r in results)
         assert "TimeoutError" in results[0]["error"]
         assert all("budget" in r["error"] for r in results[1:]), results[1]
-        assert elapsed < 2.0 + 1.0, elapsed  # the budget, plus killing one worker
+        assert elapsed < 2.0 + 8.0, elapsed  # the 2 s budget (without it: 16 x 5 s); the margin is for load
         assert env.step(_call("print(2 + 2)"))[4]["tool_results"][0]["content"] == "4"
     finally:
         env.close()
@@ -221,7 +221,7 @@ def test_delayed_calls_queued_over_turns_share_one_step_budget():
             env.step(_call("while True:\n    pass"))
         start = time.monotonic()
         info = env.step("<execute/>")[4]
-        assert time.monotonic() - start < 1.5 + 1.0
+        assert time.monotonic() - start < 1.5 + 8.0  # without the budget: 6 x 5 s
         assert len(info["tool_results"]) == 6 and not any(r["ok"] for r in info["tool_results"])
     finally:
         env.close()
@@ -252,11 +252,11 @@ def test_the_calculator_cannot_freeze_the_host_off_the_main_thread(expression):
     thread.join(10)
     stop.set()
     watcher.join()
-    assert not thread.is_alive() and time.monotonic() - start < 2.0
+    assert not thread.is_alive() and time.monotonic() - start < 8.0  # unbounded, the first took 25 s
     result = out["info"]["tool_results"][0]
     assert not result["ok"] and "too large" in result["error"] or "exponent" in result["error"] or "digits" in result["error"], result
     gaps = [b - a for a, b in zip(ticks, ticks[1:])]
-    assert max(gaps, default=0) < 0.5, max(gaps)
+    assert max(gaps, default=0) < 3.0, max(gaps)  # a GIL-holding big-int operation froze it for 25 s
 
 
 # -- the process layer alone (language layer off) -----------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 from agentenv.errors import UserError
 from agentenv.policies.base import Generation, TokenPolicy
 from agentenv.policies.chat_tokens import ChatTokens
+from agentenv.policies.kv_cache import cache_kwargs
 
 __all__ = ["HFPolicy", "sample_tokens"]
 
@@ -138,11 +139,11 @@ class HFPolicy(TokenPolicy):
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, **cache_kwargs(self.model, cache), use_cache=True, logits_to_keep=1)
         base_cache = DynamicCache() if self.base_model is not None else None
         if base_cache is not None:
             base_logits = self.base_model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                                          past_key_values=base_cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                                          **cache_kwargs(self.base_model, base_cache), use_cache=True, logits_to_keep=1).logits[:, -1]
         stop = torch.tensor(sorted(self.stop_ids), device=self.device)
         steps = int(limits.max())
         tokens = torch.full((batch, max(steps, 0)), pad, dtype=torch.long, device=self.device)
@@ -173,10 +174,10 @@ class HFPolicy(TokenPolicy):
                 if rows.numel() == 0:
                     break
             attention = torch.cat([attention, torch.ones((rows.numel(), 1), dtype=attention.dtype, device=self.device)], dim=1)
-            out = self.model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position, past_key_values=cache, use_cache=True)
+            out = self.model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position, **cache_kwargs(self.model, cache), use_cache=True)
             if base_cache is not None:
                 base_logits = self.base_model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
-                                              past_key_values=base_cache, use_cache=True).logits[:, -1]
+                                              **cache_kwargs(self.base_model, base_cache), use_cache=True).logits[:, -1]
             logits, next_position = out.logits[:, -1], next_position + 1
 
         tokens, logprobs, lengths = tokens.tolist(), logprobs.tolist(), lengths.tolist()

@@ -26,6 +26,7 @@ import torch
 
 from agentenv.policies import objectives as F
 from agentenv.policies import plugins as P
+from agentenv.policies.kv_cache import cache_kwargs
 
 __all__ = ["LearnerConfig", "Batch", "episode_advantages", "make_care_probe", "care_hidden_states", "make_batch",
            "final_hidden", "token_logprobs", "policy_loss", "update", "teacher_logprobs", "sft_update"]
@@ -345,11 +346,11 @@ def final_hidden(model: torch.nn.Module, batch: Batch, share_prefix: int = 0) ->
 
     length, prefixes, inverse = shared
     cache = DynamicCache(config=model.config)
-    head = model.base_model(input_ids=prefixes, past_key_values=cache, use_cache=True).last_hidden_state
+    head = model.base_model(input_ids=prefixes, **cache_kwargs(model.base_model, cache), use_cache=True).last_hidden_state
     cache.batch_select_indices(inverse)
     # Right padding only: a padded position sits after every real one, so the causal mask alone is exact for
     # the real positions (the padded ones are masked out of every loss).
-    tail = model.base_model(input_ids=batch.input_ids[:, length:], past_key_values=cache, use_cache=True).last_hidden_state
+    tail = model.base_model(input_ids=batch.input_ids[:, length:], **cache_kwargs(model.base_model, cache), use_cache=True).last_hidden_state
     return torch.cat([head[inverse], tail], dim=1)[:, :-1]
 
 

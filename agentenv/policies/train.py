@@ -149,19 +149,41 @@ def _set_rng_state(state: dict[str, Any], policy) -> None:
         policy.generator.set_state(state["policy"])
 
 
+COMPLETE_MARKER = "COMPLETE"  # written (and synced) last: a checkpoint directory without it is partial
+
+
 def save_checkpoint(out_dir: Path, step: int, model, optimizer, policy, extra: dict[str, Any]) -> None:
-    """Write `checkpoint/` next to the old one, then swap: a crash never leaves a half checkpoint."""
+    """Write `checkpoint.tmp/` (state, then the completion marker), then swap it in for `checkpoint/`.
+
+    A crash at any point leaves a complete checkpoint in one of checkpoint/, checkpoint.tmp/ (between the
+    two renames) or checkpoint.old/; `find_checkpoint` picks it."""
     final, tmp = out_dir / "checkpoint", out_dir / "checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(policy),
                 "extra": extra}, tmp / "state.pt")
+    with open(tmp / "state.pt", "rb") as fh:
+        os.fsync(fh.fileno())
+    _atomic_write_text(tmp / COMPLETE_MARKER, f"{step}\n")
     old = out_dir / "checkpoint.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint directory after any crash of `save_checkpoint`, moved to
+    `checkpoint/` if it was left as `checkpoint.tmp/` or `checkpoint.old/`; None if there is none."""
+    final, tmp, old = out_dir / "checkpoint", out_dir / "checkpoint.tmp", out_dir / "checkpoint.old"
+    for candidate in (final, tmp, old):  # newest first: tmp is complete only between the two renames
+        if (candidate / COMPLETE_MARKER).exists() and (candidate / "state.pt").exists():
+            if candidate != final:
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(candidate, final)
+            return final
+    return None
 
 
 class MetricsLog:
@@ -315,10 +337,12 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     if "ih_grpo" in cfg.learner.plugins and cfg.learner.ih_token_id is None:  # IH-GRPO's v: the tag that runs queued calls
         cfg.learner.ih_token_id = _single_token_id(policy.tokenizer, "<execute/>")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay)
-    checkpoint = out_dir / "checkpoint" / "state.pt"
     start_step, extra = 0, {}
-    if resume and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+    found = find_checkpoint(out_dir) if resume else None
+    if resume and found is None:
+        raise UserError(f"nothing to resume in {out_dir}: no complete checkpoint/ (nor .tmp/ or .old/); run without --resume to start")
+    if found is not None:
+        state = torch.load(found / "state.pt", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"], policy)
