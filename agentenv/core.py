@@ -7,8 +7,10 @@ execution), and the `info` keys of the public contract. A subclass says only wha
 (`_new_episode`) and how an answer is scored (`_score_answer`); it may add per-turn behaviour
 (`_env_turn`).
 
-Nothing an agent writes makes `step` raise: a malformed action, an unknown tool, bad arguments, a tool
-that raises or hangs all come back as an error message in the observation and in `info["error"]`.
+Nothing an agent writes makes `step` raise. What is wrong with the action itself (malformed calls, an
+unknown tool, arguments that do not fit the tool's schema, a step's tool budget spent) comes back in the
+observation and in `info["error"]`; what goes wrong while a tool runs (it raises, hangs, or the program
+errors) comes back in the observation and in that call's `info["tool_results"][i]["error"]`.
 """
 
 from __future__ import annotations
@@ -324,7 +326,7 @@ class ChatEnv(gym.Env[list, str]):
         """
         deadline = None if self.step_timeout_s is None else time.monotonic() + self.step_timeout_s
         if self.execution == "immediate":
-            results = [self._run(call, deadline) for call in parsed.calls]
+            results = [self._run(call, deadline, errors) for call in parsed.calls]
         else:
             for call in parsed.calls:
                 if call.name not in self.tools:  # rejected at once: queueing a call that can never run helps no one
@@ -337,22 +339,28 @@ class ChatEnv(gym.Env[list, str]):
             if (parsed.execute or parsed.answer is not None) and self._pending:
                 batch, self._pending = self._pending, []
                 self._delayed_calls += len(batch) - 1
-                results = [self._run(call, deadline) for call in batch]
+                results = [self._run(call, deadline, errors) for call in batch]
             elif parsed.execute and not parsed.calls:
                 errors.append("<execute/> with no queued tool calls")
         messages.extend({"role": "tool", "name": r.name, "content": r.content} for r in results)
         return results
 
-    def _run(self, call: ToolCall, deadline: float | None) -> ToolResult:
+    def _run(self, call: ToolCall, deadline: float | None, errors: list[str]) -> ToolResult:
+        """Run one call. What is wrong with the call as written (an unknown tool, arguments that do not fit
+        the schema, a step budget already spent) goes to `errors` (`info["error"]`) as well as to its result;
+        what goes wrong while the tool runs (an exception, a timeout, a program's error) only to its result."""
         tool = self.tools.get(call.name)
-        if tool is None:
-            error = self._unknown_tool(call.name)
-            return ToolResult(call.name, False, f"Error: {error}", error)
+        problem = self._unknown_tool(call.name) if tool is None else tool.check_arguments(call.arguments)
+        if problem is not None:
+            errors.append(problem)
+            return ToolResult(call.name, False, f"Error: {problem}", problem)
         if deadline is None:
             return tool.invoke(call.arguments)
         left = deadline - time.monotonic()
         if left <= 0:
             error = f"not run: this step's tool budget of {self.step_timeout_s:g} s is used up"
+            if error not in errors:
+                errors.append(error)
             return ToolResult(call.name, False, f"Error: {error}", error)
         return tool.invoke(call.arguments, timeout_s=left)
 

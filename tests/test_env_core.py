@@ -167,3 +167,27 @@ def test_render_ansi():
     env.step(calc("1+2"))
     text = env.render()
     assert text.startswith("[system]") and "[tool] 3" in text
+
+
+@pytest.mark.parametrize("execution", ["immediate", "delayed"])
+def test_action_problems_go_to_info_error_and_tool_failures_to_their_result(execution):
+    @agentenv.tool
+    def boom(x: int) -> int:
+        """Always fails."""
+        raise RuntimeError("kaput")
+
+    env = gym.make("agentenv/ToolReasoning-v0", tools=[boom], execution=execution).unwrapped
+    env.reset(seed=0)
+    run = "<execute/>" if execution == "delayed" else ""
+    cases = {
+        '<tool_call>{"name": "nope", "arguments": {}}</tool_call>': "unknown tool 'nope'",
+        '<tool_call>{"name": "boom", "arguments": {"x": "one"}}</tool_call>' + run: "argument 'x' of tool 'boom' must be integer",
+        '<tool_call>{"name": "boom", "arguments": {}}</tool_call>' + run: "missing required argument(s) x",
+    }
+    for action, needle in cases.items():
+        env.reset(seed=0)
+        info = env.step(action)[4]
+        assert needle in (info["error"] or ""), (action, info)
+    env.reset(seed=0)
+    info = env.step('<tool_call>{"name": "boom", "arguments": {"x": 1}}</tool_call>' + run)[4]
+    assert info["error"] is None and "kaput" in info["tool_results"][0]["error"]

@@ -329,12 +329,15 @@ class _Pool:
         self.leased = max(0, self.leased - 1)
 
     def expect(self, change: int) -> None:
-        """An env took (+1) or dropped (-1) a python tool: start forking its next worker in the background."""
-        with self.lock:
-            if self.pid != os.getpid():
-                return
-            self.demand = max(0, self.demand + change)
-            if change > 0:
+        """An env took (+1) or dropped (-1) a python tool: start forking its next worker in the background.
+
+        Dropping takes no lock: it runs from a garbage-collection finalizer, which may fire while this very
+        thread holds the pool's lock."""
+        if self.pid != os.getpid():
+            return
+        self.demand = max(0, self.demand + change)
+        if change > 0:
+            with self.lock:
                 try:
                     self._top_up()
                 except _StartError:
