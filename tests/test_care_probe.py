@@ -1,4 +1,4 @@
-"""CARE's learned two-stage probe (plugins/care.py, anchors-learner.md §2.3): masks and scores by hand, that
+"""CARE's learned two-stage probe (plugins/care.py, docs/anchors-learner.md §2.3): masks and scores by hand, that
 it learns online from queried prompts only, that it never reads the ground truth of the others, that its
 state round-trips exactly, and that it runs through `episode_advantages` and `train` on the tiny model."""
 

@@ -1,4 +1,4 @@
-"""Hindsight Response Replay: turn-level advantage reshaping by Q_com (anchors-learner.md §2.2 tests)."""
+"""Hindsight Response Replay: turn-level advantage reshaping by Q_com (docs/anchors-learner.md §2.2 tests)."""
 
 import gymnasium as gym
 import pytest

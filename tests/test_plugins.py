@@ -1,5 +1,5 @@
 """Seed-paper plug-ins (agentenv/policies/plugins/): each formula against hand-computed values, finite
-differences on random float64 tensors, and the identities of anchors-learner.md Part 2."""
+differences on random float64 tensors, and the identities of docs/anchors-learner.md Part 2."""
 
 import math
 from types import SimpleNamespace
@@ -456,7 +456,7 @@ def test_insert_hint_keeps_every_target_aligned():
 # CARE
 # --------------------------------------------------------------------------------------------------
 
-CAG_TABLE = {  # anchors-learner.md §2.3, n = 8: (x, y) -> CAG
+CAG_TABLE = {  # docs/anchors-learner.md §2.3, n = 8: (x, y) -> CAG
     (1, 0): 2.8284, (1, 1): 4.2762, (2, 1): 4.4149, (2, 2): 4.6188, (3, 1): 4.5480, (3, 2): 4.8120,
     (3, 3): 5.0596, (4, 1): 4.6955, (4, 2): 5.0237, (4, 3): 5.3286, (4, 4): 5.6569, (5, 1): 4.8793,
     (5, 2): 5.2845, (5, 3): 5.6569, (6, 1): 5.1453, (6, 2): 5.6569, (7, 1): 5.6569, (8, 0): 0.0,

@@ -1,4 +1,4 @@
-"""The cheap baselines every compressor must beat (anchors-domains.md §1.2): no compression, a window of
+"""The cheap baselines every compressor must beat (docs/anchors-domains.md §1.2): no compression, a window of
 the last turns, and SWE-agent's observation masking.
 """
 

@@ -1,4 +1,4 @@
-"""Q_com, ZipRL's heuristic compression-quality score (arXiv 2605.28069, §1.1 of anchors-domains.md),
+"""Q_com, ZipRL's heuristic compression-quality score (arXiv 2605.28069, §1.1 of docs/anchors-domains.md),
 computed per turn from what the compressed context kept of it. No reward model: four terms in [0, 1].
 
 * **ratio**: `1 − kept tokens / original tokens` of the turn.

@@ -6,7 +6,7 @@ its (compressed) context alone, so what it gets right is exactly what the compre
 * **retention**: mean over turns of the fraction of the still-needed facts (the latest fact of every tracked
   key shown so far, and the tracked events of the aggregation window: `LedgerStream.state_facts`) whose
   exact line is in the observation; **needed retention**: the same for the facts the episode's actual
-  future probes need (`needed_facts`, Live_t of anchors-domains.md §1.3); **probe accuracy**.
+  future probes need (`needed_facts`, Live_t of docs/anchors-domains.md §1.3); **probe accuracy**.
 * **tokens kept** (final context), **keep ratio** (final context / full history), **cumulative ratio**
   (Σ context tokens / Σ full-history tokens over the turns), **peak tokens** (largest context).
 * **turns/s** (framework overhead: policy + env + compression, metric code excluded; wall clock and

@@ -1,4 +1,4 @@
-"""Ledger-v0: long-horizon fact tracking over a stream of feed pages (LedgerStream-256, anchors-domains.md §1.3).
+"""Ledger-v0: long-horizon fact tracking over a stream of feed pages (LedgerStream-256, docs/anchors-domains.md §1.3).
 
 The agent reads a seeded stream of log-like pages with the `read` tool, one page per call. Pages carry
 facts about the tracked keys (with overwrites), variable chains, events, near-duplicate distractors and

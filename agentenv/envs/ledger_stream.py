@@ -1,4 +1,4 @@
-"""LedgerStream: the seeded fact stream behind Ledger-v0 (LedgerStream-256, anchors-domains.md §1.3).
+"""LedgerStream: the seeded fact stream behind Ledger-v0 (LedgerStream-256, docs/anchors-domains.md §1.3).
 
 A stream of `turns` feed pages, each a templated tool output of log lines (about 150–400 tokens) holding:
 

@@ -3,7 +3,7 @@ compression-quality score Q_com, as pure functions on tensors.
 
 HRR takes the trajectory's mean Q_com as a hindsight goal (after HER) and credits each turn by how far its
 Q_com is from it, which densifies the sparse outcome reward. The paper's exact formula is not public; this
-is the reconstruction of anchors-learner.md §2.2 ([R]), with its unknowns as parameters:
+is the reconstruction of docs/anchors-learner.md §2.2 ([R]), with its unknowns as parameters:
 
     D_ij = Q_com(i, j) − mean_j' Q_com(i, j')                 over the valid turns j' of trajectory i
     D_ij ← D_ij / (std of D over the valid turns of i's group + eps)        if hrr_group_norm

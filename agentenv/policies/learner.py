@@ -398,7 +398,7 @@ def _plugin_outputs(model: torch.nn.Module, hidden: torch.Tensor, logp: torch.Te
 
 def _reshape_advantages(adv: torch.Tensor, logp: torch.Tensor, batch: Batch, cfg: LearnerConfig,
                         ref_logp: torch.Tensor | None, step: int) -> torch.Tensor:
-    """Token-level advantage plug-ins, in the order of anchors-learner.md Part 3. logp is detached."""
+    """Token-level advantage plug-ins, in the order of docs/anchors-learner.md Part 3. logp is detached."""
     if "amr_sd" in cfg.plugins:  # AMR-SD: CIG-gated credit from the reflection-conditioned teacher pass
         lam = P.annealed_lambda(step, cfg.amr_lambda, cfg.amr_anneal_steps)
         adv = P.amr_sd_advantages(adv, batch.extras["teacher_logp"], logp, lam, cfg.amr_tau_pos, cfg.amr_tau_neg, cfg.amr_mode)

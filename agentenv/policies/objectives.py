@@ -1,7 +1,7 @@
 """GRPO-family objectives as pure functions on tensors: advantages, ratios, per-token losses,
 aggregation, KL estimators, entropy, chunked log-probs and reward shaping.
 
-This is the "loss" stage of the learner in DESIGN.md. Nothing here holds state or touches a model;
+This is the "loss" stage of the learner in docs/design.md. Nothing here holds state or touches a model;
 the learner composes the pieces, e.g. DAPO:
 
     adv = grpo_advantages(rewards, group_ids)                                   # [B]

@@ -1,6 +1,6 @@
 """Parse what an assistant turn asks for: tool calls, the `<execute/>` control tag and a final answer.
 
-Conventions (DESIGN.md): `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (Hermes/Qwen, several
+Conventions (docs/design.md): `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (Hermes/Qwen, several
 per turn), fenced ```` ```python ```` blocks as calls of the `python` tool, `<execute/>` to run queued calls,
 and `<answer>...</answer>` or `\\boxed{...}` for the final answer. Parsing is a single pass of compiled
 regular expressions; it never raises, and reports what it could not read as `ParseError`s.

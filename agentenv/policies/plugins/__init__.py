@@ -1,4 +1,4 @@
-"""Seed-paper plug-ins of the one learner, as pure functions on tensors (anchors-learner.md Part 2).
+"""Seed-paper plug-ins of the one learner, as pure functions on tensors (docs/anchors-learner.md Part 2).
 
 One module per paper. Each is switched on by naming it in `LearnerConfig.plugins` (e.g.
 `--learner.plugins=owpo`, or a preset: `--learner.preset=owpo`; see `presets.py`) and hooks into

@@ -1,5 +1,5 @@
 """AMR-SD — Asymmetric Meta-Reflective Self-Distillation (arXiv 2605.18529). [R] This is the
-reconstruction in anchors-learner.md §2.10, built from the abstract. The exact rule, the annealing
+reconstruction in docs/anchors-learner.md §2.10, built from the abstract. The exact rule, the annealing
 schedule and the hint prompt are unknown.
 
 The policy reflects on each rollout: it is shown the verifier's outcome and a peer's successful answer,

@@ -1,6 +1,6 @@
 """CARE / RLAVR — active label acquisition with pseudo-labels (arXiv 2605.25864). From the paper's code,
 Lumina04/CARE @17391c6: verl/trainer/ppo/ttrl_utils.py, ray_trainer.py, dp_actor.py and
-examples/unsupervised_rlvr/al-rule.sh (anchors-learner.md §2.3, [V]).
+examples/unsupervised_rlvr/al-rule.sh (docs/anchors-learner.md §2.3, [V]).
 
 Most prompts train on a majority-vote pseudo-label. Ground truth is asked for only the prompts where the
 pseudo-label would change the GRPO advantages most, up to a label budget per step:

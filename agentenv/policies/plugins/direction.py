@@ -1,6 +1,6 @@
 """The direction of RLVR updates (arXiv 2603.22117, ICLR'26 "Beyond Magnitude…"): Δlog p reweighting in
 training and Δlog p extrapolation at test time. From the paper's code, Hesse73/RLVR-Directions @af8f20a
-(anchors-learner.md §2.7, [V]).
+(docs/anchors-learner.md §2.7, [V]).
 
 Training (`reshape_reversed`, the variant used, on top of DAPO): the advantage of a token the old policy
 found unlikely gets more weight, since RLVR's useful updates concentrate on low-probability tokens:

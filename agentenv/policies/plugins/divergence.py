@@ -1,5 +1,5 @@
 """Divergence-weighted advantage, from "Sparse but Critical" (arXiv 2603.22446, ICLR'26 poster). [S] The rule
-comes from third-party paper notes (anchors-learner.md §2.8), not from the paper's code.
+comes from third-party paper notes (docs/anchors-learner.md §2.8), not from the paper's code.
 
 RLVR changes only a few tokens' distributions much, and those tokens carry the gain. The advantage is
 reweighted by each token's own distributional shift:

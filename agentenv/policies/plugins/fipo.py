@@ -1,6 +1,6 @@
 """FIPO — Future-KL Influenced Policy Optimization (arXiv 2603.19835): a dense advantage from the
 discounted future KL. The rule follows two ports, ms-swift `_compute_fipo_influence` and a verl port of
-FIPO's `compute_policy_loss_future_kl` (anchors-learner.md §2.6, [V] via the ports). The official repo was
+FIPO's `compute_policy_loss_future_kl` (docs/anchors-learner.md §2.6, [V] via the ports). The official repo was
 not available.
 
     d_t = (log π_θ − log π_old)_t · m_t · 1[r_t ≤ δ]               δ: swift's `delta`, None for no filter

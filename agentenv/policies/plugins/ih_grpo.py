@@ -1,7 +1,7 @@
 """IH-GRPO — Implicit Hierarchical GRPO (arXiv 2605.18500): the hierarchical surrogate ("c-loss").
 
 From the paper's code (Lumina04/IH-GRPO-01 @a570f21, verl/trainer/ppo/core_algos.py
-`compute_hierarchy_policy_loss`; anchors-learner.md §2.1, [V]). Let v be the control token, the one that
+`compute_hierarchy_policy_loss`; docs/anchors-learner.md §2.1, [V]). Let v be the control token, the one that
 commits to running tools. That is `<execute/>` under this repo's delayed execution, and `<tool_call>` in
 the paper's Qwen setup. Let z_t be the logits divided by the temperature and p_v = softmax(z_t)_v:
 

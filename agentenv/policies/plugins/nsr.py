@@ -1,5 +1,5 @@
 """NSR — Near-boundary Stochastic Rescue (arXiv 2605.22703) of clipped tokens. [R] The rule comes from a
-third-party port (`near_boundary_stochastic_rescue`, anchors-learner.md §2.5), not from the paper's code.
+third-party port (`near_boundary_stochastic_rescue`, docs/anchors-learner.md §2.5), not from the paper's code.
 
 Hard clipping throws away the gradient of tokens that are only just outside the trust region. NSR keeps
 each such token with probability p. In expectation this is a gradient decay on a thin band, p·(−A∇r)

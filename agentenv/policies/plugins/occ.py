@@ -1,5 +1,5 @@
 """OCC — Optimal Coefficient Calibration for joint multi-token prediction + RL (arXiv 2605.28184). The rule
-is from the paper's code, MarkXCloud/RL-MTP @a63fdc2, `megatron_actor.py` loss_func (anchors-learner.md
+is from the paper's code, MarkXCloud/RL-MTP @a63fdc2, `megatron_actor.py` loss_func (docs/anchors-learner.md
 §2.9, [V]).
 
 An MTP head q_k, which predicts k tokens further ahead, is trained with the same PPO loss as the main

@@ -1,5 +1,5 @@
 """OWPO — One-Way Policy Optimization (arXiv 2605.22156, ICML 2026): one-way reweighting and a ratchet
-reference. [R] This is the reconstruction in anchors-learner.md §2.4. No code or formula was public, and
+reference. [R] This is the reconstruction in docs/anchors-learner.md §2.4. No code or formula was public, and
 it has to be checked against the PDF.
 
 The paper's stated properties:
