@@ -1,4 +1,4 @@
-"""Every document a docstring or comment cites (`docs/...md`) is in the repository."""
+"""Every document under docs/ that a docstring or comment cites is in the repository."""
 
 import re
 from pathlib import Path
