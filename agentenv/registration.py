@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import gymnasium as gym
 
 __all__ = ["register_envs", "list_envs", "scripted_policy", "ENV_IDS"]
@@ -28,7 +30,14 @@ def register_envs() -> None:
     for env_id, entry_point in _ENTRY_POINTS.items():
         if env_id not in gym.registry:
             # The env enforces its own turn limit (truncated=True), so no TimeLimit wrapper is added.
-            gym.register(id=env_id, entry_point=entry_point, disable_env_checker=False)
+            gym.register(id=env_id, entry_point=entry_point, disable_env_checker=False,
+                         vector_entry_point=functools.partial(_vector_env, env_id))
+
+
+def _vector_env(env_id: str, num_envs: int = 1, **kwargs):
+    from agentenv.vector import ChatVectorEnv  # imported on use, like the envs themselves
+
+    return ChatVectorEnv(env_id, num_envs, **kwargs)
 
 
 def list_envs() -> list[str]:
