@@ -43,3 +43,29 @@ def test_training_seeds_of_small_runs_are_unchanged():
     # runs with seed < 10 drew these seeds before the fix: their episodes and metrics stay the same
     assert [train_task_seed(0, 2, 8, i) for i in range(3)] == [16, 17, 18]
     assert train_task_seed(3, 5, 8, 1) == 300_000_041
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("--learner.loss=cispoo", "did you mean 'cispo'"),
+    ("--learner.plugins=fipo,owpoo", "did you mean 'owpo'"),
+    ("--device=cdua", "did you mean 'cuda'"),
+    ("--learner.lrr=1e-4", "did you mean 'lr'"),
+])
+def test_a_misspelt_choice_or_key_fails_at_once_naming_the_choices(override, needle, capsys):
+    import time
+
+    start = time.perf_counter()
+    assert main(["train", override]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err, err
+    assert time.perf_counter() - start < 5.0  # before the model, the SFT warm start or any step
+
+
+def test_plugin_choices_are_the_registered_plugins():
+    import typing
+
+    from agentenv.policies import plugins as P
+    from agentenv.policies.learner import LearnerConfig
+
+    (item,) = typing.get_args(typing.get_type_hints(LearnerConfig)["plugins"])
+    assert set(typing.get_args(item)) == set(P.PLUGINS)

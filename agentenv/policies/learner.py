@@ -20,7 +20,7 @@ and 5, each behind `if ... in cfg.plugins`; `plugins/__init__.py` has the table 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -36,25 +36,25 @@ __all__ = ["LearnerConfig", "Batch", "episode_advantages", "make_care_probe", "c
 class LearnerConfig:
     """Every knob of the update; the defaults are DAPO-style GRPO (clip-higher, token-mean, no KL)."""
 
-    advantage: str = "grpo"  # grpo | rloo | reinforce_pp_baseline
-    scale_rewards: str = "group"  # group | batch | none (Dr.GRPO)
-    std: str = "unbiased"  # unbiased | population (CARE)
+    advantage: Literal["grpo", "rloo", "reinforce_pp_baseline"] = "grpo"  # grpo | rloo | reinforce_pp_baseline
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # group | batch | none (Dr.GRPO)
+    std: Literal["unbiased", "population"] = "unbiased"  # unbiased | population (CARE)
     adv_eps: float = 1e-6
-    ratio_level: str = "token"  # token | sequence (GSPO)
-    loss: str = "ppo_clip"  # ppo_clip | cispo | sapo | gpg
+    ratio_level: Literal["token", "sequence"] = "token"  # token | sequence (GSPO)
+    loss: Literal["ppo_clip", "cispo", "sapo", "gpg"] = "ppo_clip"  # ppo_clip | cispo | sapo | gpg
     eps_low: float = 0.2
     eps_high: float = 0.28
     dual_clip: float | None = None
     cispo_cap: float = 5.0
-    aggregation: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
     norm_const: float | None = None  # seq-mean-token-sum-norm's constant (default: padded length)
     kl_coef: float = 0.0
-    kl_estimator: str = "k3"  # k1 | abs | k2 | k3 | k3+
+    kl_estimator: Literal["k1", "abs", "k2", "k3", "k3+"] = "k3"  # k1 | abs | k2 | k3 | k3+
     kl_in_reward: bool = False  # subtract kl_coef·KL from the sequence reward instead of adding it to the loss
     entropy_coef: float = 0.0
     # ZipRL's Hindsight Response Replay (policies/hrr.py): per-turn reshaping by the env's Q_com; 0 = plain GRPO
     hrr_beta: float = 0.0
-    hrr_mode: str = "add"  # add: A + β·D | mul: A·(1 + β·D)
+    hrr_mode: Literal["add", "mul"] = "add"  # add: A + β·D | mul: A·(1 + β·D)
     hrr_group_norm: bool = False  # divide D by its std over the GRPO group's turns
     mask_truncated: bool = False  # zero the loss of episodes cut by the turn or length limit
     filter_zero_variance: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal
@@ -73,8 +73,8 @@ class LearnerConfig:
     bf16: bool = True  # autocast on CUDA only; CPU runs in float32
     # Seed-paper plug-ins (agentenv/policies/plugins/, one module per paper): each is off unless named in
     # `plugins`; `--learner.preset=NAME` loads a bundle (presets.py). Values marked "guess" are not published.
-    plugins: list[str] = field(default_factory=list)  # care | amr_sd | divergence | direction | fipo | owpo | nsr | ih_grpo | occ
-    care_acquisition: str = "probe"  # probe (CARE's learned probe) | heuristic (cluster statistics for it) | oracle
+    plugins: list[Literal["care", "amr_sd", "divergence", "direction", "fipo", "owpo", "nsr", "ih_grpo", "occ"]] = field(default_factory=list)  # care | amr_sd | divergence | direction | fipo | owpo | nsr | ih_grpo | occ
+    care_acquisition: Literal["probe", "heuristic", "oracle"] = "probe"  # probe (CARE's learned probe) | heuristic (cluster statistics for it) | oracle
     care_top_pct: float = 0.2  # label budget: ground truth for this fraction of each step's prompts
     care_prob_gate: float = 0.25  # fraction of prompts gated as "majority correct"
     care_soft_adv: float = 1.0
@@ -89,12 +89,12 @@ class LearnerConfig:
     amr_anneal_steps: int = 50  # guess
     amr_tau_pos: float = 0.2  # guess
     amr_tau_neg: float = 0.5  # guess
-    amr_mode: str = "add"  # add | mul
+    amr_mode: Literal["add", "mul"] = "add"  # add | mul
     amr_hint_tokens: int = 24  # length limit of the self-generated reflection hint
     divergence_scale: float = 0.5  # guess (the notes' worked example)
     divergence_alpha: float = 10.0  # > 0 boosts high-KL tokens, < 0 low-KL tokens
     direction_c: float = 0.2  # Qwen2.5-Math-7B; 0.1 for Qwen3-8B-Base
-    direction_adv_mask: str = "none"  # none | positive | negative
+    direction_adv_mask: Literal["none", "positive", "negative"] = "none"  # none | positive | negative
     fipo_decay_rate: float = 32.0
     fipo_eps: float = 0.2
     fipo_clip_high_only: bool = False
@@ -107,7 +107,7 @@ class LearnerConfig:
     nsr_prob: float = 0.5  # guess
     ih_lambda: float = 0.001
     ih_token_id: int | None = None  # the control token v; `agentenv train` fills in the tokenizer's <execute/>
-    ih_mask: str = "response"  # response (the paper's code) | control (control spans only)
+    ih_mask: Literal["response", "control"] = "response"  # response (the paper's code) | control (control spans only)
     occ_scale: float = 0.1
 
 

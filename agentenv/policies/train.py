@@ -21,13 +21,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 import yaml
 
 from agentenv.policies import plugins as P
+from agentenv.config import did_you_mean, validate_choices
 from agentenv.errors import UserError
 from agentenv.policies.learner import LearnerConfig, episode_advantages, make_batch, make_care_probe, sft_update, teacher_logprobs, update
 from agentenv.policies.presets import learner_preset
@@ -52,7 +53,7 @@ class TrainConfig:
         default_factory=lambda: {"tools": ["calculator"], "kinds": ["counting"], "difficulty": 1, "max_turns": 3}
     )
     model: str = "tiny"  # "tiny" | "small" (random init from a config) | a local HF model directory
-    device: str = "auto"  # auto | cpu | cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto | cpu | cuda
     seed: int = 0
     steps: int = 60
     tasks_per_step: int = 8
@@ -100,7 +101,7 @@ def _apply(target: Any, updates: dict[str, Any], where: str) -> None:
                 raise UserError(str(err)) from None
             continue
         if head not in names:
-            raise UserError(f"unknown config key {where}{head!r}; known: {', '.join(sorted(names))}")
+            raise UserError(f"unknown config key {where}{head!r}{did_you_mean(head, names)}; known: {', '.join(sorted(names))}")
         current = getattr(target, head)
         if dataclasses.is_dataclass(current):
             _apply(current, {rest: value} if rest else dict(value), f"{where}{head}.")
@@ -121,6 +122,7 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Train
         if not sep:
             raise UserError(f"expected --key=value, got {item!r}")
         _apply(cfg, {key: value}, "")
+    validate_choices(cfg)
     return cfg
 
 
