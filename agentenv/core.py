@@ -15,8 +15,6 @@ errors) comes back in the observation and in that call's `info["tool_results"][i
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import time
 from dataclasses import dataclass, field
@@ -114,11 +112,12 @@ class ChatEnv(gym.Env[list, str]):
             the compressor rewrite the whole history each time. Default False: the env keeps no copy and the
             compressor releases the turns it drops for good, so an episode's memory follows the budget, not
             its length. (Without a compressor the observation is the full history anyway.)
-            Every subclass accepts these three keywords, whether or not its `__init__` lists them.
+            Subclasses pass these (and `step_timeout_s`) through: their `__init__` takes `**chat_env_kwargs`
+            and hands them to `ChatEnv.__init__`, so `gym.make(id, compressor="zip", budget_tokens=...)` works
+            for every env.
         step_timeout_s: wall-time budget of all tool calls of one `step` together (queued calls run by
             `<execute/>` included); a call gets what is left of it, and calls past it are not run and
-            come back as errors. None: no step budget (each call keeps its own timeout). Every subclass
-            accepts it too.
+            come back as errors. None: no step budget (each call keeps its own timeout).
 
     Each env owns its tools (`Tool.fresh`): a tool with state, like the python sandbox, is never shared
     with another env, and `reset()` calls `tool.reset()` so no episode sees what the last one left.
@@ -275,35 +274,6 @@ class ChatEnv(gym.Env[list, str]):
         if not self.keep_full_history:
             self._messages.clear()  # the window took them in; step() appends the next ones to the same list
         return obs
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Let every subclass take `compressor=`, `budget_tokens=` and `keep_full_history=`, even when its
-        `__init__` does not list them."""
-        super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is None:
-            return
-        params = inspect.signature(init).parameters
-        if "compressor" in params and "keep_full_history" in params and "step_timeout_s" in params:
-            return
-        takes_compressor = "compressor" in params
-        takes_step_timeout = "step_timeout_s" in params
-
-        @functools.wraps(init)
-        def __init__(self: ChatEnv, *args: Any, keep_full_history: bool = False, **kw: Any) -> None:
-            compressor = None if takes_compressor else kw.pop("compressor", None)
-            budget_tokens = None if takes_compressor else kw.pop("budget_tokens", None)
-            step_timeout = None if takes_step_timeout else kw.pop("step_timeout_s", DEFAULT_STEP_TIMEOUT_S)
-            init(self, *args, **kw)
-            if compressor is not None or budget_tokens is not None:
-                self.context_window = _context_window(compressor, budget_tokens)
-            self.keep_full_history = bool(keep_full_history)
-            if not takes_step_timeout:
-                if step_timeout is not None and not step_timeout > 0:
-                    raise ValueError("step_timeout_s must be > 0 or None")
-                self.step_timeout_s = step_timeout
-
-        cls.__init__ = __init__
 
     def render(self) -> str | None:
         if self.render_mode != "ansi" or self._messages is None:

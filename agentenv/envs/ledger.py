@@ -68,6 +68,7 @@ class LedgerEnv(ChatEnv):
         render_mode: str | None = None,
         compressor: Any = None,
         budget_tokens: int | None = None,
+        **chat_env_kwargs: Any,
     ):
         self.config = LedgerConfig(
             turns=turns, ledgers=ledgers, probe_every=probe_every, facts_per_page=facts_per_page, events_per_page=events_per_page,
@@ -76,7 +77,7 @@ class LedgerEnv(ChatEnv):
         )
         tools = [Tool.from_function(self.read, timeout_s=None), Tool.from_function(self.answer, timeout_s=None)]
         super().__init__(tools=tools, execution="immediate", max_turns=max_turns or turns + max(8, turns // 8), seed=seed,
-                         render_mode=render_mode, compressor=compressor, budget_tokens=budget_tokens)
+                         render_mode=render_mode, compressor=compressor, budget_tokens=budget_tokens, **chat_env_kwargs)
         self._system = f"{SYSTEM}\n\n{self.tools_prompt()}"
         self.stream: LedgerStream | None = None
         self.page = 0

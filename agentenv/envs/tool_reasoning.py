@@ -56,8 +56,10 @@ class ToolReasoningEnv(ChatEnv):
         max_turns: int = 6,
         seed: int | None = None,
         render_mode: str | None = None,
+        **chat_env_kwargs: Any,
     ):
-        super().__init__(tools=tools, execution=execution, max_turns=max_turns, seed=seed, render_mode=render_mode)
+        super().__init__(tools=tools, execution=execution, max_turns=max_turns, seed=seed, render_mode=render_mode,
+                         **chat_env_kwargs)
         if difficulty is not None and difficulty not in (1, 2, 3):
             raise ValueError("difficulty must be 1, 2, 3 or None")
         unknown = set(kinds or ()) - set(GENERATORS)

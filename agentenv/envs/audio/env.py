@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from agentenv.core import ChatEnv, Message, Score
 from agentenv.envs.audio.alr import load_alr
@@ -70,10 +70,12 @@ class AudioReasoningEnv(ChatEnv):
         max_turns: int = 6,
         seed: int | None = None,
         render_mode: str | None = None,
+        **chat_env_kwargs: Any,
     ):
         self.toolbox = AudioToolbox(SAMPLE_RATE)
         bound = [self.toolbox.tools[t] if isinstance(t, str) and t in AUDIO_TOOL_NAMES else t for t in tools]
-        super().__init__(tools=bound, execution=execution, max_turns=max_turns, seed=seed, render_mode=render_mode)
+        super().__init__(tools=bound, execution=execution, max_turns=max_turns, seed=seed, render_mode=render_mode,
+                         **chat_env_kwargs)
         if answer_format not in ANSWER_FORMATS:
             raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
         if length_target_words < 1:

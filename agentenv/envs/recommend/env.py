@@ -14,7 +14,7 @@ simulated user reacts to the list (click / buy / ignore) from the ground-truth b
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from agentenv.core import ChatEnv, Message, Score
 from agentenv.envs.recommend.answer import FORMAT_HELP, parse_recommendation
@@ -65,6 +65,7 @@ class RecommendEnv(ChatEnv):
         max_turns: int = 8,
         seed: int | None = None,
         render_mode: str | None = None,
+        **chat_env_kwargs: Any,
     ):
         if isinstance(catalog, (str, Path)):
             from agentenv.envs.recommend.movielens import load_movielens
@@ -76,7 +77,7 @@ class RecommendEnv(ChatEnv):
         self.reward = HybridReward(scorers, weights, gate)
         self._episode_tools = EpisodeTools(self.catalog)
         super().__init__(tools=[*self._episode_tools.tools(), *tools], execution=execution, max_turns=max_turns,
-                         seed=seed, render_mode=render_mode)
+                         seed=seed, render_mode=render_mode, **chat_env_kwargs)
         categories = ", ".join(PLURALS.get(c, c) for c in self.catalog.categories)
         self._system = f"{INSTRUCTIONS.format(categories=categories)}\n\n{FORMAT_HELP}\n\n{self.tools_prompt()}"
         self.context: EpisodeContext | None = None
