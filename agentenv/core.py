@@ -27,10 +27,10 @@ from gymnasium import spaces
 from agentenv.tools.base import Tool, ToolCall, ToolResult
 from agentenv.tools.parsing import ParsedAction, parse_action
 from agentenv.tools.registry import ToolSpec, resolve_tools
+from agentenv.types import Message
 
 __all__ = ["ChatEnv", "ChatHistory", "Utterance", "Message", "Score", "ROLES"]
 
-Message = dict[str, Any]
 ROLES = ("system", "user", "assistant", "tool")
 MAX_ACTION_CHARS = 1 << 22  # 4 MiB of text: anything longer is cut (and said so) before parsing
 

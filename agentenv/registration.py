@@ -18,7 +18,7 @@ ENV_IDS = tuple(_ENTRY_POINTS)
 
 # The deterministic agent of each env, for `agentenv run --policy scripted`, tests and stress runs.
 _SCRIPTED_POLICIES = {
-    "agentenv/ToolReasoning-v0": "agentenv.policies.scripted:ScriptedPolicy",
+    "agentenv/ToolReasoning-v0": "agentenv.envs.tool_reasoning_scripted:ScriptedPolicy",
     "agentenv/AudioReasoning-v0": "agentenv.envs.audio.scripted:ScriptedAudioAgent",
     "agentenv/Ledger-v0": "agentenv.envs.ledger_scripted:LedgerReader",
     "agentenv/Recommend-v0": "agentenv.envs.recommend.baselines:ConstraintAwareRecommender",

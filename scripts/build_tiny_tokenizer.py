@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerFast
 import agentenv  # noqa: F401 - registers the envs
 from agentenv.envs.tool_reasoning_tasks import generate_task
 from agentenv.policies.chat_tokens import CHATML_TEMPLATE
-from agentenv.policies.scripted import ScriptedPolicy
+from agentenv.envs.tool_reasoning_scripted import ScriptedPolicy
 from agentenv.runner import run_episodes
 
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<|pad|>"]

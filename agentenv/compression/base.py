@@ -21,10 +21,10 @@ from typing import Any, Mapping, Sequence
 from agentenv.compression.quality import QComWeights, kept_by_presence, score_turns
 from agentenv.compression.tokens import TokenCounter, get_counter
 from agentenv.compression.turns import HistoryIndex, TurnDigest
+from agentenv.types import Message
 
 __all__ = ["Compressor", "History", "Plan", "fit_to_budget", "MIN_BUDGET"]
 
-Message = dict[str, Any]
 MIN_BUDGET = 64
 _CUT = "\n[... cut to fit the context budget ...]\n"
 _NO_EXTRA: frozenset[int] = frozenset()

@@ -36,10 +36,10 @@ from typing import Any, Sequence
 
 from agentenv.compression.base import MIN_BUDGET, Compressor
 from agentenv.compression.baselines import NoCompression
+from agentenv.types import Message
 
 __all__ = ["ContextWindow", "ZIP_TAG", "make_window"]
 
-Message = dict[str, Any]
 ZIP_TAG = re.compile(r"<zip\s+turn\s*=\s*\"?(\d{1,6})\"?\s+level\s*=\s*\"?(\d{1,2})\"?\s*/>")
 
 

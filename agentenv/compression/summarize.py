@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from agentenv.compression.base import Compressor, History, Plan
 from agentenv.compression.tokens import RegexTokenizer
 from agentenv.compression.turns import FACT_LINE, TurnDigest, task_terms, terms
-from agentenv.policies.base import Generation, Policy
+from agentenv.types import Generation, Policy
 
 __all__ = ["Summarize", "ExtractiveSummarizer", "SUMMARY_SYSTEM", "SUMMARY_PROMPT"]
 

@@ -24,10 +24,10 @@ import re
 from typing import Any, Container, Iterable, Sequence
 
 from agentenv.compression.tokens import TokenCounter
+from agentenv.types import Message
 
 __all__ = ["TurnDigest", "HistoryIndex", "turn_starts", "task_terms", "terms", "FACT_LINE", "WORD_WEIGHT", "NON_FACT", "SUPERSEDED", "REDUNDANT"]
 
-Message = dict[str, Any]
 
 WORD_WEIGHT = 0.15
 NON_FACT = 0.5

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any, Sequence
 
-from agentenv.policies.base import Generation
+from agentenv.types import Generation
 
 __all__ = ["LedgerReader", "READ"]
 

@@ -18,6 +18,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from agentenv.types import ToolCall, ToolResult
+
 __all__ = ["Tool", "ToolCall", "ToolResult", "ToolTimeout", "tool", "call_with_timeout"]
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -32,32 +34,6 @@ _JSON_TYPES: dict[Any, str] = {
     tuple: "array",
     dict: "object",
 }
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """One call parsed from an action. `span` is the character range `[start, end)` in the action."""
-
-    name: str
-    arguments: dict[str, Any]
-    span: tuple[int, int] = (0, 0)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "arguments": self.arguments}
-
-
-@dataclass(frozen=True)
-class ToolResult:
-    """What a call produced: `content` is the text the agent sees; `error` is set when `ok` is False."""
-
-    name: str
-    ok: bool
-    content: str
-    error: str | None = None
-    elapsed_s: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "content": self.content, "error": self.error}
 
 
 class ToolTimeout(Exception):

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from agentenv.policies.base import Generation, Messages
+from agentenv.types import Generation, Messages
 
 __all__ = ["ScriptedAudioAgent", "ChanceAgent"]
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from agentenv.policies.base import Messages
+from agentenv.types import Messages
 
 __all__ = ["TinyAudioConfig", "LogMel", "TinyAudioPolicy", "mel_filterbank"]
 

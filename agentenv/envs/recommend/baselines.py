@@ -25,7 +25,7 @@ import numpy as np
 
 from agentenv.envs.recommend.catalog import GENRES, VIBES
 from agentenv.envs.recommend.requests import PLURALS
-from agentenv.policies.base import Generation, Messages
+from agentenv.types import Generation, Messages
 
 __all__ = ["RandomRecommender", "PopularityRecommender", "ConstraintAwareRecommender", "BASELINES"]
 

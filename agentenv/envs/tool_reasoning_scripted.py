@@ -13,7 +13,7 @@ import re
 from typing import Callable, Sequence
 
 from agentenv.envs.tool_reasoning_tasks import UNITS
-from agentenv.policies.base import Generation, Messages
+from agentenv.types import Generation, Messages
 
 __all__ = ["ScriptedPolicy", "solve_tool_reasoning"]
 
