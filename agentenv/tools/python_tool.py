@@ -224,14 +224,17 @@ class _Pool:
         self.announced = True
         self._note_layers(json.loads(message[1:]).get("layers", {}))
 
-    def _stop_zygote(self) -> None:
+    def _drop_spares(self, kill: bool) -> None:
         for worker in self.ready:
-            worker.kill()
+            worker.kill() if kill else worker.forget()
         self.ready = []
         for fds in self.pending:
             for fd in fds:
                 os.close(fd)
         self.pending = []
+
+    def _stop_zygote(self) -> None:
+        self._drop_spares(kill=True)
         if self.sock is not None:
             self.sock.close()  # the zygote sees EOF, kills its workers and exits
             self.sock = None
@@ -381,13 +384,7 @@ class _Pool:
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the parent's zygote and workers without touching them."""
-        for worker in self.ready:
-            worker.forget()
-        self.ready = []
-        for fds in self.pending:
-            for fd in fds:
-                os.close(fd)
-        self.pending = []
+        self._drop_spares(kill=False)
         if self.sock is not None:
             self.sock.detach()
             self.sock = None
