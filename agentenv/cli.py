@@ -51,10 +51,6 @@ def _make_policy(spec: str, env_id: str):
     raise UserError(f"unknown policy {spec!r}: use 'scripted', 'hf:PATH' or 'vllm:PATH' (PATH a saved HF model dir, or 'tiny')")
 
 
-def _env_id(name: str) -> str:
-    return name if "/" in name else f"agentenv/{name}"
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     import agentenv
 
@@ -71,7 +67,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import agentenv  # noqa: F401 - registers the envs
     from agentenv.runner import JsonlWriter, run_episodes, summarize
 
-    env_id = _env_id(args.env_id)
+    from agentenv.core import qualified_env_id
+
+    env_id = qualified_env_id(args.env_id)
     env_kwargs = _parse_kv(args.env_arg)
     if args.execution:
         env_kwargs["execution"] = args.execution

@@ -29,13 +29,18 @@ from agentenv.tools.parsing import ParsedAction, parse_action
 from agentenv.tools.registry import ToolSpec, resolve_tools
 from agentenv.types import Message
 
-__all__ = ["ChatEnv", "ChatHistory", "Utterance", "Message", "Score", "ROLES"]
+__all__ = ["qualified_env_id", "ChatEnv", "ChatHistory", "Utterance", "Message", "Score", "ROLES"]
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_ACTION_CHARS = 1 << 22  # 4 MiB of text: anything longer is cut (and said so) before parsing
 
 EXECUTION_MODES = ("immediate", "delayed")
 DEFAULT_STEP_TIMEOUT_S = 30.0
+
+
+def qualified_env_id(name: str) -> str:
+    """`"ToolReasoning-v0"` → `"agentenv/ToolReasoning-v0"`; ids with a namespace are returned as they are."""
+    return name if "/" in name else f"agentenv/{name}"
 
 
 class Utterance(spaces.Text):

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 
+from agentenv.core import qualified_env_id
 from agentenv.policies.base import Generation, Messages, Policy
 from agentenv.policies.chat_tokens import ChatTokens
 
@@ -122,7 +123,7 @@ def collect(
     else:
         chat = ChatTokens(tokenizer)
     if isinstance(env, str):
-        env_id = env if "/" in env else f"agentenv/{env}"
+        env_id = qualified_env_id(env)
         build: Callable[[], gym.Env] = lambda: gym.make(env_id, **(env_kwargs or {}))
     else:
         build = env

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import yaml
 
+from agentenv.core import qualified_env_id
 from agentenv.policies import plugins as P
 from agentenv.config import did_you_mean, validate_choices
 from agentenv.errors import UserError
@@ -305,7 +306,7 @@ def warm_start(cfg: TrainConfig, policy, model, log) -> None:
 
     from agentenv.registration import scripted_policy
 
-    env_id = cfg.env_id if "/" in cfg.env_id else f"agentenv/{cfg.env_id}"
+    env_id = qualified_env_id(cfg.env_id)
     try:
         teacher = scripted_policy(env_id)  # the env's own scripted agent (ScriptedPolicy only knows ToolReasoning)
     except ValueError:
