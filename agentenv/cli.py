@@ -70,6 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agentenv.core import qualified_env_id
 
     env_id = qualified_env_id(args.env_id)
+    if args.episodes < 1 or args.batch_size < 1:
+        raise UserError("--episodes and --batch-size must be at least 1")
     env_kwargs = _parse_kv(args.env_arg)
     if args.execution:
         env_kwargs["execution"] = args.execution
