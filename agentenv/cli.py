@@ -64,10 +64,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    import agentenv  # noqa: F401 - registers the envs
-    from agentenv.runner import JsonlWriter, run_episodes, summarize
+    import gymnasium as gym
 
+    import agentenv  # noqa: F401 - registers the envs
     from agentenv.core import qualified_env_id
+    from agentenv.runner import JsonlWriter, run_episodes, summarize
 
     env_id = qualified_env_id(args.env_id)
     if args.episodes < 1 or args.batch_size < 1:
@@ -75,6 +76,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     env_kwargs = _parse_kv(args.env_arg)
     if args.execution:
         env_kwargs["execution"] = args.execution
+    try:  # an unknown id or a bad --env-arg is the user's mistake: say so before any episode runs
+        gym.make(env_id, **env_kwargs).close()
+    except (gym.error.Error, TypeError, ValueError) as exc:
+        raise UserError(f"cannot make {env_id} with {env_kwargs or 'no arguments'}: {exc}") from None
     policy = _make_policy(args.policy, env_id)
     console = Console(stderr=True)
     out = args.out or f"runs/{env_id.split('/')[-1]}-{args.policy.split(':')[0]}-episodes.jsonl"
@@ -157,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra:
             raise UserError(f"unrecognized arguments: {' '.join(extra)}")
         return args.func(args)
-    except UserError as exc:
+    except (UserError, FileNotFoundError) as exc:  # FileNotFoundError: a config or scenario path the user named
         print(f"agentenv {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

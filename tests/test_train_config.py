@@ -25,7 +25,10 @@ def test_bad_keys_are_user_errors(override):
 
 @pytest.mark.parametrize("argv", [["train", "--stepz=3"], ["train", "--learner.nope=1"], ["run", "ToolReasoning-v0", "--policy", "bogus"],
                                   ["run", "ToolReasoning-v0", "--env-arg", "novalue"], ["list", "--extra"],
-                                  ["run", "ToolReasoning-v0", "--batch-size", "0"], ["run", "ToolReasoning-v0", "--episodes", "0"]])
+                                  ["run", "ToolReasoning-v0", "--batch-size", "0"], ["run", "ToolReasoning-v0", "--episodes", "0"],
+                                  ["run", "NoSuchEnv-v0"], ["run", "ToolReasoning-v0", "--env-arg", "max_turns=0"],
+                                  ["run", "ToolReasoning-v0", "--env-arg", "bogus=1"], ["train", "no/such/config.yaml"],
+                                  ["stress", "no/such/scenario.yaml"]])
 def test_cli_user_errors_are_one_line_and_exit_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
