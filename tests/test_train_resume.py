@@ -50,6 +50,9 @@ def test_sigkill_then_resume_continues_exactly(tmp_path):
     assert 2 <= len(rows(killed)) < 4, "the run must be killed mid-way for this test to mean anything"
 
     # and as if the kill had hit save_checkpoint between its two renames: only .tmp (newest) and .old left
+    assert find_checkpoint(killed) is not None  # whichever window the real kill hit
+    for leftover in ("checkpoint.tmp", "checkpoint.old"):
+        shutil.rmtree(killed / leftover, ignore_errors=True)
     shutil.copytree(killed / "checkpoint", killed / "checkpoint.old")
     os.replace(killed / "checkpoint", killed / "checkpoint.tmp")
     subprocess.run(train_command(killed, resume=True), check=True, env=env, capture_output=True, timeout=240)
