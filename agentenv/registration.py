@@ -9,8 +9,8 @@ import gymnasium as gym
 __all__ = ["register_envs", "list_envs", "scripted_policy", "ENV_IDS"]
 
 _ENTRY_POINTS = {
-    "agentenv/ToolReasoning-v0": "agentenv.envs.tool_reasoning:ToolReasoningEnv",
-    "agentenv/Ledger-v0": "agentenv.envs.ledger:LedgerEnv",
+    "agentenv/ToolReasoning-v0": "agentenv.envs.tool_reasoning.env:ToolReasoningEnv",
+    "agentenv/Ledger-v0": "agentenv.envs.ledger.env:LedgerEnv",
     "agentenv/Recommend-v0": "agentenv.envs.recommend.env:RecommendEnv",
     "agentenv/AudioReasoning-v0": "agentenv.envs.audio.env:AudioReasoningEnv",
 }
@@ -18,9 +18,9 @@ ENV_IDS = tuple(_ENTRY_POINTS)
 
 # The deterministic agent of each env, for `agentenv run --policy scripted`, tests and stress runs.
 _SCRIPTED_POLICIES = {
-    "agentenv/ToolReasoning-v0": "agentenv.envs.tool_reasoning_scripted:ScriptedPolicy",
+    "agentenv/ToolReasoning-v0": "agentenv.envs.tool_reasoning.scripted:ScriptedPolicy",
     "agentenv/AudioReasoning-v0": "agentenv.envs.audio.scripted:ScriptedAudioAgent",
-    "agentenv/Ledger-v0": "agentenv.envs.ledger_scripted:LedgerReader",
+    "agentenv/Ledger-v0": "agentenv.envs.ledger.scripted:LedgerReader",
     "agentenv/Recommend-v0": "agentenv.envs.recommend.baselines:ConstraintAwareRecommender",
 }
 

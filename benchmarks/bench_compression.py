@@ -52,7 +52,7 @@ def rss_child(turns: int, keep_full_history: bool) -> None:
     import gymnasium as gym
 
     import agentenv  # noqa: F401
-    from agentenv.envs.ledger_scripted import LedgerReader
+    from agentenv.envs.ledger.scripted import LedgerReader
 
     policy = LedgerReader()
 
@@ -94,7 +94,7 @@ def throughput(tokenizer: str, episodes: int) -> dict:
 
     import agentenv  # noqa: F401
     from agentenv.compression import get
-    from agentenv.envs.ledger_scripted import LedgerReader
+    from agentenv.envs.ledger.scripted import LedgerReader
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})

@@ -137,7 +137,7 @@ import sys, time
 t0 = time.perf_counter()
 import gymnasium as gym
 import agentenv
-from agentenv.envs.tool_reasoning_scripted import ScriptedPolicy
+from agentenv.envs.tool_reasoning.scripted import ScriptedPolicy
 from agentenv.runner import run_episodes
 variant = sys.argv[1]
 tools = {"sandboxed": ["python", "calculator"], "calculator only": ["calculator"]}.get(variant)

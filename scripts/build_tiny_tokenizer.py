@@ -21,9 +21,9 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import PreTrainedTokenizerFast
 
 import agentenv  # noqa: F401 - registers the envs
-from agentenv.envs.tool_reasoning_tasks import generate_task
+from agentenv.envs.tool_reasoning.tasks import generate_task
 from agentenv.policies.chat_tokens import CHATML_TEMPLATE
-from agentenv.envs.tool_reasoning_scripted import ScriptedPolicy
+from agentenv.envs.tool_reasoning.scripted import ScriptedPolicy
 from agentenv.runner import run_episodes
 
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<|pad|>"]

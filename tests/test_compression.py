@@ -17,7 +17,7 @@ import agentenv
 import agentenv.compression as compression
 from agentenv.compression import ExtractiveSummarizer, Summarize, TokenCounter, get_counter
 from agentenv.compression.tokens import RegexTokenizer, split_segments
-from agentenv.envs.ledger_scripted import LedgerReader
+from agentenv.envs.ledger.scripted import LedgerReader
 from agentenv.policies.base import Generation
 
 NAMES = ["window", "mask_observations", "summarize", "zip"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import agentenv  # noqa: F401
-from agentenv.envs.ledger_scripted import LedgerReader
+from agentenv.envs.ledger.scripted import LedgerReader
 from agentenv.policies.hrr import broadcast_turns, hrr_advantages, hrr_deviation, q_com_rows, turn_index
 from agentenv.policies.objectives import grpo_advantages
 

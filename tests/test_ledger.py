@@ -9,9 +9,9 @@ from gymnasium.utils.env_checker import check_env
 import agentenv
 import agentenv.errors
 from agentenv.compression.stress import StressConfig, load_scenario, run_stress
-from agentenv.envs.ledger import normalize_answer
-from agentenv.envs.ledger_scripted import READ, LedgerReader
-from agentenv.envs.ledger_stream import PROBE_KINDS, LedgerConfig, LedgerStream
+from agentenv.envs.ledger.env import normalize_answer
+from agentenv.envs.ledger.scripted import READ, LedgerReader
+from agentenv.envs.ledger.stream import PROBE_KINDS, LedgerConfig, LedgerStream
 
 
 def play(env, policy=None, seed=0):
@@ -42,7 +42,7 @@ def test_page_draws_are_randoms_own():
     the same numbers, so the same pages as `randrange` / `choice` / `shuffle` give."""
     import random
 
-    from agentenv.envs.ledger_stream import _below, _shuffle
+    from agentenv.envs.ledger.stream import _below, _shuffle
 
     for seed in range(50):
         ours, theirs = random.Random(f"{seed}/x"), random.Random(f"{seed}/x")

@@ -9,7 +9,7 @@ import pytest
 
 import agentenv  # noqa: F401 - registers the envs
 from agentenv.cli import main
-from agentenv.envs.tool_reasoning_tasks import GENERATORS, format_exact, generate_task
+from agentenv.envs.tool_reasoning.tasks import GENERATORS, format_exact, generate_task
 from agentenv.policies import ScriptedPolicy
 from agentenv.runner import run_episodes, summarize
 

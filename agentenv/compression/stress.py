@@ -121,7 +121,7 @@ def run_stress(config: StressConfig, compressor: str | None = None, budget_token
 
     import agentenv  # noqa: F401 - registers the envs
     from agentenv.compression import get
-    from agentenv.envs.ledger_scripted import LedgerReader
+    from agentenv.envs.ledger.scripted import LedgerReader
 
     name = compressor or config.compressor
     budget = budget_tokens or config.budget_tokens

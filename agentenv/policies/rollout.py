@@ -178,7 +178,7 @@ def demonstrations(
     included); `old_logprobs` are 0.0. Filter on `episode.success` / `episode.reward` as needed.
     """
     if policy is None:
-        from agentenv.envs.tool_reasoning_scripted import ScriptedPolicy
+        from agentenv.envs.tool_reasoning.scripted import ScriptedPolicy
 
         policy = ScriptedPolicy()
     return collect(env, policy, list(range(seed, seed + n)), 1, env_kwargs=env_kwargs, tokenizer=tokenizer, max_seq_len=max_seq_len)

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Callable, Sequence
 
-from agentenv.envs.tool_reasoning_tasks import UNITS
+from agentenv.envs.tool_reasoning.tasks import UNITS
 from agentenv.types import Generation, Messages
 
 __all__ = ["ScriptedPolicy", "solve_tool_reasoning"]

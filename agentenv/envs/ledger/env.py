@@ -2,7 +2,7 @@
 
 The agent reads a seeded stream of log-like pages with the `read` tool, one page per call. Pages carry
 facts about the tracked keys (with overwrites), variable chains, events, near-duplicate distractors and
-noise (`ledger_stream.py`). Every `probe_every` pages and on the last page a PROBE asks one question with
+noise (`stream.py`). Every `probe_every` pages and on the last page a PROBE asks one question with
 an exact answer: the agent answers it with the `answer` tool and reads on; the final probe is answered with
 `<answer>...</answer>`, which ends the episode. Reward: the fraction of probes answered correctly.
 
@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from agentenv.core import ChatEnv, Message, Score
-from agentenv.envs.ledger_stream import PROBE_KINDS, LedgerConfig, LedgerStream, Probe
+from agentenv.envs.ledger.stream import PROBE_KINDS, LedgerConfig, LedgerStream, Probe
 from agentenv.tools.base import Tool
 from agentenv.tools.parsing import ParsedAction
 

@@ -1,6 +1,6 @@
 """ToolReasoning-v0: multi-step math and logic word problems solved with tools, scored by a verifiable reward.
 
-Tasks come from seeded generators (`tool_reasoning_tasks.py`) or from a user JSONL file of
+Tasks come from seeded generators (`tasks.py`) or from a user JSONL file of
 `{"question", "answer"}` rows (GSM8K/MATH style). The reward is
 `(1 − format_weight)·correct + format_weight·well_formed`, where `correct` is an exact numeric or symbolic
 match of the answer and `well_formed` says the final turn held one clean answer and no broken tool call.
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from agentenv.core import ChatEnv, Message, Score
-from agentenv.envs.tool_reasoning_tasks import GENERATORS, Task, generate_task, load_jsonl_tasks
+from agentenv.envs.tool_reasoning.tasks import GENERATORS, Task, generate_task, load_jsonl_tasks
 from agentenv.rewards.math_match import match_answer
 from agentenv.tools.parsing import parse_action
 from agentenv.tools.registry import ToolSpec
