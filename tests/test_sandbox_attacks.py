@@ -21,7 +21,7 @@ import gymnasium as gym
 import pytest
 
 import agentenv  # noqa: F401 - registers the envs
-from agentenv.tools.python_tool import ALLOWED_MODULES, PythonTool
+from agentenv.tools.python_tool import ALLOWED_MODULES, PythonTool, _shared_pool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -333,42 +333,43 @@ def test_process_layer_stops_connecting_to_localhost(raw_tool):
         server.close()
 
 
-def test_process_layer_stops_signalling_the_host_and_a_sibling(raw_tool):
-    sibling = PythonTool()
-    sibling.start()
-    (sibling_pid,) = sibling.worker_pids
-    try:
-        code = (
-            "import os, signal\nres = []\n"
-            f"for pid in ({os.getpid()}, {sibling_pid}, {os.getppid()}):\n"
-            "    for sig in (signal.SIGKILL, signal.SIGSTOP, 0):\n"
-            "        try:\n            os.kill(pid, sig)\n            res.append('SENT')\n"
-            "        except OSError as e:\n            res.append(type(e).__name__)\nprint(res)"
-        )
-        out = _raw(raw_tool, code)
-        assert "SENT" not in out, out
-        assert sibling.run("print(5)").content == "5"  # the sibling is alive and unstopped
-    finally:
-        sibling.close()
+@pytest.fixture
+def sibling():
+    """Another env's worker, alive, with its pid."""
+    tool = PythonTool()
+    tool.start()
+    (pid,) = tool.worker_pids
+    yield tool, pid
+    tool.close()
 
 
-def test_process_layer_stops_reading_other_processes_fds(raw_tool):
-    sibling = PythonTool()
-    sibling.start()
-    (sibling_pid,) = sibling.worker_pids
-    try:
-        code = (
-            "import os\nres = []\n"
-            f"for pid in ({os.getpid()}, {sibling_pid}):\n"
-            "    for f in (lambda: os.listdir(f'/proc/{pid}/fd'), lambda: open(f'/proc/{pid}/fd/1', 'wb'),\n"
-            "              lambda: open(f'/proc/{pid}/mem', 'rb'), lambda: open(f'/proc/{pid}/environ').read()):\n"
-            "        try:\n            f()\n            res.append('OPENED')\n"
-            "        except OSError as e:\n            res.append(type(e).__name__)\nprint(res)"
-        )
-        out = _raw(raw_tool, code)
-        assert "OPENED" not in out, out
-    finally:
-        sibling.close()
+def test_process_layer_stops_signalling_the_host_and_a_sibling(raw_tool, sibling):
+    tool, sibling_pid = sibling
+    zygote_pid = _shared_pool().proc.pid
+    code = (
+        "import os, signal\nres = []\n"
+        f"for pid in ({os.getpid()}, {sibling_pid}, {zygote_pid}, {os.getppid()}):\n"
+        "    for sig in (signal.SIGKILL, signal.SIGSTOP, 0):\n"
+        "        try:\n            os.kill(pid, sig)\n            res.append('SENT')\n"
+        "        except OSError as e:\n            res.append(type(e).__name__)\nprint(res)"
+    )
+    out = _raw(raw_tool, code)
+    assert "SENT" not in out and out.count("Error") == 12, out
+    assert tool.run("print(5)").content == "5"  # the sibling is alive and unstopped
+
+
+def test_process_layer_stops_reading_other_processes_fds(raw_tool, sibling):
+    _tool, sibling_pid = sibling
+    code = (
+        "import os\nres = []\n"
+        f"for pid in ({os.getpid()}, {sibling_pid}):\n"
+        "    for f in (lambda: os.listdir(f'/proc/{pid}/fd'), lambda: open(f'/proc/{pid}/fd/1', 'wb'),\n"
+        "              lambda: open(f'/proc/{pid}/mem', 'rb'), lambda: open(f'/proc/{pid}/environ').read()):\n"
+        "        try:\n            f()\n            res.append('OPENED')\n"
+        "        except OSError as e:\n            res.append(type(e).__name__)\nprint(res)"
+    )
+    out = _raw(raw_tool, code)
+    assert "OPENED" not in out and out.count("Error") == 8, out
 
 
 def test_process_layer_stops_forking_and_exec(raw_tool):

@@ -31,7 +31,7 @@ import struct
 
 __all__ = [
     "UID_BASE", "landlock", "seccomp_filter", "load_seccomp", "unshare_network", "drop_to_uid",
-    "set_parent_death_signal", "set_no_new_privs", "set_non_dumpable", "uid_for",
+    "set_parent_death_signal", "set_no_new_privs", "set_non_dumpable", "uid_for", "worker_uid_base",
 ]  # fmt: skip
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -75,24 +75,42 @@ def unshare_network() -> str | None:
     return None
 
 
-def _uid_mapped(uid: int) -> bool:
+def _uids_mapped(first: int, last: int) -> bool:
+    """Whether every uid in [first, last] is mapped in this user namespace (by one line of uid_map)."""
     try:
         with open("/proc/self/uid_map") as fh:
             for line in fh:
                 inside, _outside, count = (int(x) for x in line.split())
-                if inside <= uid < inside + count:
+                if inside <= first and last < inside + count:
                     return True
     except (OSError, ValueError):
         return False
     return False
 
 
-def uid_for(pid: int) -> int | None:
-    """The uid a worker with this pid takes, or None when the host cannot switch uids."""
+SHARED_UID = 65534  # "nobody": used by every worker when the per-worker range is not mapped
+
+
+def worker_uid_base() -> int | None:
+    """Read once by the zygote: UID_BASE when UID_BASE + any pid is a mapped uid (each worker then has a
+    uid of its own), SHARED_UID when only that one is, None when the host is not root."""
     if os.geteuid() != 0:
         return None
-    uid = UID_BASE + pid
-    return uid if _uid_mapped(uid) else (65534 if _uid_mapped(65534) else None)
+    try:
+        with open("/proc/sys/kernel/pid_max") as fh:
+            pid_max = int(fh.read())
+    except (OSError, ValueError):
+        pid_max = 1 << 22
+    if _uids_mapped(UID_BASE, UID_BASE + pid_max):
+        return UID_BASE
+    return SHARED_UID if _uids_mapped(SHARED_UID, SHARED_UID) else None
+
+
+def uid_for(pid: int, base: int | None) -> int | None:
+    """The uid of worker `pid`, given the zygote's `worker_uid_base()`."""
+    if base is None:
+        return None
+    return SHARED_UID if base == SHARED_UID else base + pid
 
 
 def drop_to_uid(uid: int) -> str | None:

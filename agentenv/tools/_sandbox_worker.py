@@ -788,8 +788,6 @@ def _describe(exc: BaseException) -> str:
     return f"{name}: {message}" if message else name
 
 
-
-
 # -- processes ------------------------------------------------------------------------------------------
 # A zygote (`python -I -S _sandbox_worker.py zygote CONFIG FD`) imports and warms everything once, then
 # forks one worker per episode on request, so a fresh interpreter state costs a fork, not a start-up.
@@ -869,8 +867,10 @@ def _encode(text: str) -> bytes:
 class _Plan:
     """What the zygote prepared once for every worker it forks."""
 
-    def __init__(self, sandbox: Sandbox, read_paths: list[str], temp_root: str, seccomp: bytes | None):
+    def __init__(self, sandbox: Sandbox, read_paths: list[str], temp_root: str, seccomp: bytes | None,
+                 uid_base: int | None):
         self.sandbox = sandbox
+        self.uid_base = uid_base
         self.read_paths = read_paths
         self.temp_root = temp_root
         self.seccomp = seccomp
@@ -888,7 +888,7 @@ def _harden_worker(plan: _Plan) -> dict[str, str | None]:
     pid = os.getpid()
     temp_dir = os.path.join(plan.temp_root, str(pid))
     os.mkdir(temp_dir, 0o700)
-    uid = osl.uid_for(pid)
+    uid = osl.uid_for(pid, plan.uid_base)
     if uid is not None:
         os.chown(temp_dir, uid, uid)
     os.chdir(temp_dir)
@@ -1031,11 +1031,11 @@ def _zygote_main(config: dict[str, Any], sock_fd: int) -> int:
     except BaseException as exc:  # noqa: BLE001 - tell the host why we could not start
         sock.send(b"F" + _encode(_describe(exc)))
         return 2
-    plan = _Plan(sandbox, read_paths, temp_root, seccomp)
+    plan = _Plan(sandbox, read_paths, temp_root, seccomp, osl.worker_uid_base())
     gc.collect()
     gc.freeze()  # keep the warmed heap shared between forks (no refcount-free GC writes to it)
     sock.send(b"Z" + json.dumps({"pid": os.getpid(), "layers": layers}).encode())
-    children: dict[int, int] = {}  # pid -> exit status once reaped (None while alive)
+    children: dict[int, int] = {}  # pid -> wait status, for the last 1024 workers reaped
     live: set[int] = set()
 
     def reap() -> None:

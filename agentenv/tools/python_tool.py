@@ -319,12 +319,8 @@ class _Pool:
             self.leased += 1
             self._top_up()
         worker.wait_ready(startup_timeout_s)
-        layers = worker.info.get("layers", {})
-        if any(reason is not None and name not in self.warned for name, reason in layers.items()):
-            with self.lock:
-                self._note_layers(layers)
-        else:
-            self.layers.update(layers)
+        with self.lock:
+            self._note_layers(worker.info.get("layers", {}))
         return worker
 
     def returned(self) -> None:
