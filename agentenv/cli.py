@@ -113,7 +113,7 @@ def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
     # Before torch loads: busy-waiting OpenMP threads make small CPU matmuls up to 30x slower on 2 cores.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from agentenv.policies.train import load_config, train
+    from agentenv.learn.train import load_config, train
 
     cfg = load_config(args.config, overrides)
     summary = train(cfg, resume=args.resume)

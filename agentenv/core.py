@@ -27,7 +27,7 @@ from gymnasium import spaces
 from agentenv.tools.base import Tool, ToolCall, ToolResult
 from agentenv.tools.parsing import ParsedAction, parse_action
 from agentenv.tools.registry import ToolSpec, resolve_tools
-from agentenv.types import Message
+from agentenv.types import Message, StepInfo
 
 __all__ = ["qualified_env_id", "ChatEnv", "ChatHistory", "Utterance", "Message", "Score", "ROLES"]
 
@@ -369,7 +369,7 @@ class ChatEnv(gym.Env[list, str]):
         denominator = max(self._turn - 1, 0) + self._delayed_calls
         return self._delayed_calls / denominator if denominator else 0.0
 
-    def _info(self, parsed: ParsedAction | None = None, results: Sequence[ToolResult] = (), error: str | None = None) -> dict[str, Any]:
+    def _info(self, parsed: ParsedAction | None = None, results: Sequence[ToolResult] = (), error: str | None = None) -> StepInfo:
         if parsed is None:
             calls, spans = [], []
         else:

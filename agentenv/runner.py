@@ -1,7 +1,7 @@
-"""Run a policy on an environment for N episodes, stepping a batch of episodes in lockstep.
+"""`agentenv run`: a policy on an environment for N episodes, as JSON-ready summaries of the rollout's episodes.
 
-Each turn, the contexts of all live episodes go to `policy.generate` in one call (so a model policy
-batches them), then every env steps with its own action. Episode logs are plain dicts, ready for JSONL.
+The episodes come from the one rollout loop (`rollout.iter_episodes`, batched generation across live
+episodes); `EpisodeLog` is their summary view: messages, reward and counts, one JSONL line each.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any, Callable, Iterator
 
 import gymnasium as gym
 
-from agentenv.policies.base import Policy
+from agentenv.rollout import iter_episodes
+from agentenv.types import Episode, Policy
 
 __all__ = ["EpisodeLog", "run_episodes", "summarize", "JsonlWriter"]
 
@@ -34,6 +35,16 @@ class EpisodeLog:
     reward_components: dict[str, float] = field(default_factory=dict)
     delay_call_rate: float = 0.0
 
+    @classmethod
+    def of(cls, env_id: str, episode: Episode) -> "EpisodeLog":
+        """The summary view of a rollout `Episode` (its turns are the env's per-step `info`)."""
+        last = episode.turns[-1] if episode.turns else {}
+        return cls(env_id, episode.seed, episode.messages, reward=episode.reward, success=episode.success,
+                   turns=last.get("turn", len(episode.turns)), tool_calls=sum(len(t["tool_calls"]) for t in episode.turns),
+                   errors=sum(t["error"] is not None for t in episode.turns), terminated=episode.terminated,
+                   truncated=episode.truncated, reward_components=episode.reward_components,
+                   delay_call_rate=last.get("delay_call_rate", 0.0))
+
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
@@ -48,43 +59,10 @@ def run_episodes(
     env_kwargs: dict[str, Any] | None = None,
     make_env: Callable[[], gym.Env] | None = None,
 ) -> Iterator[EpisodeLog]:
-    """Yield one `EpisodeLog` per episode; episode `i` is reset with seed `seed + i`."""
-    build = make_env or (lambda: gym.make(env_id, **(env_kwargs or {})))
-    envs = [build() for _ in range(min(batch_size, episodes))]
-    try:
-        next_episode = 0
-        live: list[tuple[gym.Env, EpisodeLog, list]] = []
-
-        def start(env: gym.Env) -> None:
-            nonlocal next_episode
-            obs, _ = env.reset(seed=seed + next_episode)
-            live.append((env, EpisodeLog(env_id, seed + next_episode, obs), obs))
-            next_episode += 1
-
-        for env in envs:
-            start(env)
-        while live:
-            generations = policy.generate([obs for _, _, obs in live])
-            current, live = live, []
-            for (env, log, _), generation in zip(current, generations):
-                obs, reward, terminated, truncated, info = env.step(generation.text)
-                log.turns = info["turn"]
-                log.tool_calls += len(info["tool_calls"])
-                log.errors += info["error"] is not None
-                log.delay_call_rate = info["delay_call_rate"]
-                if terminated or truncated:
-                    log.messages, log.reward = obs, float(reward)
-                    log.terminated, log.truncated = terminated, truncated
-                    log.reward_components = info.get("reward_components", {})
-                    log.success = bool(log.reward_components.get("success", 0.0))
-                    yield log
-                    if next_episode < episodes:
-                        start(env)
-                else:
-                    live.append((env, log, obs))
-    finally:
-        for env in envs:
-            env.close()
+    """Yield one `EpisodeLog` per episode as it ends; episode `i` is reset with seed `seed + i`."""
+    for episode in iter_episodes(make_env or env_id, policy, range(seed, seed + episodes), env_kwargs=env_kwargs,
+                                 batch_size=batch_size):
+        yield EpisodeLog.of(env_id, episode)
 
 
 def summarize(logs: list[EpisodeLog]) -> dict[str, float]:

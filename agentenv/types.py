@@ -1,5 +1,5 @@
 """The records every stage passes on, defined once: chat messages, tool calls and results, generations,
-and the policy protocol. Everything else in agentenv imports these from here; this module imports nothing
+the policy protocol, and the rollout's token records (`Sample`, `Episode`) that the learner trains on. Everything else in agentenv imports these from here; this module imports nothing
 of agentenv's (the bottom of the one import direction, checked by tests/test_import_direction.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, TypedDict, runtime_checkable
 
-__all__ = ["Message", "Messages", "ToolCall", "ToolResult", "Generation", "Policy"]
+__all__ = ["Message", "Messages", "ToolCall", "ToolResult", "StepInfo", "TurnRecord", "Generation", "Policy", "Sample", "Episode"]
 
 
 class Message(TypedDict, total=False):
@@ -47,6 +47,35 @@ class ToolResult:
         return {"name": self.name, "ok": self.ok, "content": self.content, "error": self.error}
 
 
+class StepInfo(TypedDict, total=False):
+    """The `info` of every `ChatEnv.step` (and `reset`): the keys an env always sets, then the optional ones."""
+
+    turn: int
+    tools: list[dict[str, Any]]  # OpenAI function-calling schemas of the env's tools
+    tool_calls: list[dict[str, Any]]  # calls parsed from the last action (`ToolCall.as_dict`)
+    tool_results: list[dict[str, Any]]  # results delivered this step (`ToolResult.as_dict`)
+    error: str | None  # what was wrong with the last action, else None
+    pending: int  # calls queued (delayed execution)
+    delay_call_rate: float  # IH-GRPO's metric
+    control_spans: list[tuple[int, int, str]]  # (start, end, kind) character ranges of control decisions
+    reward_components: dict[str, float]  # on the final step; "success" among them
+    compression: dict[str, Any]  # with a compressor: budget, tokens kept, q_com, …
+
+
+class TurnRecord(StepInfo, total=False):
+    """One entry of `Episode.turns`: the step's `info` (without the repeated `tools`) plus where the turn's
+    generated tokens are: `sample` (index into `Episode.samples`), `start`/`end` (token range in it, the
+    end-of-turn id included), `control_positions` (token ranges of the control spans); and `finish_reason`,
+    `reward` (of that step). A rollout without token records has no positions."""
+
+    sample: int
+    start: int
+    end: int
+    control_positions: list[tuple[int, int, str]]
+    finish_reason: str
+    reward: float
+
+
 @dataclass
 class Generation:
     """One assistant turn: its text and, for model policies, the sampled token ids and their log-probs.
@@ -60,6 +89,56 @@ class Generation:
     logprobs: list[float] = field(default_factory=list)
     prompt_ids: list[int] = field(default_factory=list)
     finish_reason: str = "stop"
+
+
+@dataclass
+class Sample:
+    """One contiguous token sequence: `[T]` lists, aligned with `token_ids`.
+
+    `loss_mask` is 1 on policy-generated tokens (the end-of-turn id included), 0 on prompt, env and tool
+    tokens; `old_logprobs` are the sampling log-probs (0.0 where the mask is 0); `control_mask` is 1 on
+    generated tokens that overlap a control span (`<tool_call>…</tool_call>`, a python block, `<execute/>`,
+    `<answer>…</answer>`); `prompt_len` is the number of ids before the first generated one.
+    """
+
+    token_ids: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)
+    old_logprobs: list[float] = field(default_factory=list)
+    control_mask: list[int] = field(default_factory=list)
+    prompt_len: int = 0
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def extend(self, ids: Sequence[int], generated: bool, logprobs: Sequence[float] | None = None, control: Sequence[int] | None = None) -> None:
+        self.token_ids.extend(ids)
+        self.loss_mask.extend([int(generated)] * len(ids))
+        self.old_logprobs.extend(logprobs if logprobs is not None else [0.0] * len(ids))
+        self.control_mask.extend(control if control is not None else [0] * len(ids))
+
+
+@dataclass
+class Episode:
+    """One episode of one task: its samples, outcome and per-turn records.
+
+    `reward` is the sum of the step rewards (for the shipped envs: the final reward); `turns[k]` is turn
+    k's `TurnRecord`.
+    """
+
+    group_id: int
+    seed: int
+    samples: list[Sample] = field(default_factory=list)
+    reward: float = 0.0
+    reward_components: dict[str, float] = field(default_factory=dict)
+    turns: list[TurnRecord] = field(default_factory=list)
+    terminated: bool = False
+    truncated: bool = False
+    messages: Messages = field(default_factory=list)
+    index: int = 0  # place in the rollout's (group, sample) order
+
+    @property
+    def success(self) -> bool:
+        return bool(self.reward_components.get("success", 0.0))
 
 
 @runtime_checkable

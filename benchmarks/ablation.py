@@ -3,7 +3,7 @@
 One shared warm start (`train()` with steps=0: SFT on the scripted demonstrations, held-out evaluation, step-0
 checkpoint), then one arm per learner preset, each resuming from its own copy of that checkpoint with
 `train(..., resume=True)`, so every arm starts from the same weights and RNG state and differs only in the learner
-config (the `--learner.preset=NAME` overrides of `agentenv/policies/presets.py`). Nothing is tuned per arm.
+config (the `--learner.preset=NAME` overrides of `agentenv/learn/presets.py`). Nothing is tuned per arm.
 
 The recipe is the embedded default's (`agentenv train`, `TrainConfig`): the same SFT warm start (demonstrations, batch size,
 lr) and the same GRPO batch (tasks × samples) and learner (lr, micro-batch size), with three differences: delayed
@@ -40,9 +40,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agentenv.policies.plugins import PLUGINS  # noqa: E402
-from agentenv.policies.presets import learner_preset  # noqa: E402
-from agentenv.policies.train import TrainConfig, train  # noqa: E402
+from agentenv.learn.plugins import PLUGINS  # noqa: E402
+from agentenv.learn.presets import learner_preset  # noqa: E402
+from agentenv.learn.train import TrainConfig, train  # noqa: E402
 from arms import run_arm  # noqa: E402 - benchmarks/arms.py, beside this script
 
 ENV_KWARGS = {"tools": ["calculator"], "kinds": ["counting"], "difficulty": 1, "max_turns": 4, "execution": "delayed"}
@@ -65,7 +65,7 @@ def add_mtp_head(checkpoint: Path, seed: int) -> None:
     the model state and, as new parameters at the end of the optimizer's single group, with no Adam state yet."""
     import torch
 
-    from agentenv.policies.plugins.occ import MTPHead
+    from agentenv.learn.plugins.occ import MTPHead
 
     state = torch.load(checkpoint, weights_only=False)
     hidden = state["model"]["model.embed_tokens.weight"].shape[1]
@@ -228,7 +228,7 @@ def markdown(result: dict) -> str:
         f"the same step-0 checkpoint (same weights, optimizer and RNG state) and runs {c['steps']} GRPO steps of "
         f"{c['tasks_per_step']} tasks × {c['group_size']} samples, lr {c['lr']}, micro-batch "
         f"{c.get('micro_batch_size', '?')}, seed {c['seed']}; then the same {n} held-out tasks again. Arms differ only "
-        "in the learner preset (`agentenv/policies/presets.py`), each at its defaults; nothing was tuned. `dapo_mb4` "
+        "in the learner preset (`agentenv/learn/presets.py`), each at its defaults; nothing was tuned. `dapo_mb4` "
         "is `dapo` with 4 mini-batches per rollout batch, the like-for-like baseline for divergence, fipo, nsr and occ "
         "(whose presets use 4 mini-batches; they are no-ops at π_θ = π_old). Every plug-in preset is `dapo` + that "
         "plug-in. SE is the binomial standard error sqrt(p(1−p)/n) of one held-out rate, n = "

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from agentenv.policies.train import TrainConfig, train
+from agentenv.learn.train import TrainConfig, train
 
 
 def run_arm(warm_dir: Path, cfg: TrainConfig, log: Callable[[str], None],

@@ -15,7 +15,7 @@ detached), all 32 rows in one micro-batch on both sides. Both sides load the sam
 same token ids, masks and advantages; each starts from those weights with a fresh optimizer, so the first
 update's loss and grad norm must agree (printed as a check).
 
-* ours: `agentenv.policies.learner.update` on the `Batch` from `make_batch` (built once, untimed);
+* ours: `agentenv.learn.learner.update` on the `Batch` from `make_batch` (built once, untimed);
 * TRL: `benchmarks/trl_learner.py` in the TRL venv (`bash benchmarks/setup_trl.sh` builds `.venv-trl`), a
   persistent subprocess that runs `GRPOTrainer.training_step` (TRL's `_compute_loss` with its fused chunked
   LM head) + `_clip_grad_norm` + optimizer/scheduler step + `zero_grad` per `step` command.
@@ -97,7 +97,7 @@ def build_workload(kind: str, seed: int = 0) -> dict:
     """Prompt ids, completion ids, rewards and GRPO advantages for 4 prompts × 8 completions."""
     import torch
 
-    from agentenv.policies import objectives as F
+    from agentenv.learn import objectives as F
     from agentenv.policies.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer()
@@ -143,7 +143,7 @@ def trl_inputs(work: dict):
 
 def our_batch(work: dict):
     """Our `Batch`, through the same `make_batch` the trainer uses (one Episode per completion)."""
-    from agentenv.policies.learner import make_batch
+    from agentenv.learn.learner import make_batch
 
     episodes = []
     for p, prompt, ids in work["rows"]:
@@ -190,7 +190,7 @@ def run_workload(kind: str, model_dir: Path, workdir: Path, threads: int, warmup
     import torch
     from transformers import Qwen2ForCausalLM
 
-    from agentenv.policies.learner import LearnerConfig, update
+    from agentenv.learn.learner import LearnerConfig, update
 
     work = build_workload(kind)
     torch.save(trl_inputs(work), workdir / "trl_inputs.pt")

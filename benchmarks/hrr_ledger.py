@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agentenv.policies.learner import LearnerConfig  # noqa: E402
-from agentenv.policies.train import TrainConfig, train  # noqa: E402
+from agentenv.learn.learner import LearnerConfig  # noqa: E402
+from agentenv.learn.train import TrainConfig, train  # noqa: E402
 from arms import run_arm  # noqa: E402 - benchmarks/arms.py, beside this script
 
 ENV_KWARGS = {"turns": 4, "ledgers": 1, "probe_every": 2, "noise_lines": [1, 3], "compressor": "zip",

@@ -18,13 +18,13 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 import agentenv
 from agentenv.envs.audio import analysis, logic
-from agentenv.envs.audio.reward import RewardWeights, check_format, normalize_answer, parse_nli_label, score_response
+from agentenv.envs.audio.reward import RewardWeights, check_format, read_typed_answer, parse_nli_label, score_response
 from agentenv.envs.audio.scripted import ChanceAgent, ScriptedAudioAgent
 from agentenv.envs.audio.signals import SAMPLE_RATE, Tone, read_wav, render_tones, resample, wav_to_array, write_wav
 from agentenv.envs.audio.speech import Voice, speak, speech_available
 from agentenv.envs.audio.tasks import LEVELS, TONE_KINDS, Difficulty, generate_task
 from agentenv.envs.audio.tiny_policy import TinyAudioConfig, TinyAudioPolicy
-from agentenv.policies.objectives import aggregate, grpo_advantages, ppo_clip_loss, token_log_ratio
+from agentenv.learn.objectives import aggregate, grpo_advantages, ppo_clip_loss, token_log_ratio
 from agentenv.runner import run_episodes
 
 ENV_ID = "agentenv/AudioReasoning-v0"
@@ -540,7 +540,7 @@ def test_length_term_is_capped_at_the_reference():
     ("Higher", "choice", "higher"), ("it is lower.", "choice", "lower"), ("higher or lower", "choice", None),
 ])
 def test_open_answers_are_normalised(answer, answer_type, expected):
-    assert normalize_answer(answer, answer_type, ("higher", "lower")) == expected
+    assert read_typed_answer(answer, answer_type, ("higher", "lower")) == expected
 
 
 def test_env_reward_components_and_success():

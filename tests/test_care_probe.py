@@ -11,9 +11,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from agentenv.policies import plugins as P
-from agentenv.policies.learner import LearnerConfig, care_hidden_states, episode_advantages, make_care_probe
-from agentenv.policies.plugins.care import care_select, corrective_advantage_gap
+from agentenv.learn import plugins as P
+from agentenv.learn.learner import LearnerConfig, episode_advantages
+from agentenv.learn.plugin import StepContext
+from agentenv.learn.plugins.care import Care, care_hidden_states
+from agentenv.learn.plugins.care import care_select, corrective_advantage_gap
 
 N, H = 8, 16  # responses per prompt, hidden width of the synthetic streams
 
@@ -265,7 +267,7 @@ def test_care_labels_probe_needs_its_probe():
 @pytest.fixture(scope="module")
 def rollouts():
     from agentenv.policies.hf import HFPolicy
-    from agentenv.policies.rollout import collect
+    from agentenv.rollout import collect
 
     policy = HFPolicy("tiny", max_new_tokens=16, seed=0)
     env_kwargs = {"tools": ["calculator"], "kinds": ["counting"], "difficulty": 1, "max_turns": 2}
@@ -311,12 +313,13 @@ def test_care_hidden_states_of_a_split_episode_take_the_prompt_from_the_first_sa
 
 def test_episode_advantages_with_care_probe_on_tiny_model_rollouts(rollouts):
     model, episodes = rollouts
-    cfg = LearnerConfig(plugins=["care"], care_top_pct=0.5, care_warmup=1)
-    assert cfg.care_acquisition == "probe"  # the default
-    probe = make_care_probe(model, cfg, group_size=4, seed=0)
-    with pytest.raises(ValueError, match="care_probe"):
-        episode_advantages(episodes, cfg, step=0)
-    adv = episode_advantages(episodes, cfg, step=0, model=model, care_probe=probe)
+    cfg = LearnerConfig(plugins={"care": {"top_pct": 0.5, "warmup": 1}})
+    assert cfg.plugins["care"].acquisition == "probe"  # the default
+    care = Care(cfg.plugins["care"])
+    probe = care.make_probe(model.config.hidden_size, group_size=4, seed=0)
+    with pytest.raises(ValueError, match="model"):
+        episode_advantages(episodes, cfg, plugins=[care], ctx=StepContext(cfg, 0))
+    adv = episode_advantages(episodes, cfg, plugins=[care], ctx=StepContext(cfg, 0, model=model))
     assert adv.shape == (16,) and adv.isfinite().all()
     assert probe.buffer["count"].shape == (2,)  # ⌈0.5·4⌉ queried prompts
     # The random tiny model never answers, so give its real rollouts answers (only `messages` change; the
@@ -326,7 +329,7 @@ def test_episode_advantages_with_care_probe_on_tiny_model_rollouts(rollouts):
     for e, answer, reward in zip(episodes, answers, rewards):
         e.messages = [*e.messages, {"role": "assistant", "content": f"<answer>{answer}</answer>"}]
         e.reward = float(reward)
-    adv = episode_advantages(episodes, cfg, step=1, model=model, care_probe=probe)
+    adv = episode_advantages(episodes, cfg, plugins=[care], ctx=StepContext(cfg, 1, model=model))
     assert adv.shape == (16,) and adv.isfinite().all() and adv.abs().sum() > 0
     # the two prompts just queried were buffered with their true labels: per group (majority right, y) =
     # (no, 1), (yes, 0), (no, 2: the tie goes to the first answer, 7), (yes, 0)
@@ -336,21 +339,22 @@ def test_episode_advantages_with_care_probe_on_tiny_model_rollouts(rollouts):
     for hidden, right, count in zip(probe.buffer["prompt"][2:], probe.buffer["majority_correct"][2:], probe.buffer["count"][2:]):
         group = int((prompts - hidden).abs().sum(-1).argmin())
         assert (int(right), int(count)) == truth[group]
-    assert make_care_probe(model, LearnerConfig(plugins=["care"], care_acquisition="heuristic"), 4, 0) is None
+    assert Care(LearnerConfig(plugins={"care": {"acquisition": "heuristic"}}).plugins["care"]).make_probe(64, 4, 0) is None
 
 
 def test_train_with_the_care_probe_resumes_exactly(tmp_path):
-    from agentenv.policies.train import load_config, train
+    from agentenv.learn.train import load_config, train
 
     args = ["--checkpoint_every=1", "--sft_steps=0", "--eval_tasks=0", "--tasks_per_step=3", "--group_size=2",
-            "--max_new_tokens=8", "--learner.micro_batch_size=6", "--learner.plugins=care", "--learner.care_warmup=1",
-            "--learner.care_top_pct=0.5"]
+            "--max_new_tokens=8", "--learner.micro_batch_size=6", "--learner.plugins.care.warmup=1",
+            "--learner.plugins.care.top_pct=0.5"]
     train(load_config(None, ["--steps=3", f"--out_dir={tmp_path / 'straight'}", *args]), log=lambda message: None)
     train(load_config(None, ["--steps=2", f"--out_dir={tmp_path / 'resumed'}", *args]), log=lambda message: None)
     train(load_config(None, ["--steps=3", f"--out_dir={tmp_path / 'resumed'}", *args]), resume=True, log=lambda message: None)
     straight, resumed = (torch.load(tmp_path / run / "checkpoint" / "state.pt", weights_only=False)
                          for run in ("straight", "resumed"))
     assert straight["step"] == resumed["step"] == 3
-    assert straight["extra"]["care_probe"]["buffer"]["count"].shape == (3 * 2,)  # ⌈0.5·3⌉ = 2 prompts a step
-    assert _state_equal(straight["extra"]["care_probe"], resumed["extra"]["care_probe"])
+    straight_probe, resumed_probe = (run["extra"]["plugins"]["care"]["probe"] for run in (straight, resumed))
+    assert straight_probe["buffer"]["count"].shape == (3 * 2,)  # ⌈0.5·3⌉ = 2 prompts a step
+    assert _state_equal(straight_probe, resumed_probe)
     assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])

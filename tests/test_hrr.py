@@ -6,8 +6,8 @@ import torch
 
 import agentenv  # noqa: F401
 from agentenv.envs.ledger.scripted import LedgerReader
-from agentenv.policies.hrr import broadcast_turns, hrr_advantages, hrr_deviation, q_com_rows, turn_index
-from agentenv.policies.objectives import grpo_advantages
+from agentenv.learn.plugins.hrr import broadcast_turns, hrr_advantages, hrr_deviation, q_com_rows, turn_index
+from agentenv.learn.objectives import grpo_advantages
 
 F64 = torch.float64
 
@@ -110,7 +110,7 @@ LEDGER = {"turns": 4, "ledgers": 1, "probe_every": 2, "noise_lines": [1, 3], "co
 def ledger_episodes():
     """Real rollout records: the Ledger reader played through `collect` (tiny tokenizer), with zip rewrites, so
     episodes have several samples and per-turn Q_com."""
-    from agentenv.policies.rollout import collect
+    from agentenv.rollout import collect
     from agentenv.policies.tiny import tiny_tokenizer
 
     episodes = collect("agentenv/Ledger-v0", LedgerReader(), [1], group_size=2, env_kwargs=LEDGER, tokenizer=tiny_tokenizer())
@@ -120,12 +120,14 @@ def ledger_episodes():
 
 def _update(episodes, advantages, cfg, token_advantages=None):
     """One learner update of a fresh tiny model (same init every call); returns its parameters."""
-    from agentenv.policies.learner import make_batch, update
+    from agentenv.learn.learner import make_batch, update
     from agentenv.policies.tiny import tiny_model, tiny_tokenizer
+
+    from agentenv.learn.plugin import build_plugins
 
     model = tiny_model(seed=0).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    batch = make_batch(episodes, advantages, tiny_tokenizer().pad_token_id, cfg)
+    batch = make_batch(episodes, advantages, tiny_tokenizer().pad_token_id, plugins=build_plugins(cfg))
     if token_advantages is not None:
         batch.extras["token_advantages"] = token_advantages
     update(model, optimizer, batch, cfg)
@@ -135,8 +137,8 @@ def _update(episodes, advantages, cfg, token_advantages=None):
 def test_beta_zero_through_the_learner_is_plain_grpo(ledger_episodes):
     from dataclasses import replace
 
-    from agentenv.policies.hrr import token_advantages
-    from agentenv.policies.learner import LearnerConfig
+    from agentenv.learn.plugins.hrr import token_advantages
+    from agentenv.learn.learner import LearnerConfig
 
     advantages = torch.tensor([1.0, -1.0])
     cfg = LearnerConfig(lr=1e-2, micro_batch_size=4, share_prefix=0)
@@ -148,19 +150,21 @@ def test_beta_zero_through_the_learner_is_plain_grpo(ledger_episodes):
     _, via_tokens = _update(ledger_episodes, advantages, cfg, token_advantages=zero)
     assert all(torch.equal(a, b) for a, b in zip(plain, via_tokens))
     # and beta > 0 does reach the gradient
-    hrr_batch, reshaped = _update(ledger_episodes, advantages, replace(cfg, hrr_beta=1.0, hrr_group_norm=True))
+    hrr_batch, reshaped = _update(ledger_episodes, advantages, replace(cfg, plugins={"hrr": {"beta": 1.0, "group_norm": True}}))
     assert "token_advantages" in hrr_batch.extras
     assert not all(torch.equal(a, b) for a, b in zip(plain, reshaped))
 
 
 @pytest.mark.parametrize("mode", ["add", "mul"])
 def test_each_turns_generated_tokens_carry_that_turns_reshaped_advantage(ledger_episodes, mode):
-    from agentenv.policies.learner import LearnerConfig, make_batch
+    from agentenv.learn.learner import LearnerConfig, make_batch
     from agentenv.policies.tiny import tiny_tokenizer
 
     advantages = torch.tensor([1.0, -1.0])
-    cfg = LearnerConfig(hrr_beta=0.8, hrr_mode=mode)
-    batch = make_batch(ledger_episodes, advantages, tiny_tokenizer().pad_token_id, cfg)
+    from agentenv.learn.plugin import build_plugins
+
+    cfg = LearnerConfig(plugins={"hrr": {"beta": 0.8, "mode": mode}})
+    batch = make_batch(ledger_episodes, advantages, tiny_tokenizer().pad_token_id, plugins=build_plugins(cfg))
     tokens = batch.extras["token_advantages"]
     assert tokens.shape == batch.loss_mask.shape
     q_com, mask = q_com_rows([e.turns for e in ledger_episodes])

@@ -1,7 +1,7 @@
 """One import direction: each package imports only from packages below it, at module level.
 
-    types, errors < config < tools < rewards, core < compression < envs < policies < runner, registration,
-    vector < cli
+    types, errors < config < tools < rewards, core < compression < envs < policies < rollout < runner,
+    registration, vector < learn < cli
 
 (`agentenv/__init__.py` is the top: importing agentenv registers the envs.) Imports inside functions are
 deliberately lazy (optional extras, the env a registry entry names) and are not edges."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "agentenv"
 LAYERS = [("types", "errors"), ("config",), ("tools",), ("rewards", "core"), ("compression",), ("envs",),
-          ("policies",), ("runner", "registration", "vector"), ("cli",)]
+          ("policies",), ("rollout",), ("runner", "registration", "vector"), ("learn",), ("cli",)]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from agentenv.policies.learner import LearnerConfig, episode_advantages, make_batch, sft_update, token_logprobs, update
+from agentenv.learn.learner import LearnerConfig, episode_advantages, make_batch, sft_update, token_logprobs, update
 from agentenv.policies.tiny import tiny_model
 
 
@@ -134,7 +134,7 @@ def grouped_episodes(prompt_lengths=(40, 43), group=4, seed=0, system=0):
 
 @pytest.mark.parametrize("layout", ["groups", "system prompt"])
 def test_shared_prefix_forward_matches_plain_values_and_gradients(layout):
-    from agentenv.policies.learner import _shared_prefix, final_hidden
+    from agentenv.learn.learner import _shared_prefix, final_hidden
 
     if layout == "groups":  # a GRPO batch: each group's prompt once
         episodes = grouped_episodes()

@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 import agentenv
 import agentenv.errors
 from agentenv.compression.stress import StressConfig, load_scenario, run_stress
-from agentenv.envs.ledger.env import normalize_answer
+from agentenv.envs.ledger.env import canonical_value
 from agentenv.envs.ledger.scripted import READ, LedgerReader
 from agentenv.envs.ledger.stream import PROBE_KINDS, LedgerConfig, LedgerStream
 
@@ -108,8 +108,8 @@ def test_tools_probes_and_reward():
 
 
 def test_normalize_answer():
-    assert normalize_answer(" 42.0 ") == normalize_answer(42) == "42"
-    assert normalize_answer('"Yes."') == "yes" and normalize_answer("-7") == "-7"
+    assert canonical_value(" 42.0 ") == canonical_value(42) == "42"
+    assert canonical_value('"Yes."') == "yes" and canonical_value("-7") == "-7"
 
 
 def test_config_errors_say_what_to_do():

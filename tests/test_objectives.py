@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from agentenv.policies.objectives import (
+from agentenv.learn.objectives import (
     AGGREGATIONS,
     aggregate,
     cispo_loss,

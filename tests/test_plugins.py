@@ -1,4 +1,4 @@
-"""Seed-paper plug-ins (agentenv/policies/plugins/): each formula against hand-computed values, finite
+"""Seed-paper plug-ins (agentenv/learn/plugins/): each formula against hand-computed values, finite
 differences on random float64 tensors, and the identities of docs/anchors-learner.md Part 2."""
 
 import math
@@ -9,11 +9,13 @@ import torch
 from torch.autograd import gradcheck
 
 from agentenv.errors import UserError
-from agentenv.policies import plugins as P
-from agentenv.policies.learner import (LearnerConfig, episode_advantages, make_batch, make_care_probe, teacher_logprobs,
-                                      token_logprobs, update)
-from agentenv.policies.objectives import ppo_clip_loss, selective_log_probs
-from agentenv.policies.plugins import (
+from agentenv.learn import plugins as P
+from agentenv.learn.learner import LearnerConfig, episode_advantages, make_batch, token_logprobs, update
+from agentenv.learn.plugin import StepContext, build_plugins
+from agentenv.learn.plugins.amr_sd import teacher_logprobs
+from agentenv.policies.hf import HFPolicy
+from agentenv.learn.objectives import ppo_clip_loss, selective_log_probs
+from agentenv.learn.plugins import (
     MTPHead,
     amr_sd_advantages,
     annealed_lambda,
@@ -41,9 +43,9 @@ from agentenv.policies.plugins import (
     owpo_weights,
     ratchet,
 )
-from agentenv.policies.presets import PRESETS, learner_preset
+from agentenv.learn.presets import PRESETS, learner_preset, preset_names
 from agentenv.policies.tiny import tiny_model, tiny_tokenizer
-from agentenv.policies.train import load_config, train
+from agentenv.learn.train import load_config, train
 
 from exact import F64, close, t  # tests/exact.py
 
@@ -540,17 +542,16 @@ def test_care_labels_rewards_and_coefficients():
 CONTROL_ID = 77
 # Each plug-in: the knobs that make it act clearly, and the neutral knobs under which it must be exactly GRPO.
 ACTIVE = {
-    "care": {}, "amr_sd": {}, "divergence": {"divergence_alpha": 50.0}, "direction": {"direction_c": 0.5},
-    "fipo": {}, "owpo": {}, "nsr": {"nsr_prob": 1.0}, "ih_grpo": {"ih_lambda": 1.0}, "occ": {"occ_scale": 1.0},
+    "hrr": {}, "care": {}, "amr_sd": {}, "divergence": {"alpha": 50.0}, "direction": {"c": 0.5}, "fipo": {}, "owpo": {},
+    "nsr": {"prob": 1.0}, "ih_grpo": {"lam": 1.0}, "occ": {"scale": 1.0},
 }
 NEUTRAL = {
-    "care": {"care_top_pct": 1.0}, "amr_sd": {"amr_lambda": 0.0}, "divergence": {"divergence_scale": 0.0},
-    "direction": {"direction_c": 0.0}, "fipo": {"fipo_eps": 0.0}, "owpo": {"owpo_kappa": 0.0}, "nsr": {"nsr_prob": 0.0},
-    "ih_grpo": {"ih_lambda": 0.0}, "occ": {"occ_scale": 0.0},
+    "hrr": {"beta": 0.0}, "care": {"top_pct": 1.0}, "amr_sd": {"lam": 0.0}, "divergence": {"scale": 0.0},
+    "direction": {"c": 0.0}, "fipo": {"eps": 0.0}, "owpo": {"kappa": 0.0}, "nsr": {"prob": 0.0}, "ih_grpo": {"lam": 0.0},
+    "occ": {"scale": 0.0},
 }
 # No grad-norm clipping: OCC's MTP head adds (zero) gradients to the norm, whose sum may round differently.
-OFF_POLICY = dict(ppo_epochs=2, mini_batches=4, micro_batch_size=3, eps_low=0.05, eps_high=0.05, max_grad_norm=1e9,
-                  ih_token_id=CONTROL_ID)
+OFF_POLICY = dict(ppo_epochs=2, mini_batches=4, micro_batch_size=3, eps_low=0.05, eps_high=0.05, max_grad_norm=1e9)
 
 
 def _episodes():
@@ -566,25 +567,33 @@ def _episodes():
         sample = SimpleNamespace(token_ids=ids, loss_mask=[0] * 3 + [1] * (length - 3), old_logprobs=[0.0] * length,
                                  control_mask=[0] * 4 + [1] * 3 + [0] * (length - 7))
         messages = [{"role": "assistant", "content": f"<answer>{answer}</answer>"}]
-        out.append(SimpleNamespace(group_id=i // 4, reward=reward, samples=[sample], truncated=False, messages=messages))
+        split = 3 + (length - 3) // 2  # two turns with different compression quality (HRR's Q_com)
+        turns = [{"sample": 0, "start": 3, "end": split, "compression": {"q_com": 0.2 + 0.05 * i}},
+                 {"sample": 0, "start": split, "end": length, "compression": {"q_com": 0.9 - 0.03 * i}}]
+        out.append(SimpleNamespace(group_id=i // 4, reward=reward, samples=[sample], truncated=False, messages=messages,
+                                   turns=turns, success=reward > 0.5))
     return out
 
 
 def _run(plugins, **overrides):
-    """Main-model parameters after one update of a fixed tiny model on a fixed batch."""
-    cfg = LearnerConfig(plugins=list(plugins), **{**OFF_POLICY, **overrides})
+    """Main-model parameters after one update (training step 3) of a fixed tiny model on a fixed batch;
+    `plugins`: names (each at its `ACTIVE`-free defaults) or name -> settings."""
+    settings = {name: dict(plugins[name]) if isinstance(plugins, dict) else {} for name in plugins}
+    if "ih_grpo" in settings:
+        settings["ih_grpo"]["token_id"] = CONTROL_ID
+    cfg = LearnerConfig(plugins=settings, **{**OFF_POLICY, **overrides})
     model = tiny_model("tiny", seed=21)
-    if "occ" in plugins:
-        P.attach_mtp_head(model)
+    active = build_plugins(cfg)
+    for plugin in active:
+        plugin.setup(model, tiny_tokenizer(), group_size=4, seed=0)
     episodes = _episodes()
-    care_probe = make_care_probe(model, cfg, group_size=4, seed=0)  # CARE's learned probe (None without care)
-    batch = make_batch(episodes, episode_advantages(episodes, cfg, step=0, model=model, care_probe=care_probe), pad_id=0)
-    if "amr_sd" in plugins:
-        hints = [[300 + i, 301, 302] for i in range(len(batch))]
-        batch.extras["teacher_logp"] = teacher_logprobs(model, batch, hints, cfg)
-    ref = tiny_model("tiny", seed=22) if "owpo" in plugins else None  # π_ref ≠ π_θ: the ratchet is due at step 0
+    ref = tiny_model("tiny", seed=22) if "owpo" in settings else None  # π_ref ≠ π_θ
+    policy = HFPolicy(model, tiny_tokenizer(), max_new_tokens=6, seed=0) if "amr_sd" in settings else None  # writes the hints
+    generator = torch.Generator().manual_seed(5)
+    ctx = StepContext(cfg, 3, model=model, policy=policy, ref_model=ref, generator=generator)
+    batch = make_batch(episodes, episode_advantages(episodes, cfg, plugins=active, ctx=ctx), pad_id=0, plugins=active, ctx=ctx)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    stats = update(model, optimizer, batch, cfg, ref_model=ref, generator=torch.Generator().manual_seed(5), step=3)
+    stats = update(model, optimizer, batch, cfg, plugins=active, ref_model=ref, generator=generator, step=3, ctx=ctx)
     params = torch.cat([p.detach().flatten() for name, p in model.named_parameters() if not name.startswith("mtp_head")])
     return params, stats
 
@@ -596,34 +605,27 @@ def plain():
 
 @pytest.mark.parametrize("name", P.PLUGINS)
 def test_plugin_changes_the_update(name, plain):
-    params, _ = _run([name], **ACTIVE[name])
+    params, _ = _run({name: ACTIVE[name]})
     assert (params - plain).abs().max() > 1e-6
 
 
 @pytest.mark.parametrize("name", P.PLUGINS)
 def test_plugin_at_neutral_settings_is_exactly_grpo(name, plain):
-    params, _ = _run([name], **NEUTRAL[name])
+    params, _ = _run({name: NEUTRAL[name]})
     assert torch.equal(params, plain)
 
 
-def test_plugin_knobs_without_the_plugin_are_exactly_grpo(plain):
-    knobs = {k: v for active in ACTIVE.values() for k, v in active.items()}
-    knobs.update(care_top_pct=0.5, amr_lambda=2.0, fipo_eps=0.5, owpo_kappa=3.0, direction_adv_mask="positive")
-    params, _ = _run([], **knobs)
-    assert torch.equal(params, plain)
-
-
-@pytest.mark.parametrize("name", ["divergence", "fipo", "nsr", "occ"])
+@pytest.mark.parametrize("name", [p.name for p in P.BUILTIN if p.off_policy])
 def test_off_policy_plugins_are_no_ops_on_a_fully_on_policy_update(name):
     on_policy = dict(ppo_epochs=1, mini_batches=1)
     plain_params, _ = _run([], **on_policy)
-    params, _ = _run([name], **{**ACTIVE[name], **on_policy})
+    params, _ = _run({name: ACTIVE[name]}, **on_policy)
     assert torch.equal(params, plain_params)
 
 
 def test_nsr_rescues_tokens_and_reports_a_lower_clip_fraction():
     _, plain_stats = _run([])
-    _, stats = _run(["nsr"], nsr_prob=1.0, nsr_band=1.0)
+    _, stats = _run({"nsr": {"prob": 1.0, "band": 1.0}})
     assert plain_stats["clip_frac"] > 0 and stats["clip_frac"] < plain_stats["clip_frac"]
 
 
@@ -633,7 +635,7 @@ def test_occ_reports_its_coefficient():
 
 
 def test_update_rejects_unknown_plugins_and_missing_inputs():
-    with pytest.raises(ValueError, match="unknown plug-ins"):
+    with pytest.raises(UserError, match="unknown plug-in .*'fpio' \\(did you mean 'fipo'"):
         _run(["fipo", "fpio"])
     with pytest.raises(ValueError, match="ref_model"):
         episodes = _episodes()
@@ -660,11 +662,14 @@ def test_teacher_logprobs_line_up_with_the_student():
 
 def test_presets_load_from_the_train_config(tmp_path):
     cfg = load_config(None, ["--learner.preset=fipo", "--learner.lr=1e-4"])
-    assert cfg.learner.plugins == ["fipo"] and cfg.learner.mini_batches == 4 and cfg.learner.eps_high == 0.28
-    cfg = load_config(None, ["--learner.plugins=fipo,owpo", "--learner.owpo_kappa=2"])
-    assert cfg.learner.plugins == ["fipo", "owpo"] and cfg.learner.owpo_kappa == 2.0
-    assert load_config(None, ["--learner.plugins=[nsr]"]).learner.plugins == ["nsr"]
-    assert load_config(None, ["--learner.plugins="]).learner.plugins == []
+    assert list(cfg.learner.plugins) == ["fipo"] and cfg.learner.mini_batches == 4 and cfg.learner.eps_high == 0.28
+    cfg = load_config(None, ["--learner.plugins=fipo,owpo", "--learner.plugins.owpo.kappa=2"])
+    assert list(cfg.learner.plugins) == ["fipo", "owpo"] and cfg.learner.plugins["owpo"].kappa == 2.0
+    assert list(load_config(None, ["--learner.plugins=[nsr]"]).learner.plugins) == ["nsr"]
+    assert load_config(None, ["--learner.plugins="]).learner.plugins == {}
+    path = tmp_path / "plugins.yaml"
+    path.write_text("learner:\n  plugins:\n    owpo: {kappa: 3}\n    hrr: {}\n")
+    assert {k: type(v).__name__ for k, v in load_config(str(path)).learner.plugins.items()} == {"hrr": "HrrConfig", "owpo": "OwpoConfig"}
     path = tmp_path / "run.yaml"
     path.write_text("learner:\n  preset: gspo\n  eps_high: 5.0e-4\n")
     cfg = load_config(str(path))
@@ -673,10 +678,10 @@ def test_presets_load_from_the_train_config(tmp_path):
     assert cfg.learner.loss == "ppo_clip" and cfg.learner.scale_rewards == "none"  # a preset sets every algorithm field
     with pytest.raises(UserError):
         load_config(None, ["--learner.preset=grpo2"])
-    assert set(P.PLUGINS) | {"grpo", "dr_grpo", "dapo", "gspo", "cispo"} == set(PRESETS)
-    preset = learner_preset("owpo")
+    assert set(P.PLUGINS) | set(PRESETS) == set(preset_names()) and set(PRESETS) == {"grpo", "dr_grpo", "dapo", "gspo", "cispo"}
+    preset = learner_preset("dapo")
     preset["plugins"].append("nsr")
-    assert PRESETS["owpo"]["plugins"] == ["owpo"]  # callers get copies
+    assert PRESETS["dapo"]["plugins"] == []  # callers get copies
 
 
 def test_train_runs_and_resumes_with_every_plugin(tmp_path):
@@ -686,6 +691,6 @@ def test_train_runs_and_resumes_with_every_plugin(tmp_path):
     train(load_config(None, ["--steps=1", *args]), log=lambda message: None)
     cfg = load_config(None, ["--steps=2", *args])
     train(cfg, resume=True, log=lambda message: None)
-    assert cfg.learner.ih_token_id == tiny_tokenizer().convert_tokens_to_ids("<execute/>")
+    assert cfg.learner.plugins["ih_grpo"].token_id == tiny_tokenizer().convert_tokens_to_ids("<execute/>")
     state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
     assert state["step"] == 2 and "ref_model" in state["extra"] and any(k.startswith("mtp_head.") for k in state["model"])

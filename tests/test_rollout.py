@@ -11,7 +11,7 @@ import torch
 import agentenv  # noqa: F401 - registers the envs
 from agentenv.errors import UserError
 from agentenv.policies.hf import HFPolicy, sample_tokens
-from agentenv.policies.rollout import Episode, collect, demonstrations
+from agentenv.rollout import Episode, collect, demonstrations
 from agentenv.policies.tiny import TINY_TOKENIZER_DIR, tiny_model, tiny_tokenizer
 from agentenv.runner import run_episodes
 
@@ -272,9 +272,21 @@ def test_demonstrations_record_scripted_turns_with_control_masks(execution):
     assert {"tool_call", "answer"} <= kinds and ("execute" in kinds) == (execution == "delayed")
 
 
-def test_text_policy_needs_a_tokenizer():
-    with pytest.raises(ValueError, match="tokenizer"):
-        collect(ENV, agentenv.policies.ScriptedPolicy(), [0])
+def test_one_loop_for_text_records_token_records_and_agentenv_run():
+    """Without a tokenizer a text-only policy gets text records (no samples) from the same loop; with one, the
+    same episodes plus token records; `agentenv run`'s summaries are views of the same episodes."""
+    from agentenv.runner import EpisodeLog, run_episodes
+
+    policy = agentenv.policies.ScriptedPolicy()
+    text = collect(ENV, policy, range(6), batch_size=4)
+    tokens = collect(ENV, policy, range(6), tokenizer=tiny_tokenizer(), batch_size=4)
+    assert all(not e.samples for e in text) and all(e.samples for e in tokens)
+    for a, b in zip(text, tokens):
+        assert (a.seed, a.messages, a.reward, a.reward_components) == (b.seed, b.messages, b.reward, b.reward_components)
+        assert [t["tool_calls"] for t in a.turns] == [t["tool_calls"] for t in b.turns]
+    logs = sorted(run_episodes(ENV, policy, 6, batch_size=4), key=lambda log: log.seed)
+    assert [log.as_dict() for log in logs] == [EpisodeLog.of(ENV, e).as_dict() for e in text]
+    assert sum(log.tool_calls for log in logs) > 0 and all(log.turns == len(e.turns) for log, e in zip(logs, text))
 
 
 def test_cli_builds_the_tiny_hf_policy():
@@ -307,7 +319,7 @@ def test_dlogp_extrapolation_with_the_base_itself_is_plain_sampling(model):
 
 
 def test_dlogp_extrapolation_draws_every_triggered_token_from_the_mixed_distribution(model):
-    from agentenv.policies.plugins.direction import extrapolation_logits
+    from agentenv.learn.plugins.direction import extrapolation_logits
 
     rl_model = tiny_model("tiny", seed=1)
     alpha, top_k = 0.1, 40

@@ -4,7 +4,7 @@ import pytest
 
 from agentenv.cli import main
 from agentenv.errors import UserError
-from agentenv.policies.train import HELD_OUT_SEED_BASE, TrainConfig, load_config, train_task_seed
+from agentenv.learn.train import HELD_OUT_SEED_BASE, TrainConfig, load_config, train_task_seed
 
 
 def test_yaml_then_cli_overrides(tmp_path):
@@ -54,6 +54,9 @@ def test_training_seeds_of_small_runs_are_unchanged():
     ("--learner.plugins=fipo,owpoo", "did you mean 'owpo'"),
     ("--device=cdua", "did you mean 'cuda'"),
     ("--learner.lrr=1e-4", "did you mean 'lr'"),
+    ("--learner.plugins.owpo.kapa=2", "did you mean 'kappa'"),
+    ("--learner.plugins.care.acquisition=oracel", "did you mean 'oracle'"),
+    ("--learner.preset=dappo", "did you mean 'dapo'"),
 ])
 def test_a_misspelt_choice_or_key_fails_at_once_naming_the_choices(override, needle, capsys):
     import time
@@ -63,13 +66,3 @@ def test_a_misspelt_choice_or_key_fails_at_once_naming_the_choices(override, nee
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err, err
     assert time.perf_counter() - start < 5.0  # before the model, the SFT warm start or any step
-
-
-def test_plugin_choices_are_the_registered_plugins():
-    import typing
-
-    from agentenv.policies import plugins as P
-    from agentenv.policies.learner import LearnerConfig
-
-    (item,) = typing.get_args(typing.get_type_hints(LearnerConfig)["plugins"])
-    assert set(typing.get_args(item)) == set(P.PLUGINS)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agentenv.cli import main
-from agentenv.policies.train import COMPLETE_MARKER, find_checkpoint
+from agentenv.learn.train import COMPLETE_MARKER, find_checkpoint
 
 
 ARGS = ["--steps=4", "--checkpoint_every=1", "--sft_steps=2", "--sft_episodes=8", "--learner.lr=2e-4", "--eval_tasks=0", "--tasks_per_step=2",

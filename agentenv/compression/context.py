@@ -31,16 +31,14 @@ treat them as control decisions.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
 from agentenv.compression.base import MIN_BUDGET, Compressor
 from agentenv.compression.baselines import NoCompression
+from agentenv.tools.parsing import zip_tags
 from agentenv.types import Message
 
-__all__ = ["ContextWindow", "ZIP_TAG", "make_window"]
-
-ZIP_TAG = re.compile(r"<zip\s+turn\s*=\s*\"?(\d{1,6})\"?\s+level\s*=\s*\"?(\d{1,2})\"?\s*/>")
+__all__ = ["ContextWindow", "make_window"]
 
 
 class ContextWindow:
@@ -140,19 +138,16 @@ class ContextWindow:
             if m["role"] != "assistant":
                 continue
             self._turn += 1
-            if "<zip" not in m["content"]:
-                continue
             spans = []
-            for match in ZIP_TAG.finditer(m["content"]):
-                turn, level = int(match.group(1)), int(match.group(2))
+            for turn, level, (start, end), tag in zip_tags(m["content"]):
                 if not self.compressor.controllable or not 1 <= level <= 5 or not 1 <= turn < self._turn or (
                     not self.keep_full_history and not self.compressor.index.holds(turn)  # released for good
                 ):
-                    ignored.append(match.group(0))
+                    ignored.append(tag)
                     continue
                 self._levels[turn] = level
                 forced = True
-                spans.append((match.start(), match.end(), "zip"))
+                spans.append((start, end, "zip"))
             if spans and "control_spans" in info:
                 info["control_spans"] = sorted([*info["control_spans"], *spans])
         return forced, ignored

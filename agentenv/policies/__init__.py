@@ -1,16 +1,17 @@
-"""Policies that act in agentenv environments: model-backed (HF, vLLM); `ScriptedPolicy`, ToolReasoning's
+"""Policies that act in agentenv environments: the model-backed ones (`HFPolicy`, `VLLMPolicy`), the tiny
+random models they are tested with, and chat-token rendering. `ScriptedPolicy`, ToolReasoning's
 deterministic agent, lives with its env (`agentenv.envs.tool_reasoning.scripted`) and is re-exported here.
 
-`HFPolicy`, `VLLMPolicy`, `collect`, `demonstrations`, `Episode` and `Sample` are imported lazily (they need torch;
-`VLLMPolicy` needs the `vllm` extra only when one is constructed).
+`HFPolicy` and `VLLMPolicy` are imported lazily (they need torch; `VLLMPolicy` needs the `vllm` extra only
+when one is constructed). The rollout loop that runs them is `agentenv.rollout`.
 """
 
 from agentenv.types import Generation, Policy
 
-__all__ = ["Generation", "Policy", "ScriptedPolicy", "HFPolicy", "VLLMPolicy", "collect", "demonstrations", "Episode", "Sample"]
+__all__ = ["Generation", "Policy", "ScriptedPolicy", "HFPolicy", "VLLMPolicy"]
 
-_LAZY = {"ScriptedPolicy": "agentenv.envs.tool_reasoning.scripted", "HFPolicy": "agentenv.policies.hf", "VLLMPolicy": "agentenv.policies.vllm", "collect": "agentenv.policies.rollout", "demonstrations": "agentenv.policies.rollout",
-         "Episode": "agentenv.policies.rollout", "Sample": "agentenv.policies.rollout"}
+_LAZY = {"ScriptedPolicy": "agentenv.envs.tool_reasoning.scripted", "HFPolicy": "agentenv.policies.hf",
+         "VLLMPolicy": "agentenv.policies.vllm"}
 
 
 def __getattr__(name: str):

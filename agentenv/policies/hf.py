@@ -192,7 +192,7 @@ class HFPolicy(TokenPolicy):
 
     def _extrapolated_tokens(self, base_logits: torch.Tensor, rl_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample from the base model; resample where the RL model disagrees by ≥ |τ| nats (Δlog p extrapolation)."""
-        from agentenv.policies.plugins.direction import extrapolation_logits, extrapolation_trigger
+        from agentenv.learn.plugins.direction import extrapolation_logits, extrapolation_trigger
 
         alpha, tau, top_k = self.extrapolate
         token, logprob = sample_tokens(base_logits, self.temperature, self.top_p, self.generator)

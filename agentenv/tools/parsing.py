@@ -1,9 +1,11 @@
-"""Parse what an assistant turn asks for: tool calls, the `<execute/>` control tag and a final answer.
+"""The action grammar, in one place: what an assistant turn can ask for.
 
 Conventions (docs/design.md): `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (Hermes/Qwen, several
 per turn), fenced ```` ```python ```` blocks as calls of the `python` tool, `<execute/>` to run queued calls,
-and `<answer>...</answer>` or `\\boxed{...}` for the final answer. Parsing is a single pass of compiled
-regular expressions; it never raises, and reports what it could not read as `ParseError`s.
+`<answer>...</answer>` or `\\boxed{...}` for the final answer (`parse_action`), and `<zip turn=K level=N/>` to
+choose the compression level of an earlier turn (`zip_tags`, read by `compression/context.py`). Parsing is a
+single pass of compiled regular expressions; it never raises, and reports what it could not read as
+`ParseError`s.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from dataclasses import dataclass
 
 from agentenv.tools.base import ToolCall
 
-__all__ = ["ParseError", "ParsedAction", "parse_action", "extract_boxed"]
+__all__ = ["ParseError", "ParsedAction", "parse_action", "extract_boxed", "final_answer", "zip_tags", "ZIP_TAG"]
 
 MAX_CALLS_PER_TURN = 16
 
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|(?=<tool_call>)|\Z)", re.DOTALL)
 _PYTHON_FENCE = re.compile(r"```(?:python|py)[ \t]*\n")
 _EXECUTE = re.compile(r"<execute\s*/>")
+ZIP_TAG = re.compile(r"<zip\s+turn\s*=\s*\"?(\d{1,6})\"?\s+level\s*=\s*\"?(\d{1,2})\"?\s*/>")
 
 
 @dataclass(frozen=True)
@@ -173,3 +176,18 @@ def _find_answer(text: str) -> tuple[str, tuple[int, int]] | None:
     if "\\boxed{" in text:
         return extract_boxed(text)
     return None
+
+
+def final_answer(messages: Sequence[dict]) -> str | None:
+    """The answer in the last assistant message of a chat (`<answer>…</answer>` or `\\boxed{…}`), or None."""
+    for message in reversed(messages):
+        if message.get("role") == "assistant":
+            return parse_action(message.get("content", "")).answer
+    return None
+
+
+def zip_tags(text: str) -> list[tuple[int, int, tuple[int, int], str]]:
+    """The `<zip turn=K level=N/>` tags of `text`: (turn K, level N, character span, tag text) each, in order."""
+    if "<zip" not in text:
+        return []
+    return [(int(m.group(1)), int(m.group(2)), m.span(), m.group(0)) for m in ZIP_TAG.finditer(text)]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from agentenv.core import Score
 from agentenv.tools.parsing import parse_action
 
-__all__ = ["RewardWeights", "parse_nli_label", "normalize_answer", "check_format", "score_response"]
+__all__ = ["RewardWeights", "parse_nli_label", "read_typed_answer", "check_format", "score_response"]
 
 _NEGATED = re.compile(r"(?:\b(?:not|non|no)|n't)\s*entail(?:ed|ment|s)?\b")
 _POSITIVE = re.compile(r"\bentail(?:ed|ment|s)?\b")
@@ -87,7 +87,7 @@ def _integers(text: str) -> list[float]:
     return values
 
 
-def normalize_answer(answer: str, answer_type: str, choices: tuple[str, ...] = ()) -> str | None:
+def read_typed_answer(answer: str, answer_type: str, choices: tuple[str, ...] = ()) -> str | None:
     """The canonical form of an answer, or None when it cannot be read unambiguously.
 
     answer_type: "nli" -> "entailed" | "not-entailed"; "int" -> the one integer named ("3", "three",
@@ -138,7 +138,7 @@ def score_response(
     """Score one final turn against the task's label. Components: format, answer, length (each in [0, 1])."""
     well_formed, think = check_format(text, require_think)
     answer = parse_action(text, python_blocks=False).answer
-    predicted = normalize_answer(answer, answer_type, choices) if answer is not None else None
+    predicted = read_typed_answer(answer, answer_type, choices) if answer is not None else None
     correct = predicted is not None and predicted == label
     length = min(1.0, len(think.split()) / max(ref_words, 1)) if well_formed else 0.0
     components = {"format": float(well_formed), "answer": float(correct), "length": length}

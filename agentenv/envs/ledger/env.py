@@ -22,7 +22,7 @@ from agentenv.envs.ledger.stream import PROBE_KINDS, LedgerConfig, LedgerStream,
 from agentenv.tools.base import Tool
 from agentenv.tools.parsing import ParsedAction
 
-__all__ = ["LedgerEnv", "normalize_answer"]
+__all__ = ["LedgerEnv", "canonical_value"]
 
 SYSTEM = "You are a careful agent that tracks facts in a long stream of log pages and answers questions about them exactly."
 ZIP_NOTE = (
@@ -32,7 +32,7 @@ ZIP_NOTE = (
 _NUMBER = re.compile(r"-?\d+(?:\.0+)?")
 
 
-def normalize_answer(value: Any) -> str:
+def canonical_value(value: Any) -> str:
     """Canonical form of an answer: trimmed, lower-case, without quotes or a final period; integers as ints."""
     text = str(value).strip().strip("\"'`").rstrip(".").strip().lower()
     return str(int(float(text))) if _NUMBER.fullmatch(text) else text
@@ -109,7 +109,7 @@ class LedgerEnv(ChatEnv):
             raise ValueError(f"probe {probe} has not been asked yet")
         if probe in self._answers:
             raise ValueError(f"probe {probe} was already answered")
-        self._answers[probe] = normalize_answer(value)
+        self._answers[probe] = canonical_value(value)
         return f"Answer to probe {probe} recorded."
 
     # -- ChatEnv hooks ---------------------------------------------------------------------------
@@ -141,8 +141,8 @@ class LedgerEnv(ChatEnv):
         assert self.stream is not None
         final = self.stream.probes[-1]
         if final in self._asked and final.number not in self._answers:
-            self._answers[final.number] = normalize_answer(answer)
-        correct = {p.number: self._answers.get(p.number) == normalize_answer(p.answer) for p in self.stream.probes}
+            self._answers[final.number] = canonical_value(answer)
+        correct = {p.number: self._answers.get(p.number) == canonical_value(p.answer) for p in self.stream.probes}
         accuracy = sum(correct.values()) / len(correct)
         components = {"accuracy": accuracy, "answered": len(self._answers) / len(correct), "pages_read": self.page / self.config.turns}
         for kind in PROBE_KINDS:

@@ -20,10 +20,14 @@ is DAPO.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-__all__ = ["owpo_weights", "ratchet"]
+from agentenv.learn.plugin import Plugin, StepContext
+
+__all__ = ["Owpo", "owpo_weights", "ratchet"]
 
 
 def owpo_weights(logp: Tensor, ref_logp: Tensor, adv: Tensor, kappa: float, delta_max: float) -> Tensor:
@@ -36,3 +40,24 @@ def owpo_weights(logp: Tensor, ref_logp: Tensor, adv: Tensor, kappa: float, delt
 def ratchet(reference: torch.nn.Module, policy: torch.nn.Module) -> None:
     """π_ref ← π_θ: copy every parameter and buffer of `policy` into `reference` (same architecture)."""
     reference.load_state_dict(policy.state_dict())
+
+@dataclass
+class OwpoConfig:
+    kappa: float = 1.0  # guess
+    delta_max: float = 1.0  # guess
+    ratchet_every: int = 10  # guess; π_ref ← π_θ every this many steps
+
+
+class Owpo(Plugin):
+    """OWPO: accelerate only where the policy is behind π_ref in the verifier's direction; ratchet π_ref."""
+
+    name = "owpo"
+    Config = OwpoConfig
+    needs_ref_model = True
+
+    def before_update(self, batch, ctx: StepContext) -> None:
+        if ctx.step % self.config.ratchet_every == 0:
+            ratchet(ctx.ref_model, ctx.model)
+
+    def token_advantages(self, adv: Tensor, logp: Tensor, micro, ctx: StepContext) -> Tensor:
+        return adv * owpo_weights(logp, micro.extras["ref_logp"], adv, self.config.kappa, self.config.delta_max)

@@ -15,10 +15,14 @@ d ≡ 0 and f ≡ 1, so FIPO acts only from the second mini-batch or epoch on.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-__all__ = ["discounted_future_sum", "fipo_weights"]
+from agentenv.learn.plugin import Plugin, StepContext
+
+__all__ = ["Fipo", "discounted_future_sum", "fipo_weights"]
 
 
 def discounted_future_sum(x: Tensor, gamma: float, chunk: int = 128) -> Tensor:
@@ -67,3 +71,24 @@ def fipo_weights(
     future = discounted_future_sum(log_ratio * kept, 2.0 ** (-1.0 / decay_rate), chunk)
     f = torch.exp(future).clamp(1.0 if clip_high_only else 1.0 - eps, 1.0 + eps)
     return torch.where((adv < 0) & (ratio > safety), f.clamp(0.8, 1.0), f)
+
+@dataclass
+class FipoConfig:
+    decay_rate: float = 32.0
+    eps: float = 0.2
+    clip_high_only: bool = False
+    safety: float = 4.0
+    max_ratio: float | None = 10.0
+
+
+class Fipo(Plugin):
+    """FIPO: weight each token by the discounted KL of the tokens after it."""
+
+    name = "fipo"
+    Config = FipoConfig
+    off_policy = True
+
+    def token_advantages(self, adv: Tensor, logp: Tensor, micro, ctx: StepContext) -> Tensor:
+        c = self.config
+        return adv * fipo_weights(logp, micro.old_logp, adv, micro.loss_mask, c.decay_rate, c.eps, c.clip_high_only,
+                                  c.safety, c.max_ratio)

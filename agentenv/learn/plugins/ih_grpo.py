@@ -16,10 +16,16 @@ logits, all in the softmax-weighted direction, with the per-token weight λ·(γ
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Literal
+
 import torch
 from torch import Tensor
 
-__all__ = ["control_token_outputs", "ih_grpo_c_loss"]
+from agentenv.errors import UserError
+from agentenv.learn.plugin import LossTerms, Plugin, StepContext
+
+__all__ = ["IhGrpo", "control_token_outputs", "ih_grpo_c_loss"]
 
 
 def control_token_outputs(
@@ -51,3 +57,38 @@ def ih_grpo_c_loss(logp_v: Tensor, z_v: Tensor, is_control: Tensor, per_token_lo
     log_z_not_v = z_v - logp_v + torch.log1p(-p_v)
     gamma = (1 - p_v).detach()
     return (gamma - (~is_control).to(gamma.dtype)) * log_z_not_v * per_token_loss.detach()
+
+@dataclass
+class IhGrpoConfig:
+    lam: float = 0.001  # λ of the c-loss
+    token_id: int | None = None  # the control token v; filled from the tokenizer's `control_token` at setup
+    control_token: str = "<execute/>"
+    mask: Literal["response", "control"] = "response"  # response (the paper's code) | control (control spans only)
+
+
+class IhGrpo(Plugin):
+    """IH-GRPO: the c-loss moves the non-control logits, scaled by each token's loss."""
+
+    name = "ih_grpo"
+    Config = IhGrpoConfig
+
+    def setup(self, model: torch.nn.Module, tokenizer: Any, *, group_size: int, seed: int) -> None:
+        if self.config.token_id is None:
+            ids = tokenizer.encode(self.config.control_token, add_special_tokens=False)
+            if len(ids) != 1:
+                raise UserError(f"ih_grpo needs {self.config.control_token!r} to be one token of the tokenizer "
+                                f"(got {ids}); set learner.plugins.ih_grpo.token_id")
+            self.config.token_id = ids[0]
+
+    def forward(self, model: torch.nn.Module, hidden: Tensor, logp: Tensor, micro, ctx: StepContext) -> None:
+        if self.config.token_id is None:
+            raise ValueError("ih_grpo needs learner.plugins.ih_grpo.token_id, the id of the control token")
+        micro.extras["control_logp"], micro.extras["control_logit"] = control_token_outputs(
+            hidden, model.get_output_embeddings().weight, micro.targets, logp, self.config.token_id, ctx.cfg.temperature)
+
+    def token_loss(self, terms: LossTerms, micro, ctx: StepContext) -> None:
+        c = ih_grpo_c_loss(micro.extras["control_logp"], micro.extras["control_logit"],
+                           micro.targets == self.config.token_id, terms.per_token)
+        if self.config.mask == "control":
+            c = c * micro.extras["control_mask"]
+        terms.per_token = terms.per_token + self.config.lam * c

@@ -14,12 +14,15 @@ on-policy update, so then w ≡ 1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from agentenv.policies.objectives import kl_penalty
+from agentenv.learn.objectives import kl_penalty
+from agentenv.learn.plugin import Plugin, StepContext
 
-__all__ = ["divergence_weights"]
+__all__ = ["Divergence", "divergence_weights"]
 
 
 @torch.no_grad()
@@ -27,3 +30,19 @@ def divergence_weights(logp: Tensor, old_logp: Tensor, scale: float = 0.5, alpha
     """w_t = 1 + s·(σ(α·KL_t) − ½), in (1 − s/2, 1 + s/2). logp, old_logp: [B, T] -> [B, T]."""
     kl = kl_penalty(old_logp, logp, "k3")  # samples from π_old: exp(Δ) − 1 − Δ, Δ = log π_θ − log π_old
     return 1 + scale * (torch.sigmoid(alpha * kl) - 0.5)
+
+@dataclass
+class DivergenceConfig:
+    scale: float = 0.5  # guess (the notes' worked example)
+    alpha: float = 10.0  # > 0 boosts high-KL tokens, < 0 low-KL tokens
+
+
+class Divergence(Plugin):
+    """Weight each token's advantage by its own shift KL(π_old‖π_θ)."""
+
+    name = "divergence"
+    Config = DivergenceConfig
+    off_policy = True
+
+    def token_advantages(self, adv: Tensor, logp: Tensor, micro, ctx: StepContext) -> Tensor:
+        return adv * divergence_weights(logp, micro.old_logp, self.config.scale, self.config.alpha)

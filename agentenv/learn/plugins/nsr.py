@@ -17,10 +17,14 @@ how the batch is cut into micro-batches.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-__all__ = ["nsr_uniforms", "nsr_rescue"]
+from agentenv.learn.plugin import LossTerms, Plugin, StepContext
+
+__all__ = ["Nsr", "nsr_uniforms", "nsr_rescue"]
 
 
 def nsr_uniforms(shape: torch.Size | tuple[int, ...], seed: int, epoch: int) -> Tensor:
@@ -54,3 +58,29 @@ def nsr_rescue(
     near = ((ratio > high) & (ratio <= high * (1 + band))) | ((ratio < low) & (ratio >= low * (1 - band)))
     rescued = clip_active & near & (uniform < prob)
     return torch.where(rescued, unclipped, loss), rescued
+
+@dataclass
+class NsrConfig:
+    band: float = 0.1  # guess
+    prob: float = 0.5  # guess
+
+
+class Nsr(Plugin):
+    """NSR: a clipped token just outside the trust region keeps its gradient with probability p."""
+
+    name = "nsr"
+    Config = NsrConfig
+    off_policy = True
+
+    def start_epoch(self, batch, epoch: int, ctx: StepContext) -> None:
+        # one draw per token and epoch, independent of the micro-batch split
+        seed = ctx.generator.initial_seed() if ctx.generator is not None else ctx.step
+        batch.extras["nsr_uniform"] = nsr_uniforms(batch.loss_mask.shape, seed, epoch).to(batch.loss_mask.device)
+
+    def token_loss(self, terms: LossTerms, micro, ctx: StepContext) -> None:
+        cfg = ctx.cfg
+        if cfg.loss != "ppo_clip":
+            raise ValueError("nsr rescues tokens of the clipped PPO loss: it needs loss=ppo_clip")
+        terms.per_token, rescued = nsr_rescue(terms.per_token, terms.log_ratio, terms.adv, cfg.eps_low, cfg.eps_high,
+                                              self.config.band, self.config.prob, micro.extras["nsr_uniform"])
+        terms.clipped = terms.clipped & ~rescued

@@ -21,12 +21,17 @@ no-grad forward per rollout.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["MODES", "annealed_lambda", "cig_gate", "amr_sd_advantages", "insert_hint"]
+from agentenv.learn.learner import Batch, recompute_logprobs
+from agentenv.learn.plugin import Plugin, StepContext
+from agentenv.tools.parsing import final_answer
+
+__all__ = ["AmrSd", "reflection_hints", "teacher_logprobs", "MODES", "annealed_lambda", "cig_gate", "amr_sd_advantages", "insert_hint"]
 
 MODES = ("add", "mul")
 
@@ -76,3 +81,67 @@ def insert_hint(
         attention[i, : real + size] = 1
         column[i, start - 1 :] += size  # target column t predicts token t+1: shifted from token `start` on
     return ids, attention, column
+
+
+def teacher_logprobs(model: torch.nn.Module, batch: Batch, hints: Sequence[Sequence[int]], cfg: Any) -> torch.Tensor:
+    """The self-teacher: log π_θ(y_t | x, hint, y_<t) of every target of `batch`, aligned with it, `[B, L-1]`.
+
+    `hints` holds one id list per row, inserted before the row's first generated token (`insert_hint`).
+    It is one no-grad forward (`cfg`: the `LearnerConfig`, for micro-batching and temperature).
+    """
+    device = next(model.parameters()).device
+    ids, attention, column = insert_hint(batch.input_ids, batch.attention_mask, batch.loss_mask, hints)
+    every_token = attention[:, 1:].float()  # score every position: the hint shifts where the loss mask lies
+    teacher = Batch(ids, attention, ids[:, 1:], every_token, torch.zeros_like(every_token), batch.advantages)
+    return recompute_logprobs(model, teacher, cfg).gather(1, column.to(device)).to(batch.input_ids.device)
+
+
+REFLECTION_PROMPT = ("The verifier judged your final answer {verdict}.{peer} In one short sentence, write a hint "
+                     "that would help to solve this task, without stating the answer.")
+
+
+def reflection_hints(policy: Any, episodes: Sequence[Any], max_new_tokens: int) -> list[list[int]]:
+    """The reflection bottleneck: the policy's own short hint per episode, as token ids, written from the
+    verifier's outcome and the answer of a solved episode of the same group (a peer rollout)."""
+    solved = {}
+    for e in episodes:
+        if e.success:
+            solved.setdefault(e.group_id, final_answer(e.messages))
+    prompts = []
+    for e in episodes:
+        peer = solved.get(e.group_id)
+        note = f" Another attempt, judged correct, answered {peer}." if peer is not None and not e.success else ""
+        ask = REFLECTION_PROMPT.format(verdict="correct" if e.success else "wrong", peer=note)
+        prompts.append(policy.render_prompt(list(e.messages) + [{"role": "user", "content": ask}]))
+    generations = policy.generate_ids(prompts, max_new_tokens=max_new_tokens)
+    return [policy.tokenizer.encode(f"Hint: {g.text.strip()}\n", add_special_tokens=False) for g in generations]
+
+
+@dataclass
+class AmrSdConfig:
+    lam: float = 0.5  # guess; annealed linearly to 0 over anneal_steps
+    anneal_steps: int = 50  # guess
+    tau_pos: float = 0.2  # guess
+    tau_neg: float = 0.5  # guess
+    mode: Literal["add", "mul"] = "add"  # add | mul
+    hint_tokens: int = 24  # length limit of the self-generated reflection hint
+
+
+class AmrSd(Plugin):
+    """AMR-SD: CIG-gated credit from a teacher pass conditioned on the policy's own reflection."""
+
+    name = "amr_sd"
+    Config = AmrSdConfig
+
+    def prepare_batch(self, batch: Batch, episodes: Sequence[Any], advantages: Tensor, ctx: StepContext) -> None:
+        if ctx is None or ctx.model is None or ctx.policy is None:
+            raise ValueError("amr_sd needs the step's model and policy (make_batch(..., ctx=StepContext(cfg, model=..., "
+                             "policy=...))) for its reflection hints and teacher pass")
+        hints = reflection_hints(ctx.policy, episodes, self.config.hint_tokens)
+        rows = [hint for e, hint in zip(episodes, hints) for _ in e.samples]
+        batch.extras["teacher_logp"] = teacher_logprobs(ctx.model, batch, rows, ctx.cfg)
+
+    def token_advantages(self, adv: Tensor, logp: Tensor, micro: Batch, ctx: StepContext) -> Tensor:
+        c = self.config
+        lam = annealed_lambda(ctx.step, c.lam, c.anneal_steps)
+        return amr_sd_advantages(adv, micro.extras["teacher_logp"], logp, lam, c.tau_pos, c.tau_neg, c.mode)

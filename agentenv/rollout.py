@@ -10,74 +10,26 @@ all its samples.
 Policies:
 * token policies (`HFPolicy`, anything with `generate_ids(prompts, max_new_tokens)` and a `chat`
   `ChatTokens`): the stored ids and `old_logprobs` are exactly what the model sampled.
-* text-only policies (`ScriptedPolicy`, anything with just `generate(contexts)`): pass `tokenizer=`; each
-  turn's text is tokenized (plus the end-of-turn id) and `old_logprobs` are 0.0. This is how
-  `demonstrations` records scripted episodes for warm-start SFT.
+* text-only policies (`ScriptedPolicy`, anything with just `generate(contexts)`): with `tokenizer=`, each
+  turn's text is tokenized (plus the end-of-turn id) and `old_logprobs` are 0.0 — how `demonstrations`
+  records scripted episodes for warm-start SFT; without one, episodes carry messages, turns and rewards
+  only — how `agentenv run` (`runner.py`, a summary view of these episodes) runs any policy.
+
+This is the one rollout loop: training, evaluation, demonstrations and `agentenv run` all go through it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import gymnasium as gym
 
 from agentenv.core import qualified_env_id
-from agentenv.policies.base import Generation, Messages, Policy
 from agentenv.policies.chat_tokens import ChatTokens
+from agentenv.types import Episode, Generation, Messages, Policy, Sample
 
-__all__ = ["Sample", "Episode", "collect", "demonstrations"]
-
-
-@dataclass
-class Sample:
-    """One contiguous token sequence: `[T]` lists, aligned with `token_ids`.
-
-    `loss_mask` is 1 on policy-generated tokens (the end-of-turn id included), 0 on prompt, env and tool
-    tokens; `old_logprobs` are the sampling log-probs (0.0 where the mask is 0); `control_mask` is 1 on
-    generated tokens that overlap a control span (`<tool_call>…</tool_call>`, a python block, `<execute/>`,
-    `<answer>…</answer>`); `prompt_len` is the number of ids before the first generated one.
-    """
-
-    token_ids: list[int] = field(default_factory=list)
-    loss_mask: list[int] = field(default_factory=list)
-    old_logprobs: list[float] = field(default_factory=list)
-    control_mask: list[int] = field(default_factory=list)
-    prompt_len: int = 0
-
-    def __len__(self) -> int:
-        return len(self.token_ids)
-
-    def extend(self, ids: Sequence[int], generated: bool, logprobs: Sequence[float] | None = None, control: Sequence[int] | None = None) -> None:
-        self.token_ids.extend(ids)
-        self.loss_mask.extend([int(generated)] * len(ids))
-        self.old_logprobs.extend(logprobs if logprobs is not None else [0.0] * len(ids))
-        self.control_mask.extend(control if control is not None else [0] * len(ids))
-
-
-@dataclass
-class Episode:
-    """One episode of one task: its samples, outcome and per-turn records.
-
-    `reward` is the sum of the step rewards (for the shipped envs: the final reward); `turns[k]` is the
-    env's `info` of turn k (without the repeated tool schemas) plus: `sample` (index into `samples`),
-    `start`/`end` (generated token range in that sample, end-of-turn id included), `finish_reason`,
-    `reward` (of that step) and `control_positions` (`(start, end, kind)` token ranges of the control spans).
-    """
-
-    group_id: int
-    seed: int
-    samples: list[Sample] = field(default_factory=list)
-    reward: float = 0.0
-    reward_components: dict[str, float] = field(default_factory=dict)
-    turns: list[dict[str, Any]] = field(default_factory=list)
-    terminated: bool = False
-    truncated: bool = False
-    messages: Messages = field(default_factory=list)
-
-    @property
-    def success(self) -> bool:
-        return bool(self.reward_components.get("success", 0.0))
+__all__ = ["Sample", "Episode", "collect", "iter_episodes", "demonstrations"]
 
 
 @dataclass
@@ -87,7 +39,16 @@ class _Live:
     obs: Messages
 
 
-def collect(
+def collect(env: str | Callable[[], gym.Env], policy: Policy, tasks: Sequence[int], group_size: int = 1,
+            **options: Any) -> list[Episode]:
+    """Run `group_size` episodes of every task and return them ordered by (group, sample).
+
+    `options` are `iter_episodes`'s: env_kwargs, tokenizer, max_turns, max_seq_len, batch_size.
+    """
+    return sorted(iter_episodes(env, policy, tasks, group_size, **options), key=lambda e: e.index)
+
+
+def iter_episodes(
     env: str | Callable[[], gym.Env],
     policy: Policy,
     tasks: Sequence[int],
@@ -98,16 +59,18 @@ def collect(
     max_turns: int | None = None,
     max_seq_len: int = 4096,
     batch_size: int | None = None,
-) -> list[Episode]:
-    """Run `group_size` episodes of every task and return them ordered by (group, sample).
+) -> Iterator[Episode]:
+    """Run `group_size` episodes of every task, yielding each as soon as it ends (`episode.index` is its place
+    in the (group, sample) order `collect` returns).
 
     Args:
         env: an env id (`"agentenv/ToolReasoning-v0"`, the `agentenv/` prefix optional) or a function that
             builds an env.
-        policy: a token policy (`generate_ids`) or a text-only one (`generate`; then `tokenizer` is needed).
+        policy: a token policy (`generate_ids`) or a text-only one (`generate`).
         tasks: one reset seed per task; task i is group i and its G episodes all reset with `tasks[i]`.
         env_kwargs: keyword arguments of `gym.make` when `env` is an id.
-        tokenizer: tokenizes a text-only policy's turns (ignored for token policies).
+        tokenizer: tokenizes a text-only policy's turns into token records (ignored for token policies);
+            without it a text-only policy's episodes have messages, turns and rewards but no samples.
         max_turns: stop an episode (truncated) after this many turns, on top of the env's own limit.
         max_seq_len: a sample never grows past this many ids: a turn gets at most the room left, and an
             episode whose next env delta would not leave room for one generated token ends truncated.
@@ -116,12 +79,7 @@ def collect(
     if group_size < 1:
         raise ValueError("group_size must be at least 1")
     token_policy = hasattr(policy, "generate_ids")
-    if token_policy:
-        chat: ChatTokens = policy.chat
-    elif tokenizer is None:
-        raise ValueError("a text-only policy (no generate_ids) needs tokenizer= to turn its text into token ids")
-    else:
-        chat = ChatTokens(tokenizer)
+    chat: ChatTokens | None = policy.chat if token_policy else (ChatTokens(tokenizer) if tokenizer is not None else None)
     if isinstance(env, str):
         env_id = qualified_env_id(env)
         build: Callable[[], gym.Env] = lambda: gym.make(env_id, **(env_kwargs or {}))
@@ -129,9 +87,9 @@ def collect(
         build = env
 
     jobs = [(group, seed) for group, seed in enumerate(tasks) for _ in range(group_size)]
-    episodes = [Episode(group, int(seed)) for group, seed in jobs]
+    episodes = [Episode(group, int(seed), index=i) for i, (group, seed) in enumerate(jobs)]
     envs = [build() for _ in range(min(batch_size or len(jobs), len(jobs)))]
-    next_job, live = 0, []
+    next_job, live, done = 0, [], []
 
     def start(slot_env: gym.Env) -> None:
         nonlocal next_job
@@ -140,26 +98,31 @@ def collect(
             next_job += 1
             obs, _ = slot_env.reset(seed=episode.seed)
             episode.messages = obs
-            if _new_sample(episode, chat.prompt(obs), max_seq_len):
+            if chat is None or _new_sample(episode, chat.prompt(obs), max_seq_len):
                 live.append(_Live(slot_env, episode, obs))
                 return
+            done.append(episode)
 
     try:
         for slot_env in envs:
             start(slot_env)
-        while live:
-            budgets = [max_seq_len - len(item.episode.samples[-1]) for item in live]
+        while live or done:
+            yield from done
+            done.clear()
+            if not live:
+                break
+            budgets = [max_seq_len - len(item.episode.samples[-1]) if chat is not None else max_seq_len for item in live]
             generations = _generate(policy, chat, token_policy, live, budgets)
             current, live = live, []
             for item, generation in zip(current, generations):
                 if _step(item, generation, chat, max_turns, max_seq_len):
                     live.append(item)
                 else:
+                    done.append(item.episode)
                     start(item.env)
     finally:
         for slot_env in envs:
             slot_env.close()
-    return episodes
 
 
 def demonstrations(
@@ -195,11 +158,13 @@ def _new_sample(episode: Episode, prompt: list[int], max_seq_len: int) -> bool:
     return True
 
 
-def _generate(policy: Any, chat: ChatTokens, token_policy: bool, live: list[_Live], budgets: list[int]) -> list[Generation]:
+def _generate(policy: Any, chat: ChatTokens | None, token_policy: bool, live: list[_Live], budgets: list[int]) -> list[Generation]:
     """One generation per live episode, in one batched policy call."""
     if token_policy:
         limits = [min(getattr(policy, "max_new_tokens", b), b) for b in budgets]
         return policy.generate_ids([item.episode.samples[-1].token_ids for item in live], max_new_tokens=limits)
+    if chat is None:  # a text-only policy without a tokenizer: text records only
+        return policy.generate([item.obs for item in live])
     generations = []
     for generation, budget in zip(policy.generate([item.obs for item in live]), budgets):
         ids = chat.turn(generation.text)
@@ -235,20 +200,21 @@ def _continues(previous: Messages, obs: Messages) -> bool:
     return all(a is b or (a["role"], a["content"]) == (b["role"], b["content"]) for a, b in zip(previous, obs))
 
 
-def _step(item: _Live, generation: Generation, chat: ChatTokens, max_turns: int | None, max_seq_len: int) -> bool:
+def _step(item: _Live, generation: Generation, chat: ChatTokens | None, max_turns: int | None, max_seq_len: int) -> bool:
     """Record the generation, step the env, append the env's delta. Returns whether the episode goes on."""
-    episode, sample = item.episode, item.episode.samples[-1]
+    episode = item.episode
     obs, reward, terminated, truncated, info = item.env.step(generation.text)
     ended = generation.finish_reason == "stop"
-    text_ids = generation.token_ids[:-1] if ended else generation.token_ids
-    control, ranges = _control_mask(chat, text_ids, info.get("control_spans", []))
-    start = len(sample)
-    sample.extend(generation.token_ids, generated=True, logprobs=generation.logprobs, control=control + [0] * ended)
     turn = {k: v for k, v in info.items() if k != "tools"}
-    turn.update(
-        sample=len(episode.samples) - 1, start=start, end=len(sample), finish_reason=generation.finish_reason,
-        reward=float(reward), control_positions=[(start + a, start + b, kind) for a, b, kind in ranges],
-    )
+    turn.update(finish_reason=generation.finish_reason, reward=float(reward))
+    if chat is not None:
+        sample = episode.samples[-1]
+        text_ids = generation.token_ids[:-1] if ended else generation.token_ids
+        control, ranges = _control_mask(chat, text_ids, info.get("control_spans", []))
+        start = len(sample)
+        sample.extend(generation.token_ids, generated=True, logprobs=generation.logprobs, control=control + [0] * ended)
+        turn.update(sample=len(episode.samples) - 1, start=start, end=len(sample),
+                    control_positions=[(start + a, start + b, kind) for a, b, kind in ranges])
     episode.turns.append(turn)
     episode.reward += float(reward)
     episode.messages = obs
@@ -260,6 +226,9 @@ def _step(item: _Live, generation: Generation, chat: ChatTokens, max_turns: int 
         episode.truncated = True
         return False
     previous, item.obs = item.obs, obs
+    if chat is None:
+        return True
+    sample = episode.samples[-1]
     if not _continues(previous, obs):
         return _new_sample(episode, chat.prompt(obs), max_seq_len)
     delta = ([] if ended else [chat.end_id]) + chat.delta(obs[len(previous) + 1 :])

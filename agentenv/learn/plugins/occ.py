@@ -23,12 +23,16 @@ mini-batches or epochs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from agentenv.policies.objectives import selective_log_probs
+from agentenv.learn.objectives import ppo_clip_loss, selective_log_probs, token_log_ratio
+from agentenv.learn.plugin import LossTerms, Plugin, StepContext
 
-__all__ = ["MTPHead", "attach_mtp_head", "mtp_logprobs", "occ_coefficient"]
+__all__ = ["Occ", "MTPHead", "attach_mtp_head", "mtp_logprobs", "occ_coefficient"]
 
 
 class MTPHead(nn.Module):
@@ -90,3 +94,36 @@ def occ_coefficient(
     b = logp - old_logp
     mask = mask.to(a.dtype)
     return scale / num_heads * (a * b / (a**2 + 1e-8) * mask).sum() / mask.sum().clamp(min=1)
+
+@dataclass
+class OccConfig:
+    scale: float = 0.1
+
+
+class Occ(Plugin):
+    """OCC: the MTP head's PPO loss, its coefficient calibrated from the log-prob proxy."""
+
+    name = "occ"
+    Config = OccConfig
+    off_policy = True
+
+    def setup(self, model: nn.Module, tokenizer: Any, *, group_size: int, seed: int) -> None:
+        if not hasattr(model, "mtp_head"):  # trained and checkpointed with the policy
+            attach_mtp_head(model)
+
+    def forward(self, model: nn.Module, hidden: Tensor, logp: Tensor, micro, ctx: StepContext) -> None:
+        if not hasattr(model, "mtp_head"):
+            raise ValueError("occ needs an MTP head: call attach_mtp_head(model) before building the optimizer")
+        micro.extras["mtp_logp"] = mtp_logprobs(model.mtp_head, hidden, model.get_input_embeddings(),
+                                                model.get_output_embeddings().weight, micro.targets,
+                                                ctx.cfg.temperature, ctx.cfg.logprob_chunk)
+
+    def token_loss(self, terms: LossTerms, micro, ctx: StepContext) -> None:
+        cfg = ctx.cfg
+        mtp_mask = micro.loss_mask.clone()
+        mtp_mask[:, 0] = 0  # column 0 has no MTP prediction
+        coef = occ_coefficient(micro.extras["mtp_logp"], terms.logp, micro.old_logp, mtp_mask, self.config.scale)
+        mtp_loss, _ = ppo_clip_loss(token_log_ratio(micro.extras["mtp_logp"], micro.old_logp), terms.adv * coef,
+                                    cfg.eps_low, cfg.eps_high, dual_clip=cfg.dual_clip)
+        terms.per_token = terms.per_token + mtp_loss * mtp_mask
+        terms.metrics["occ_coef"] = float(coef) * float(mtp_mask.sum()) / terms.num_tokens  # summed over micro-batches

@@ -70,18 +70,22 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from agentenv.policies.objectives import grpo_advantages
+from agentenv.learn.learner import Batch, autocast, final_hidden
+from agentenv.learn.objectives import grpo_advantages
+from agentenv.learn.plugin import Plugin, StepContext
 from agentenv.rewards.math_match import normalize_answer, parse_number
-from agentenv.tools.parsing import parse_action
+from agentenv.tools.parsing import final_answer
 
 __all__ = [
+    "Care",
+    "CareConfig",
+    "care_hidden_states",
     "ACQUISITIONS",
-    "final_answer",
     "answer_ids",
     "majority_vote",
     "corrective_advantage_gap",
@@ -103,14 +107,6 @@ CORRECT_ABOVE = 0.5  # a response is correct when its verifier reward exceeds th
 PROBE_DIMS = {"prompt": 128, "head": 256, "response_hidden": 64, "response_out": 512}  # al-rule.sh
 CLASS_BALANCE = {"power": 0.5, "low": 0.25, "high": 4.0}  # al-rule.sh: weights ∝ count^−power, mean 1, clipped
 MASKED_LOGIT = -1.0e9  # the paper's fill for impossible counts: exp underflows to exactly 0 in float32
-
-
-def final_answer(messages: Sequence[dict]) -> str | None:
-    """The answer in the last assistant message of a chat (`<answer>…</answer>` or `\\boxed{…}`), or None."""
-    for message in reversed(messages):
-        if message.get("role") == "assistant":
-            return parse_action(message.get("content", "")).answer
-    return None
 
 
 def answer_ids(answers: Sequence[str | None]) -> Tensor:
@@ -514,3 +510,123 @@ def care_labels(
         raise ValueError(f"care_acquisition must be one of {ACQUISITIONS}, got {acquisition!r}")
     queried = query[inverse]
     return torch.where(queried, gt_rewards, pseudo), coef[inverse], queried
+
+
+def _generated(mask: Sequence[int]) -> list[int]:
+    return [i for i, m in enumerate(mask) if m]
+
+
+@torch.no_grad()
+def care_hidden_states(model: torch.nn.Module, episodes: Sequence[Any], cfg: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """The probe's inputs from one no-grad pass of the policy over the episodes (CPU, float32):
+
+    prompt [E, H], the last-layer hidden state at the prompt's last token (first sample); response [E, H],
+    at the last generated token (last sample; the paper's `compute_probe_stage1_features`); lengths [E],
+    generated tokens. Micro-batches of `cfg.micro_batch_size` rows (`cfg`: the `LearnerConfig`) share each
+    group's prompt forward (`final_hidden`'s `share_prefix`).
+    """
+    device = next(model.parameters()).device
+    sequences: list[list[int]] = []
+    masks: list[list[int]] = []
+    prompt_at: list[tuple[int, int]] = []  # (row, position) per episode
+    response_at: list[tuple[int, int]] = []
+    for e in episodes:
+        first, last = e.samples[0], e.samples[-1]
+        first_row = len(sequences)
+        for sample in (first,) if last is first else (first, last):  # one row unless a compressor split the episode
+            sequences.append(list(sample.token_ids))
+            masks.append(list(sample.loss_mask))
+        generated = _generated(first.loss_mask)
+        prompt_at.append((first_row, max(generated[0] - 1, 0) if generated else len(first.token_ids) - 1))
+        generated = _generated(last.loss_mask)
+        response_at.append((len(sequences) - 1, generated[-1] if generated else len(last.token_ids) - 1))
+    # one trailing token per row: final_hidden drops the last column, so every real position stays in range
+    length = max(len(ids) for ids in sequences) + 1
+    ids = torch.zeros(len(sequences), length, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    loss_mask = torch.zeros(len(sequences), length, dtype=torch.float32)
+    for row, (tokens, mask) in enumerate(zip(sequences, masks)):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        attention[row, : len(tokens) + 1] = 1
+        loss_mask[row, : len(mask)] = torch.tensor(mask, dtype=torch.float32)
+    empty = torch.zeros(len(sequences), length - 1)
+    batch = Batch(ids, attention, ids[:, 1:], loss_mask[:, 1:], empty, torch.zeros(len(sequences)))
+    wanted = sorted(set(prompt_at) | set(response_at))  # keep only these (row, position) states, not [B, L, H]
+    kept: dict[tuple[int, int], Tensor] = {}
+    for start in range(0, len(batch), cfg.micro_batch_size):
+        rows = torch.arange(start, min(start + cfg.micro_batch_size, len(batch)))
+        with autocast(device, cfg):
+            out = final_hidden(model, batch.rows(rows).to(device), cfg.share_prefix)
+        here = [(row, pos) for row, pos in wanted if start <= row < start + len(rows)]
+        states = out[[row - start for row, _ in here], [pos for _, pos in here]].float().cpu()
+        kept.update(zip(here, states))
+    prompt = torch.stack([kept[at] for at in prompt_at])
+    response = torch.stack([kept[at] for at in response_at])
+    lengths = torch.tensor([float(sum(sum(s.loss_mask) for s in e.samples)) for e in episodes])
+    return prompt, response, lengths
+
+
+@dataclass
+class CareConfig:
+    acquisition: Literal["probe", "heuristic", "oracle"] = "probe"  # probe (CARE's learned probe) | heuristic (cluster statistics for it) | oracle
+    top_pct: float = 0.2  # label budget: ground truth for this fraction of each step's prompts
+    prob_gate: float = 0.25  # fraction of prompts gated as "majority correct"
+    soft_adv: float = 1.0
+    warmup: int = 20  # steps before the gate opens
+    probe_lr: float = 1e-4  # CARE's probe (al-rule.sh): AdamW, no weight decay
+    probe_train_steps: int = 3  # passes per learner step over the queried prompts + a buffer draw
+    probe_buffer: int = 2048  # replay buffer of queried prompts
+    probe_batch: int = 16  # buffer prompts drawn per pass
+    probe_aux_weight: float = 1.5  # stage 1's per-response correctness loss
+    len_norm: int = 4000  # response lengths / this (the paper's max response length), clipped to 1
+
+
+class Care(Plugin):
+    """CARE: majority-vote pseudo-labels; the verifier's reward only for the prompts the acquisition selects.
+
+    With `acquisition="probe"`, `setup` builds the probe (or `make_probe`), which every step trains on the
+    queried prompts; it is checkpointed with the run (`state_dict`)."""
+
+    name = "care"
+    Config = CareConfig
+
+    def __init__(self, config: CareConfig | None = None):
+        super().__init__(config)
+        self.probe: CareProbe | None = None
+        self._scale: Tensor | None = None
+
+    def make_probe(self, hidden_size: int, group_size: int, seed: int) -> CareProbe | None:
+        """The probe for this policy's hidden size and `group_size` responses per prompt; None unless used."""
+        c = self.config
+        if c.acquisition == "probe":
+            self.probe = CareProbe(hidden_size, group_size, seed=seed, lr=c.probe_lr, train_steps=c.probe_train_steps,
+                                   buffer_size=c.probe_buffer, batch_size=c.probe_batch, aux_weight=c.probe_aux_weight)
+        return self.probe
+
+    def setup(self, model: torch.nn.Module, tokenizer: Any, *, group_size: int, seed: int) -> None:
+        self.make_probe(model.config.hidden_size, group_size, seed)
+
+    def rewards(self, rewards: Tensor, episodes: Sequence[Any], ctx: StepContext) -> Tensor:
+        c = self.config
+        groups = torch.tensor([int(e.group_id) for e in episodes], dtype=torch.long)
+        answers = answer_ids([final_answer(e.messages) for e in episodes])
+        features = None
+        if c.acquisition == "probe":
+            if ctx.model is None or self.probe is None:
+                raise ValueError("care with acquisition='probe' needs the policy model in the step context "
+                                 "(StepContext(cfg, model=...)) and its probe (Care.setup or make_probe)")
+            features = probe_features(answers, groups, *care_hidden_states(ctx.model, episodes, ctx.cfg), len_norm=c.len_norm)
+        rewards, self._scale, _ = care_labels(rewards, answers, groups, acquisition=c.acquisition, top_pct=c.top_pct,
+                                              prob_gate=c.prob_gate, soft_adv=c.soft_adv, gate=ctx.step >= c.warmup,
+                                              probe=self.probe, features=features)
+        return rewards
+
+    def advantages(self, adv: Tensor, episodes: Sequence[Any], ctx: StepContext) -> Tensor:
+        return adv * self._scale
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"probe": self.probe.state_dict()} if self.probe is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.probe is not None and "probe" in state:
+            self.probe.load_state_dict(state["probe"])

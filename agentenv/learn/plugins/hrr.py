@@ -16,7 +16,7 @@ Shapes: B trajectories, J turns (padded; `turn_mask` [B, J] is 1 on turns that h
 Q_com per turn comes from the environment: `info["compression"]["q_com"]` of each step (`q_com_rows`): the
 quality of the context the turn's action led to (a `<zip .../>` tag in the action chooses levels).
 
-In the learner (`LearnerConfig.hrr_beta` ≠ 0), `token_advantages` maps Â_ij onto the generated tokens of turn
+As a plug-in (`--learner.plugins=hrr`, settings `beta`, `mode`, `group_norm`), `token_advantages` maps Â_ij onto the generated tokens of turn
 j of episode i, in the rows `learner.make_batch` builds (one per Sample; a turn's tokens are the range
 `turn["start"]:turn["end"]` of sample `turn["sample"]`, recorded by the rollout), and the loss uses those
 per-token advantages instead of A_i.
@@ -24,12 +24,15 @@ per-token advantages instead of A_i.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["HRR_MODES", "hrr_deviation", "hrr_advantages", "turn_index", "broadcast_turns", "q_com_rows", "token_advantages"]
+from agentenv.learn.plugin import Plugin, StepContext
+
+__all__ = ["Hrr", "HrrConfig", "HRR_MODES", "hrr_deviation", "hrr_advantages", "turn_index", "broadcast_turns", "q_com_rows", "token_advantages"]
 
 HRR_MODES = ("add", "mul")
 
@@ -149,3 +152,24 @@ def token_advantages(
                 out[first + turn["sample"], turn["start"] : turn["end"]] = per_turn[i, j]
         first += len(episode.samples)
     return out
+
+
+@dataclass
+class HrrConfig:
+    beta: float = 0.5  # β; 0 is plain GRPO
+    mode: Literal["add", "mul"] = "add"  # add: A + β·D | mul: A·(1 + β·D)
+    group_norm: bool = False  # divide D by its std over the GRPO group's turns
+    eps: float = 1e-6
+
+
+class Hrr(Plugin):
+    """Hindsight Response Replay: each turn's generated tokens take that turn's reshaped advantage."""
+
+    name = "hrr"
+    Config = HrrConfig
+
+    def prepare_batch(self, batch: Any, episodes: Sequence[Any], advantages: Tensor, ctx: StepContext) -> None:
+        c = self.config
+        per_token = token_advantages(episodes, advantages.float(), batch.input_ids.shape[1], beta=c.beta, mode=c.mode,
+                                     group_norm=c.group_norm, eps=c.eps)
+        batch.extras["token_advantages"] = per_token[:, 1:].contiguous()  # shifted like the targets

@@ -22,10 +22,15 @@ with (w_base, w_rl) = (−α, 1+α), i.e. log p_RL + α·Δlog p. The paper's se
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import Tensor
 
-__all__ = ["ADV_MASKS", "direction_weights", "extrapolation_trigger", "extrapolation_logits"]
+from agentenv.learn.plugin import Plugin, StepContext
+
+__all__ = ["Direction", "ADV_MASKS", "direction_weights", "extrapolation_trigger", "extrapolation_logits"]
 
 ADV_MASKS = ("none", "positive", "negative")
 
@@ -64,3 +69,18 @@ def extrapolation_logits(base_logits: Tensor, rl_logits: Tensor, alpha: float, t
     top = base.topk(min(top_k, base.shape[-1]), -1).indices
     keep = torch.zeros_like(mixed, dtype=torch.bool).scatter_(-1, top, True)
     return mixed.masked_fill(~keep, float("-inf"))
+
+@dataclass
+class DirectionConfig:
+    c: float = 0.2  # Qwen2.5-Math-7B; 0.1 for Qwen3-8B-Base
+    adv_mask: Literal["none", "positive", "negative"] = "none"  # none | positive | negative
+
+
+class Direction(Plugin):
+    """Δlog p: more weight where π_old was unlikely."""
+
+    name = "direction"
+    Config = DirectionConfig
+
+    def token_advantages(self, adv: Tensor, logp: Tensor, micro, ctx: StepContext) -> Tensor:
+        return adv * direction_weights(micro.old_logp, adv, self.config.c, self.config.adv_mask)

@@ -10,10 +10,10 @@ algorithm whatever came before it.
   mask; there is no regeneration).
 - `gspo`: sequence-level ratio clipped to 3e−4/4e−4, seq-mean-token-mean (GSPO).
 - `cispo`: CISPO's clipped IS weight with TRL's absolute cap 5.0, token-mean (MiniMax-M1, ScaleRL).
-- one preset per plug-in (`plugins.PLUGINS`): `dapo` plus that plug-in at its `LearnerConfig` defaults.
-  The plug-ins that act only when π_θ ≠ π_old (divergence, fipo, nsr, occ) also get 4 mini-batches per
-  rollout batch. Compare them against `dapo` with the same `--learner.mini_batches`. To stack plug-ins,
-  name them: `--learner.plugins=fipo,owpo`.
+- one preset per registered plug-in (`agentenv/learn/plugins/`): `dapo` plus that plug-in at its config's
+  defaults. The plug-ins that act only when π_θ ≠ π_old (`Plugin.off_policy`: divergence, fipo, nsr, occ)
+  also get 4 mini-batches per rollout batch. Compare them against `dapo` with the same
+  `--learner.mini_batches`. To stack plug-ins, name them: `--learner.plugins=fipo,owpo`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from agentenv.policies.plugins import PLUGINS
+from agentenv.config import did_you_mean
+from agentenv.learn.plugin import registry
 
-__all__ = ["PRESETS", "OFF_POLICY_PLUGINS", "learner_preset"]
-
-OFF_POLICY_PLUGINS = ("divergence", "fipo", "nsr", "occ")  # no-ops when π_θ = π_old
+__all__ = ["PRESETS", "learner_preset", "preset_names"]
 
 GRPO: dict[str, Any] = dict(
     advantage="grpo", scale_rewards="group", ratio_level="token", loss="ppo_clip", eps_low=0.2, eps_high=0.2,
@@ -39,12 +38,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     "dapo": DAPO,
     "gspo": {**GRPO, "ratio_level": "sequence", "eps_low": 3e-4, "eps_high": 4e-4},
     "cispo": {**GRPO, "loss": "cispo", "cispo_cap": 5.0, "aggregation": "token-mean"},
-    **{name: {**DAPO, "plugins": [name], "mini_batches": 4 if name in OFF_POLICY_PLUGINS else 1} for name in PLUGINS},
 }
+
+
+def preset_names() -> list[str]:
+    """The algorithm presets, then one per registered plug-in."""
+    return [*PRESETS, *registry()]
 
 
 def learner_preset(name: str) -> dict[str, Any]:
     """A fresh copy of preset `name`'s overrides (field name -> value)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown learner preset {name!r}; known: {', '.join(PRESETS)}")
-    return copy.deepcopy(PRESETS[name])
+    if name in PRESETS:
+        return copy.deepcopy(PRESETS[name])
+    plugins = registry()
+    if name in plugins:
+        return {**copy.deepcopy(DAPO), "plugins": [name], "mini_batches": 4 if plugins[name].off_policy else 1}
+    raise ValueError(f"unknown learner preset {name!r}{did_you_mean(name, preset_names())}; known: {', '.join(preset_names())}")

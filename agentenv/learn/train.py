@@ -27,12 +27,12 @@ import numpy as np
 import torch
 import yaml
 
+from agentenv.config import apply_overrides, validate_choices
 from agentenv.core import qualified_env_id
-from agentenv.policies import plugins as P
-from agentenv.config import did_you_mean, validate_choices
 from agentenv.errors import UserError
-from agentenv.policies.learner import LearnerConfig, episode_advantages, make_batch, make_care_probe, sft_update, teacher_logprobs, update
-from agentenv.policies.presets import learner_preset
+from agentenv.learn.learner import LearnerConfig, episode_advantages, make_batch, sft_update, update
+from agentenv.learn.plugin import StepContext, build_plugins
+from agentenv.rollout import collect, demonstrations
 
 __all__ = ["TrainConfig", "load_config", "train"]
 
@@ -73,56 +73,17 @@ class TrainConfig:
     learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=3e-4, micro_batch_size=32))
 
 
-def _coerce(value: Any, current: Any) -> Any:
-    """A CLI/YAML value in the type of the field it replaces (YAML reads `3e-3` as a string)."""
-    if isinstance(value, str) and not isinstance(current, str):
-        value = yaml.safe_load(value)
-    if isinstance(current, list):  # `--learner.plugins=fipo,owpo` as well as `[fipo, owpo]`
-        if isinstance(value, str):
-            value = value.split(",")
-        return [str(v).strip() for v in value or [] if str(v).strip()]
-    if isinstance(current, bool) or current is None:
-        return value
-    if isinstance(current, (int, float)) and isinstance(value, (str, int, float)):
-        try:
-            return type(current)(value) if not isinstance(current, int) or float(value).is_integer() else float(value)
-        except ValueError:
-            raise UserError(f"expected a number, got {value!r}") from None
-    return value
-
-
-def _apply(target: Any, updates: dict[str, Any], where: str) -> None:
-    names = {f.name for f in dataclasses.fields(target)}
-    for key, value in updates.items():
-        head, _, rest = key.partition(".")
-        if head == "preset" and isinstance(target, LearnerConfig):  # a named bundle of learner overrides (presets.py)
-            try:
-                _apply(target, learner_preset(value), where)
-            except ValueError as err:
-                raise UserError(str(err)) from None
-            continue
-        if head not in names:
-            raise UserError(f"unknown config key {where}{head!r}{did_you_mean(head, names)}; known: {', '.join(sorted(names))}")
-        current = getattr(target, head)
-        if dataclasses.is_dataclass(current):
-            _apply(current, {rest: value} if rest else dict(value), f"{where}{head}.")
-        elif rest and isinstance(current, dict):
-            current[rest] = _coerce(value, current.get(rest))
-        else:
-            setattr(target, head, _coerce(value, current))
-
-
 def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Defaults, then the YAML file, then `key=value` overrides (dotted keys reach nested configs)."""
     cfg = TrainConfig()
     if path:
         with open(path, encoding="utf-8") as fh:
-            _apply(cfg, yaml.safe_load(fh) or {}, "")
+            apply_overrides(cfg, yaml.safe_load(fh) or {})
     for item in overrides:
         key, sep, value = item.lstrip("-").partition("=")
         if not sep:
             raise UserError(f"expected --key=value, got {item!r}")
-        _apply(cfg, {key: value}, "")
+        apply_overrides(cfg, {key: value})
     validate_choices(cfg)
     return cfg
 
@@ -265,45 +226,13 @@ def _build(cfg: TrainConfig):
 
 def evaluate(cfg: TrainConfig, policy, n_tasks: int) -> float:
     """Success rate on held-out seeds (never used for training), sampling as in training."""
-    from agentenv.policies.rollout import collect
-
     seeds = [HELD_OUT_SEED_BASE + i for i in range(n_tasks)]
     episodes = collect(cfg.env_id, policy, seeds, group_size=1, env_kwargs=cfg.env_kwargs, max_seq_len=cfg.max_seq_len)
     return float(np.mean([e.reward_components.get("success", 0.0) for e in episodes]))
 
 
-REFLECTION_PROMPT = ("The verifier judged your final answer {verdict}.{peer} In one short sentence, write a hint "
-                     "that would help to solve this task, without stating the answer.")
-
-
-def reflection_hints(policy, episodes: Sequence[Any], max_new_tokens: int) -> list[list[int]]:
-    """AMR-SD's reflection bottleneck: the policy's own short hint per episode, as token ids, written from the
-    verifier's outcome and the answer of a solved episode of the same group (a peer rollout)."""
-    solved = {}
-    for e in episodes:
-        if e.success:
-            solved.setdefault(e.group_id, P.final_answer(e.messages))
-    prompts = []
-    for e in episodes:
-        peer = solved.get(e.group_id)
-        note = f" Another attempt, judged correct, answered {peer}." if peer is not None and not e.success else ""
-        ask = REFLECTION_PROMPT.format(verdict="correct" if e.success else "wrong", peer=note)
-        prompts.append(policy.render_prompt(list(e.messages) + [{"role": "user", "content": ask}]))
-    generations = policy.generate_ids(prompts, max_new_tokens=max_new_tokens)
-    return [policy.tokenizer.encode(f"Hint: {g.text.strip()}\n", add_special_tokens=False) for g in generations]
-
-
-def _single_token_id(tokenizer, token: str) -> int:
-    ids = tokenizer.encode(token, add_special_tokens=False)
-    if len(ids) != 1:
-        raise UserError(f"ih_grpo needs {token!r} to be one token of the tokenizer (got {ids}); set learner.ih_token_id")
-    return ids[0]
-
-
 def warm_start(cfg: TrainConfig, policy, model, log) -> None:
     """Supervised steps on scripted demonstrations (tokenized once; env tokens masked out)."""
-    from agentenv.policies.rollout import demonstrations
-
     from agentenv.registration import scripted_policy
 
     env_id = qualified_env_id(cfg.env_id)
@@ -326,8 +255,6 @@ def warm_start(cfg: TrainConfig, policy, model, log) -> None:
 
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     """Run (or resume) a training run; returns the summary also written to `eval.json`."""
-    from agentenv.policies.rollout import collect
-
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -335,10 +262,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     np.random.seed(cfg.seed)
     started = time.perf_counter()
     policy, model = _build(cfg)
-    if "occ" in cfg.learner.plugins:  # OCC: an MTP head on the policy, trained and checkpointed with it
-        P.attach_mtp_head(model)
-    if "ih_grpo" in cfg.learner.plugins and cfg.learner.ih_token_id is None:  # IH-GRPO's v: the tag that runs queued calls
-        cfg.learner.ih_token_id = _single_token_id(policy.tokenizer, "<execute/>")
+    plugins = build_plugins(cfg.learner)
+    for plugin in plugins:  # before the optimizer: a plug-in may add trained parameters (a head)
+        plugin.setup(model, policy.tokenizer, group_size=cfg.group_size, seed=cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay)
     start_step, extra = 0, {}
     found = find_checkpoint(out_dir) if resume else None
@@ -359,15 +285,14 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         extra["seconds_before"] = time.perf_counter() - started
         log(f"held-out success after warm start: {extra['success_before']}")
         save_checkpoint(out_dir, 0, model, optimizer, policy, extra)
-    ref_model = None  # the reference policy: frozen for a KL term, ratcheted by OWPO; saved in checkpoints
-    if cfg.learner.kl_coef > 0 or "owpo" in cfg.learner.plugins:
+    ref_model = None  # the reference policy: frozen for a KL term, or kept for a plug-in; saved in checkpoints
+    if cfg.learner.kl_coef > 0 or any(plugin.needs_ref_model for plugin in plugins):
         ref_model = copy.deepcopy(model).requires_grad_(False)
         if "ref_model" in extra:
             ref_model.load_state_dict(extra["ref_model"])
         extra["ref_model"] = ref_model.state_dict()
-    care_probe = make_care_probe(model, cfg.learner, cfg.group_size, cfg.seed)  # CARE's probe; None unless used
-    if care_probe is not None and "care_probe" in extra:
-        care_probe.load_state_dict(extra["care_probe"])
+    for plugin in plugins:
+        plugin.load_state_dict(extra.get("plugins", {}).get(plugin.name, {}))
     metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start_step)
     board = _tensorboard(out_dir)
     sampler = torch.Generator().manual_seed(cfg.seed)
@@ -379,13 +304,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             episodes = collect(cfg.env_id, policy, seeds, group_size=cfg.group_size, env_kwargs=cfg.env_kwargs,
                                max_seq_len=cfg.max_seq_len)
             t1 = time.perf_counter()
-            adv = episode_advantages(episodes, cfg.learner, step=step, model=model, care_probe=care_probe)
-            batch = make_batch(episodes, adv, policy.chat.pad_id, cfg.learner)
-            if "amr_sd" in cfg.learner.plugins:  # AMR-SD: a teacher pass conditioned on the policy's own reflection
-                hints = reflection_hints(policy, episodes, cfg.learner.amr_hint_tokens)
-                rows = [hint for e, hint in zip(episodes, hints) for _ in e.samples]
-                batch.extras["teacher_logp"] = teacher_logprobs(model, batch, rows, cfg.learner)
-            stats = update(model, optimizer, batch, cfg.learner, ref_model=ref_model, generator=sampler, step=step)
+            ctx = StepContext(cfg.learner, step, model=model, policy=policy, ref_model=ref_model, generator=sampler)
+            adv = episode_advantages(episodes, cfg.learner, plugins=plugins, ctx=ctx)
+            batch = make_batch(episodes, adv, policy.chat.pad_id, plugins=plugins, ctx=ctx)
+            stats = update(model, optimizer, batch, cfg.learner, plugins=plugins, ref_model=ref_model, generator=sampler,
+                           step=step, ctx=ctx)
             t2 = time.perf_counter()
             tokens = int(batch.attention_mask.sum())
             row = {
@@ -407,8 +330,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             log(f"step {step + 1}/{cfg.steps} reward {row['reward_mean']:.3f} success {row['success_rate']:.3f} "
                 f"loss {row['loss']:+.4f} ({t2 - t0:.1f} s)")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                if care_probe is not None:  # weights, optimizers, replay buffer and generator, as of this step
-                    extra["care_probe"] = care_probe.state_dict()
+                extra["plugins"] = {plugin.name: plugin.state_dict() for plugin in plugins}  # their state as of this step
                 save_checkpoint(out_dir, step + 1, model, optimizer, policy, extra)
     finally:
         metrics.close()
