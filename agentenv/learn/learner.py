@@ -58,6 +58,11 @@ class LearnerConfig:
     kl_estimator: Literal["k1", "abs", "k2", "k3", "k3+"] = "k3"  # k1 | abs | k2 | k3 | k3+
     kl_in_reward: bool = False  # subtract kl_coef·KL from the sequence reward instead of adding it to the loss
     entropy_coef: float = 0.0
+    # Sampler–learner mismatch (the rollout engine's log-probs vs the learner's π_old): always logged as
+    # sampler_kl / sampler_logp_diff; corrected by importance weights when not "none" (objectives.sampler_correction)
+    sampler_correction: Literal["none", "tis", "mask"] = "none"  # none | tis (truncated IS) | mask (masked IS)
+    sampler_correction_level: Literal["token", "sequence"] = "token"  # token | sequence
+    sampler_cap: float = 2.0  # tis: weights capped here; mask: tokens with ρ outside [1/cap, cap] dropped
     mask_truncated: bool = False  # zero the loss of episodes cut by the turn or length limit
     filter_zero_variance: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal
     overlong_buffer: int = 0  # DAPO overlong penalty on generated tokens; 0 disables
@@ -207,7 +212,8 @@ def make_batch(episodes: Sequence[Episode], advantages: torch.Tensor, pad_id: in
         if getattr(s, "control_mask", None):
             control[i, :k] = torch.tensor(s.control_mask, dtype=torch.float32)
     adv = torch.tensor([a for _, a in samples], dtype=torch.float32)
-    extras = {"control_mask": control[:, 1:].contiguous()}
+    # the sampler's own log-probs stay here: old_logp becomes the learner's π_old in `update`
+    extras = {"control_mask": control[:, 1:].contiguous(), "sampler_logp": old_logp[:, 1:].contiguous()}
     batch = Batch(input_ids, attention, input_ids[:, 1:].clone(), loss_mask[:, 1:].contiguous(),
                   old_logp[:, 1:].contiguous(), adv, extras)
     for plugin in plugins:
@@ -335,6 +341,16 @@ def policy_loss(logp: torch.Tensor, batch: Batch, cfg: LearnerConfig, *, num_tok
     for plugin in plugins:
         plugin.token_loss(terms, batch, ctx)
     per_token, clipped, metrics = terms.per_token, terms.clipped, terms.metrics
+    sampler_logp = batch.extras.get("sampler_logp")
+    if sampler_logp is not None:
+        kl, diff = F.sampler_mismatch(batch.old_logp, sampler_logp, mask)
+        share = float(mask.sum()) / num_tokens  # micro-batch metrics sum to the mini-batch's token mean
+        metrics["sampler_kl"], metrics["sampler_logp_diff"] = float(kl) * share, float(diff) * share
+        if cfg.sampler_correction != "none":
+            weight = F.sampler_correction(batch.old_logp, sampler_logp, mask, cfg.sampler_correction, cfg.sampler_cap,
+                                          cfg.sampler_correction_level)
+            per_token = per_token * weight
+            metrics["sampler_weight"] = float((weight * mask).sum()) / num_tokens
     if ref_logp is not None and cfg.kl_coef > 0 and not cfg.kl_in_reward:
         kl = F.kl_penalty(logp, ref_logp, kind=cfg.kl_estimator)
         per_token = per_token + cfg.kl_coef * kl

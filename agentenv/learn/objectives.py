@@ -44,7 +44,12 @@ __all__ = [
     "overlong_penalty",
     "nonzero_variance_group_mask",
     "truncation_mask",
+    "SAMPLER_CORRECTIONS",
+    "sampler_correction",
+    "sampler_mismatch",
 ]
+
+SAMPLER_CORRECTIONS = ("none", "tis", "mask")
 
 # A group whose reward std is below this gets advantage 0 (CARE's rule; also what TRL's NaN -> 0 gives).
 ZERO_STD = 1e-8
@@ -558,3 +563,44 @@ def truncation_mask(mask: Tensor, truncated: Tensor) -> Tensor:
     mask: [B, T]; truncated: [B] bool -> [B, T], same dtype as mask.
     """
     return torch.where(truncated.unsqueeze(-1), torch.zeros_like(mask), mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampler–learner mismatch: the rollout engine (vLLM, a stale or lower-precision copy) samples from π_s,
+# the learner's π_old differs from it; importance weights ρ = π_old / π_s correct for that
+# --------------------------------------------------------------------------------------------------
+
+def sampler_correction(old_logp: Tensor, sampler_logp: Tensor, mask: Tensor, mode: str = "tis", cap: float = 2.0,
+                       level: str = "token") -> Tensor:
+    """Importance weights `[B, T]` (no gradient) for tokens sampled from π_s but trained as if from π_old.
+
+    log ρ_t = log π_old(y_t) − log π_s(y_t); at `level="sequence"`, log ρ is the masked mean of log ρ_t over
+    the row (the geometric mean ratio, as verl's sequence-level rollout correction), broadcast to its tokens.
+    - "tis" (truncated importance sampling, Yao et al. 2025; verl `tis_imp_ratio_cap`): w = min(ρ, cap);
+    - "mask" (masked importance sampling, IcePop-style): w = 1 if 1/cap ≤ ρ ≤ cap else 0;
+    - "none": w = 1.
+    Multiply the per-token policy-gradient loss by w. old_logp, sampler_logp, mask: [B, T].
+    """
+    if mode == "none":
+        return torch.ones_like(old_logp)
+    log_rho = (old_logp - sampler_logp).detach() * mask
+    if level == "sequence":
+        log_rho = (log_rho.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)).expand_as(old_logp)
+    elif level != "token":
+        raise ValueError(f"level must be 'token' or 'sequence', got {level!r}")
+    bound = torch.log(torch.tensor(cap, dtype=log_rho.dtype, device=log_rho.device))
+    if mode == "tis":
+        return torch.exp(log_rho.clamp(max=bound))
+    if mode == "mask":
+        return ((log_rho >= -bound) & (log_rho <= bound)).to(old_logp.dtype)
+    raise ValueError(f"sampler correction must be one of {SAMPLER_CORRECTIONS}, got {mode!r}")
+
+
+def sampler_mismatch(old_logp: Tensor, sampler_logp: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(k3 estimate of KL(π_s ‖ π_old), mean |log π_old − log π_s|) over the masked tokens, which π_s sampled.
+
+    k3 = E_{π_s}[ρ − 1 − log ρ] with ρ = π_old/π_s (≥ 0, 0 iff the two agree on every sampled token).
+    """
+    delta = (old_logp - sampler_logp).detach()
+    n = mask.sum().clamp(min=1)
+    return ((torch.exp(delta) - 1 - delta) * mask).sum() / n, (delta.abs() * mask).sum() / n

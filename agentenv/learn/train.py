@@ -34,7 +34,7 @@ from agentenv.learn.learner import LearnerConfig, episode_advantages, make_batch
 from agentenv.learn.plugin import StepContext, build_plugins
 from agentenv.rollout import collect, demonstrations
 
-__all__ = ["TrainConfig", "load_config", "train"]
+__all__ = ["TrainConfig", "RolloutConfig", "load_config", "train"]
 
 HELD_OUT_SEED_BASE = 1_000_000_000  # evaluation seeds start here; training seeds are always below it
 
@@ -43,6 +43,19 @@ def train_task_seed(run_seed: int, step: int, tasks_per_step: int, index: int) -
     """The env seed of training task `index` of `step`: in [0, HELD_OUT_SEED_BASE) for every run seed, so a
     held-out (evaluation) task is never trained on. (Unwrapped, run seed 10 reached the held-out range.)"""
     return (run_seed * 100_000_000 + step * tasks_per_step + index) % HELD_OUT_SEED_BASE
+
+
+@dataclass
+class RolloutConfig:
+    """Where rollouts come from: the engine that samples them, and how fresh its weights are."""
+
+    engine: Literal["hf", "vllm"] = "hf"  # hf (the learner's own model) | vllm (an engine, weights pushed each step)
+    stale_steps: int = 0  # the sampler's weights lag the learner's by this many steps (0: always current)
+    vllm: dict[str, Any] = field(default_factory=dict)  # extra `VLLMPolicy` keyword arguments (e.g. gpu_memory_utilization)
+
+    def __post_init__(self) -> None:
+        if self.stale_steps < 0:
+            raise UserError(f"rollout.stale_steps must be >= 0, got {self.stale_steps}")
 
 
 @dataclass
@@ -71,6 +84,7 @@ class TrainConfig:
     checkpoint_every: int = 5
     out_dir: str = "runs/default"
     learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=3e-4, micro_batch_size=32))
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
 
 def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -101,8 +115,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _rng_state(policy) -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "policy": policy.generator.get_state() if getattr(policy, "generator", None) is not None else None}
+    """Every RNG a run draws from, the sampling policy's own generator (torch or `random.Random`) included."""
+    generator = getattr(policy, "generator", None)
+    own = generator.get_state() if hasattr(generator, "get_state") else generator.getstate() if hasattr(generator, "getstate") else None
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "policy": own}
 
 
 def _set_rng_state(state: dict[str, Any], policy) -> None:
@@ -110,7 +126,8 @@ def _set_rng_state(state: dict[str, Any], policy) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if state.get("policy") is not None:
-        policy.generator.set_state(state["policy"])
+        generator = policy.generator
+        generator.set_state(state["policy"]) if hasattr(generator, "set_state") else generator.setstate(state["policy"])
 
 
 COMPLETE_MARKER = "COMPLETE"  # written (and synced) last: a checkpoint directory without it is partial
@@ -214,6 +231,7 @@ def plot_curves(rows: list[dict[str, Any]], evals: dict[str, float], path: Path)
 
 
 def _build(cfg: TrainConfig):
+    """The learner's policy (its model is the one trained; its tokenizer renders every batch)."""
     from agentenv.policies.hf import HFPolicy
     from agentenv.policies.tiny import TINY_SIZES, tiny_model
 
@@ -222,6 +240,52 @@ def _build(cfg: TrainConfig):
     policy = HFPolicy(model, device=device, temperature=cfg.temperature, top_p=cfg.top_p,
                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     return policy, policy.model
+
+
+class Sampler:
+    """The rollout engine and its weights. With the HF engine and no staleness it is the learner's own policy
+    (nothing to copy); otherwise a separate engine — an HF copy or a vLLM engine — that `sync` feeds the
+    learner's weights of `stale_steps` updates ago (kept in `history`, checkpointed for an exact resume)."""
+
+    def __init__(self, cfg: TrainConfig, learner_policy: Any, model: torch.nn.Module, keys: set[str]):
+        self.stale_steps, self.keys, self.history = cfg.rollout.stale_steps, keys, []
+        if cfg.rollout.engine == "vllm":
+            from agentenv.policies.vllm import VLLMPolicy
+
+            self.policy = VLLMPolicy(model, learner_policy.tokenizer, temperature=cfg.temperature, top_p=cfg.top_p,
+                                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, **cfg.rollout.vllm)
+        elif self.stale_steps > 0:
+            from agentenv.policies.hf import HFPolicy
+
+            self.policy = HFPolicy(copy.deepcopy(model).requires_grad_(False), learner_policy.tokenizer,
+                                   device=str(next(model.parameters()).device), temperature=cfg.temperature,
+                                   top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+        else:
+            self.policy = learner_policy
+        self.separate = self.policy is not learner_policy
+
+    def sync(self, model: torch.nn.Module) -> None:
+        """After an update (or the warm start): the sampler takes the weights of `stale_steps` updates ago."""
+        if not self.separate:
+            return
+        state = model.state_dict()
+        self.history.append({k: v.detach().to("cpu", copy=True) for k, v in state.items() if k in self.keys})
+        del self.history[: max(0, len(self.history) - self.stale_steps - 1)]
+        self._push(self.history[0])
+
+    def resume(self, history: list[dict[str, torch.Tensor]], model: torch.nn.Module) -> None:
+        """Back to the state a checkpoint saved: its weight history (or the model's current weights)."""
+        self.history = list(history)
+        if not self.history:
+            self.sync(model)
+        elif self.separate:
+            self._push(self.history[0])
+
+    def _push(self, weights: dict[str, torch.Tensor]) -> None:
+        if hasattr(self.policy, "load_weights"):  # an engine: weights pushed in place
+            self.policy.load_weights(weights)
+        else:
+            self.policy.model.load_state_dict(weights, strict=False)
 
 
 def evaluate(cfg: TrainConfig, policy, n_tasks: int) -> float:
@@ -262,9 +326,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     np.random.seed(cfg.seed)
     started = time.perf_counter()
     policy, model = _build(cfg)
+    policy_keys = set(model.state_dict())  # what a rollout engine needs (not a plug-in's extra head)
     plugins = build_plugins(cfg.learner)
     for plugin in plugins:  # before the optimizer: a plug-in may add trained parameters (a head)
         plugin.setup(model, policy.tokenizer, group_size=cfg.group_size, seed=cfg.seed)
+    engine = Sampler(cfg, policy, model, policy_keys)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay)
     start_step, extra = 0, {}
     found = find_checkpoint(out_dir) if resume else None
@@ -274,17 +340,19 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         state = torch.load(found / "state.pt", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], policy)
+        _set_rng_state(state["rng"], engine.policy)
         start_step, extra = state["step"], state["extra"]
+        engine.resume(extra.pop("sampler_history", []), model)
         log(f"resumed from step {start_step}")
     else:
         _atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
         if cfg.sft_steps > 0:
             warm_start(cfg, policy, model, log)
-        extra["success_before"] = evaluate(cfg, policy, cfg.eval_tasks) if cfg.eval_tasks else None
+        engine.sync(model)
+        extra["success_before"] = evaluate(cfg, engine.policy, cfg.eval_tasks) if cfg.eval_tasks else None
         extra["seconds_before"] = time.perf_counter() - started
         log(f"held-out success after warm start: {extra['success_before']}")
-        save_checkpoint(out_dir, 0, model, optimizer, policy, extra)
+        save_checkpoint(out_dir, 0, model, optimizer, engine.policy, {**extra, "sampler_history": engine.history})
     ref_model = None  # the reference policy: frozen for a KL term, or kept for a plug-in; saved in checkpoints
     if cfg.learner.kl_coef > 0 or any(plugin.needs_ref_model for plugin in plugins):
         ref_model = copy.deepcopy(model).requires_grad_(False)
@@ -301,14 +369,15 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             t0 = time.perf_counter()
             sampler.manual_seed(cfg.seed * 1_000_003 + step)  # mini-batch order depends only on (seed, step)
             seeds = [train_task_seed(cfg.seed, step, cfg.tasks_per_step, i) for i in range(cfg.tasks_per_step)]
-            episodes = collect(cfg.env_id, policy, seeds, group_size=cfg.group_size, env_kwargs=cfg.env_kwargs,
+            episodes = collect(cfg.env_id, engine.policy, seeds, group_size=cfg.group_size, env_kwargs=cfg.env_kwargs,
                                max_seq_len=cfg.max_seq_len)
             t1 = time.perf_counter()
-            ctx = StepContext(cfg.learner, step, model=model, policy=policy, ref_model=ref_model, generator=sampler)
+            ctx = StepContext(cfg.learner, step, model=model, policy=engine.policy, ref_model=ref_model, generator=sampler)
             adv = episode_advantages(episodes, cfg.learner, plugins=plugins, ctx=ctx)
             batch = make_batch(episodes, adv, policy.chat.pad_id, plugins=plugins, ctx=ctx)
             stats = update(model, optimizer, batch, cfg.learner, plugins=plugins, ref_model=ref_model, generator=sampler,
                            step=step, ctx=ctx)
+            engine.sync(model)
             t2 = time.perf_counter()
             tokens = int(batch.attention_mask.sum())
             row = {
@@ -331,13 +400,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 f"loss {row['loss']:+.4f} ({t2 - t0:.1f} s)")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                 extra["plugins"] = {plugin.name: plugin.state_dict() for plugin in plugins}  # their state as of this step
-                save_checkpoint(out_dir, step + 1, model, optimizer, policy, extra)
+                save_checkpoint(out_dir, step + 1, model, optimizer, engine.policy, {**extra, "sampler_history": engine.history})
     finally:
         metrics.close()
         if board is not None:
             board.close()
     summary = {"success_before": extra.get("success_before"),
-               "success_after": evaluate(cfg, policy, cfg.eval_tasks) if cfg.eval_tasks else None,
+               "success_after": evaluate(cfg, engine.policy, cfg.eval_tasks) if cfg.eval_tasks else None,
                "steps": cfg.steps, "eval_tasks": cfg.eval_tasks, "wall_s_this_process": time.perf_counter() - started}
     if summary["success_before"] is not None and summary["success_after"] is not None:
         summary["gain"] = summary["success_after"] - summary["success_before"]
