@@ -80,6 +80,9 @@ class EndpointError(RuntimeError):
         tries = f" after {attempts} attempts" if attempts > 1 else ""
         super().__init__(f"chat-completions request to {url} failed{tries}: {cause}")
 
+    def __reduce__(self):  # survives pickling (e.g. out of a worker process)
+        return type(self), (self.url, self.cause, self.attempts, self.status)
+
 
 class _Secret:
     """Holds the API key; its repr never shows it."""
@@ -259,6 +262,8 @@ class EndpointPolicy:
             headers["Authorization"] = f"Bearer {self._key.value}"
         attempts = 0
         while True:
+            if stop.is_set():  # another request of this batch failed for good
+                raise EndpointError(self.url, "abandoned: another request of the batch failed", attempts)
             attempts += 1
             try:
                 return self._attempt(data, headers)
