@@ -25,7 +25,7 @@ def _parse_kv(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _make_policy(spec: str, env_id: str):
+def _make_policy(spec: str, env_id: str, model: str | None = None, tools: list | None = None):
     kind, _, path = spec.partition(":")
     if kind == "scripted":
         from agentenv.registration import scripted_policy
@@ -48,7 +48,17 @@ def _make_policy(spec: str, env_id: str):
             return VLLMPolicy(path)  # a saved model directory, or "tiny"/"small"; needs the `vllm` extra and a GPU
         except (ImportError, FileNotFoundError, ValueError) as exc:
             raise UserError(f"cannot load policy {spec!r}: {exc}") from None
-    raise UserError(f"unknown policy {spec!r}: use 'scripted', 'hf:PATH' or 'vllm:PATH' (PATH a saved HF model dir, or 'tiny')")
+    if kind == "openai" and path:
+        from agentenv.policies.endpoint import EndpointPolicy
+
+        if not model:
+            raise UserError(f"--policy {spec} needs --model NAME (the name the server serves the model under)")
+        try:  # tools: the env's function schemas, sent with every request (see agentenv/policies/endpoint.py)
+            return EndpointPolicy(path, model, tools=tools)
+        except ValueError as exc:
+            raise UserError(f"cannot use policy {spec!r}: {exc}") from None
+    raise UserError(f"unknown policy {spec!r}: use 'scripted', 'hf:PATH' or 'vllm:PATH' (PATH a saved HF model dir, or 'tiny'), "
+                    "or 'openai:URL' with --model NAME (an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1)")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -77,20 +87,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.execution:
         env_kwargs["execution"] = args.execution
     try:  # an unknown id or a bad --env-arg is the user's mistake: say so before any episode runs
-        gym.make(env_id, **env_kwargs).close()
+        probe = gym.make(env_id, **env_kwargs)
+        tools = getattr(probe.unwrapped, "tool_schemas", None)  # what info["tools"] holds, for openai:URL
+        probe.close()
     except (gym.error.Error, TypeError, ValueError) as exc:
         raise UserError(f"cannot make {env_id} with {env_kwargs or 'no arguments'}: {exc}") from None
-    policy = _make_policy(args.policy, env_id)
+    policy = _make_policy(args.policy, env_id, model=args.model, tools=tools)
     console = Console(stderr=True)
     out = args.out or f"runs/{env_id.split('/')[-1]}-{args.policy.split(':')[0]}-episodes.jsonl"
     logs = []
+
+    def episodes():  # a server that stays down is one line; the finished episodes stay written
+        from agentenv.policies.endpoint import EndpointError
+
+        try:
+            yield from run_episodes(env_id, policy, args.episodes, seed=args.seed, batch_size=args.batch_size, env_kwargs=env_kwargs)
+        except EndpointError as exc:
+            raise UserError(f"{exc} ({len(logs)} of {args.episodes} episodes finished, written to {out})") from None
+
     start = time.perf_counter()
     with JsonlWriter(out) as writer, Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("success {task.fields[success]:.3f}"), console=console, disable=args.quiet,
     ) as progress:
         task = progress.add_task(env_id, total=args.episodes, success=0.0)
-        for log in run_episodes(env_id, policy, args.episodes, seed=args.seed, batch_size=args.batch_size, env_kwargs=env_kwargs):
+        for log in episodes():
             logs.append(log)
             writer.write(log.as_dict())
             progress.update(task, advance=1, success=sum(l.success for l in logs) / len(logs))
@@ -129,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_run = sub.add_parser("run", help="run a policy on an environment and write episodes as JSONL")
     p_run.add_argument("env_id", help="e.g. ToolReasoning-v0 or agentenv/ToolReasoning-v0")
-    p_run.add_argument("--policy", default="scripted", help="scripted (default), hf:PATH (saved HF model dir) or hf:tiny, vllm:PATH (extra `vllm`, GPU)")
+    p_run.add_argument("--policy", default="scripted", help="scripted (default), hf:PATH (saved HF model dir) or hf:tiny, vllm:PATH (extra `vllm`, GPU), "
+                       "openai:URL (an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1; with --model)")
+    p_run.add_argument("--model", default=None, help="model name for --policy openai:URL; the key is read from $OPENAI_API_KEY")
     p_run.add_argument("--episodes", type=int, default=100)
     p_run.add_argument("--seed", type=int, default=0, help="episode i is reset with seed + i")
     p_run.add_argument("--batch-size", type=int, default=16, help="episodes stepped together")
