@@ -28,6 +28,7 @@ import yaml
 
 from agentenv.config import apply_overrides
 from agentenv.errors import UserError
+from agentenv.learn import distributed as D
 from agentenv.learn import objectives as F
 from agentenv.learn.plugin import LossTerms, Plugin, StepContext, build_plugins, plugin_configs
 from agentenv.learn.presets import learner_preset
@@ -408,15 +409,19 @@ def update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batc
     totals: dict[str, float] = {}
     steps = 0
     rows = len(batch)
-    norm_const = cfg.norm_const if cfg.norm_const is not None else float(batch.loss_mask.shape[1])
+    world = D.rank_and_world()[1]  # data parallel: totals over every rank's rows, gradients summed
+    norm_const = cfg.norm_const if cfg.norm_const is not None else D.global_max(batch.loss_mask.shape[1])
     for epoch in range(cfg.ppo_epochs):
         for plugin in plugins:
             plugin.start_epoch(batch, epoch, ctx)
         order = torch.randperm(rows, generator=generator) if cfg.mini_batches > 1 else torch.arange(rows)
-        for mini in order.chunk(cfg.mini_batches):
+        minis = list(order.chunk(cfg.mini_batches))
+        if world > 1:  # every rank takes the same number of optimizer steps, even with fewer rows
+            minis += [order[:0]] * (cfg.mini_batches - len(minis))
+        for mini in minis:
             mask = batch.loss_mask[mini]
-            num_tokens = float(mask.sum().clamp(min=1))
-            num_seqs = float((mask.sum(-1) > 0).sum().clamp(min=1))
+            num_tokens = max(D.global_sum(mask.sum()), 1.0)
+            num_seqs = max(D.global_sum((mask.sum(-1) > 0).sum()), 1.0)
             step_metrics: dict[str, float] = {"loss": 0.0}
             for micro in _micro_batches(batch, mini, cfg.micro_batch_size):
                 with autocast(device, cfg):
@@ -434,6 +439,10 @@ def update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batc
                 step_metrics["loss"] += float(loss.detach())
                 for key, value in metrics.items():
                     step_metrics[key] = step_metrics.get(key, 0.0) + value
+            if world > 1:
+                D.all_reduce_gradients(model)
+                keys = sorted(set().union(*D.gather_objects(list(step_metrics))))  # a rank may have had no rows
+                step_metrics = {key: D.global_sum(step_metrics.get(key, 0.0)) for key in keys}
             step_metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -30,6 +30,7 @@ import yaml
 from agentenv.config import apply_overrides, validate_choices
 from agentenv.core import qualified_env_id
 from agentenv.errors import UserError
+from agentenv.learn import distributed as D
 from agentenv.learn.learner import LearnerConfig, episode_advantages, make_batch, sft_update, update
 from agentenv.learn.plugin import StepContext, build_plugins
 from agentenv.rollout import collect, demonstrations
@@ -133,7 +134,8 @@ def _set_rng_state(state: dict[str, Any], policy) -> None:
 COMPLETE_MARKER = "COMPLETE"  # written (and synced) last: a checkpoint directory without it is partial
 
 
-def save_checkpoint(out_dir: Path, step: int, model, optimizer, policy, extra: dict[str, Any]) -> None:
+def save_checkpoint(out_dir: Path, step: int, model, optimizer, policy, extra: dict[str, Any],
+                    rng_ranks: list[dict[str, Any]] | None = None) -> None:
     """Write `checkpoint.tmp/` (state, then the completion marker), then swap it in for `checkpoint/`.
 
     A crash at any point leaves a complete checkpoint in one of checkpoint/, checkpoint.tmp/ (between the
@@ -141,8 +143,11 @@ def save_checkpoint(out_dir: Path, step: int, model, optimizer, policy, extra: d
     final, tmp = out_dir / "checkpoint", out_dir / "checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(policy),
-                "extra": extra}, tmp / "state.pt")
+    state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(policy),
+             "extra": extra}
+    if rng_ranks is not None and len(rng_ranks) > 1:
+        state["rng_ranks"] = rng_ranks
+    torch.save(state, tmp / "state.pt")
     with open(tmp / "state.pt", "rb") as fh:
         os.fsync(fh.fileno())
     _atomic_write_text(tmp / COMPLETE_MARKER, f"{step}\n")
@@ -165,6 +170,14 @@ def find_checkpoint(out_dir: Path) -> Path | None:
                 os.replace(candidate, final)
             return final
     return None
+
+
+def _checkpoint(out_dir: Path, step: int, model, optimizer, engine: "Sampler", extra: dict[str, Any]) -> None:
+    """Rank 0 writes the checkpoint, with every rank's RNG states (each samples with its own generators)."""
+    rng_ranks = D.gather_objects(_rng_state(engine.policy))
+    if D.is_main():
+        save_checkpoint(out_dir, step, model, optimizer, engine.policy,
+                        {**extra, "sampler_history": engine.history}, rng_ranks=rng_ranks)
 
 
 class MetricsLog:
@@ -230,15 +243,19 @@ def plot_curves(rows: list[dict[str, Any]], evals: dict[str, float], path: Path)
 # -- the run ---------------------------------------------------------------------------------------
 
 
-def _build(cfg: TrainConfig):
-    """The learner's policy (its model is the one trained; its tokenizer renders every batch)."""
+def _device(cfg: TrainConfig) -> str:
+    return cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _build(cfg: TrainConfig, rank: int = 0):
+    """The learner's policy (its model is the one trained; its tokenizer renders every batch). Each data-parallel
+    rank samples with its own seed (rank 0 with the run's)."""
     from agentenv.policies.hf import HFPolicy
     from agentenv.policies.tiny import TINY_SIZES, tiny_model
 
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model = tiny_model(cfg.model, seed=cfg.seed) if cfg.model in TINY_SIZES else cfg.model  # the run's seed sets the init too
-    policy = HFPolicy(model, device=device, temperature=cfg.temperature, top_p=cfg.top_p,
-                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    policy = HFPolicy(model, device=_device(cfg), temperature=cfg.temperature, top_p=cfg.top_p,
+                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1_000_003 * rank)
     return policy, policy.model
 
 
@@ -289,10 +306,19 @@ class Sampler:
 
 
 def evaluate(cfg: TrainConfig, policy, n_tasks: int) -> float:
-    """Success rate on held-out seeds (never used for training), sampling as in training."""
-    seeds = [HELD_OUT_SEED_BASE + i for i in range(n_tasks)]
+    """Success rate on held-out seeds (never used for training), sampling as in training; data-parallel ranks
+    each take every world-th task."""
+    rank, world = D.rank_and_world()
+    seeds = [HELD_OUT_SEED_BASE + i for i in range(n_tasks)][rank::world]
     episodes = collect(cfg.env_id, policy, seeds, group_size=1, env_kwargs=cfg.env_kwargs, max_seq_len=cfg.max_seq_len)
-    return float(np.mean([e.reward_components.get("success", 0.0) for e in episodes]))
+    return _mean([e.reward_components.get("success", 0.0) for e in episodes])
+
+
+def _mean(values: Sequence[float]) -> float:
+    """The mean over every data-parallel rank's values."""
+    if D.rank_and_world()[1] == 1:
+        return float(np.mean(values))
+    return D.global_sum(sum(values)) / max(D.global_sum(len(values)), 1.0)
 
 
 def warm_start(cfg: TrainConfig, policy, model, log) -> None:
@@ -318,14 +344,22 @@ def warm_start(cfg: TrainConfig, policy, model, log) -> None:
 
 
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
-    """Run (or resume) a training run; returns the summary also written to `eval.json`."""
+    """Run (or resume) a training run; returns the summary also written to `eval.json`.
+
+    Under `torchrun` (WORLD_SIZE > 1) every rank runs this: each collects its share of the step's tasks
+    (whole GRPO groups), the update sums gradients over ranks (`distributed.py`), and only rank 0 logs and
+    writes files."""
+    rank, world = D.init_from_env(_device(cfg))
+    main = rank == 0
+    if not main:
+        log = lambda message: None  # noqa: E731 - one voice
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
     started = time.perf_counter()
-    policy, model = _build(cfg)
+    policy, model = _build(cfg, rank)
     policy_keys = set(model.state_dict())  # what a rollout engine needs (not a plug-in's extra head)
     plugins = build_plugins(cfg.learner)
     for plugin in plugins:  # before the optimizer: a plug-in may add trained parameters (a head)
@@ -333,26 +367,29 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     engine = Sampler(cfg, policy, model, policy_keys)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay)
     start_step, extra = 0, {}
-    found = find_checkpoint(out_dir) if resume else None
+    found = find_checkpoint(out_dir) if resume and main else None  # rank 0 repairs a crashed swap, then all read
+    found = D.gather_objects(found)[0]
     if resume and found is None:
         raise UserError(f"nothing to resume in {out_dir}: no complete checkpoint/ (nor .tmp/ or .old/); run without --resume to start")
     if found is not None:
         state = torch.load(found / "state.pt", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], engine.policy)
+        _set_rng_state(state.get("rng_ranks", [state["rng"]] * world)[rank], engine.policy)
         start_step, extra = state["step"], state["extra"]
         engine.resume(extra.pop("sampler_history", []), model)
         log(f"resumed from step {start_step}")
     else:
-        _atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-        if cfg.sft_steps > 0:
-            warm_start(cfg, policy, model, log)
+        if main:
+            _atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+            if cfg.sft_steps > 0:
+                warm_start(cfg, policy, model, log)
+        D.broadcast_model(model)  # every rank starts RL from rank 0's warm start
         engine.sync(model)
         extra["success_before"] = evaluate(cfg, engine.policy, cfg.eval_tasks) if cfg.eval_tasks else None
         extra["seconds_before"] = time.perf_counter() - started
         log(f"held-out success after warm start: {extra['success_before']}")
-        save_checkpoint(out_dir, 0, model, optimizer, engine.policy, {**extra, "sampler_history": engine.history})
+        _checkpoint(out_dir, 0, model, optimizer, engine, extra)
     ref_model = None  # the reference policy: frozen for a KL term, or kept for a plug-in; saved in checkpoints
     if cfg.learner.kl_coef > 0 or any(plugin.needs_ref_model for plugin in plugins):
         ref_model = copy.deepcopy(model).requires_grad_(False)
@@ -361,14 +398,14 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         extra["ref_model"] = ref_model.state_dict()
     for plugin in plugins:
         plugin.load_state_dict(extra.get("plugins", {}).get(plugin.name, {}))
-    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start_step)
-    board = _tensorboard(out_dir)
+    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start_step) if main else None
+    board = _tensorboard(out_dir) if main else None
     sampler = torch.Generator().manual_seed(cfg.seed)
     try:
         for step in range(start_step, cfg.steps):
             t0 = time.perf_counter()
             sampler.manual_seed(cfg.seed * 1_000_003 + step)  # mini-batch order depends only on (seed, step)
-            seeds = [train_task_seed(cfg.seed, step, cfg.tasks_per_step, i) for i in range(cfg.tasks_per_step)]
+            seeds = [train_task_seed(cfg.seed, step, cfg.tasks_per_step, i) for i in range(cfg.tasks_per_step)][rank::world]
             episodes = collect(cfg.env_id, engine.policy, seeds, group_size=cfg.group_size, env_kwargs=cfg.env_kwargs,
                                max_seq_len=cfg.max_seq_len)
             t1 = time.perf_counter()
@@ -379,20 +416,21 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                            step=step, ctx=ctx)
             engine.sync(model)
             t2 = time.perf_counter()
-            tokens = int(batch.attention_mask.sum())
+            tokens = int(D.global_sum(batch.attention_mask.sum()))
             row = {
                 "step": step,
-                "reward_mean": float(np.mean([e.reward for e in episodes])),
-                "success_rate": float(np.mean([e.reward_components.get("success", 0.0) for e in episodes])),
-                "turns_mean": float(np.mean([len(e.turns) for e in episodes])),
-                "generated_tokens": int(batch.loss_mask.sum()),
+                "reward_mean": _mean([e.reward for e in episodes]),
+                "success_rate": _mean([e.reward_components.get("success", 0.0) for e in episodes]),
+                "turns_mean": _mean([len(e.turns) for e in episodes]),
+                "generated_tokens": int(D.global_sum(batch.loss_mask.sum())),
                 "tokens": tokens,
                 "rollout_s": t1 - t0,
                 "update_s": t2 - t1,
                 "throughput_tok_s": tokens / (t2 - t0),
                 **stats,
             }
-            metrics.write(row)
+            if main:
+                metrics.write(row)
             if board is not None:
                 for key, value in row.items():
                     board.add_scalar(key, value, step)
@@ -400,9 +438,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 f"loss {row['loss']:+.4f} ({t2 - t0:.1f} s)")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                 extra["plugins"] = {plugin.name: plugin.state_dict() for plugin in plugins}  # their state as of this step
-                save_checkpoint(out_dir, step + 1, model, optimizer, engine.policy, {**extra, "sampler_history": engine.history})
+                _checkpoint(out_dir, step + 1, model, optimizer, engine, extra)
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
         if board is not None:
             board.close()
     summary = {"success_before": extra.get("success_before"),
@@ -410,8 +449,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                "steps": cfg.steps, "eval_tasks": cfg.eval_tasks, "wall_s_this_process": time.perf_counter() - started}
     if summary["success_before"] is not None and summary["success_after"] is not None:
         summary["gain"] = summary["success_after"] - summary["success_before"]
-        plot_curves(metrics.rows, {"warm start": summary["success_before"], "after GRPO": summary["success_after"]},
-                    out_dir / "reward_curve.png")
-    _atomic_write_text(out_dir / "eval.json", json.dumps(summary, indent=1))
+        if main:
+            plot_curves(metrics.rows, {"warm start": summary["success_before"], "after GRPO": summary["success_after"]},
+                        out_dir / "reward_curve.png")
+    if main:
+        _atomic_write_text(out_dir / "eval.json", json.dumps(summary, indent=1))
     log(json.dumps(summary))
     return summary
