@@ -25,7 +25,10 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
 
 def validate_choices(config: Any, where: str = "") -> None:
     """Raise `UserError` for a field whose value is not one of its `Literal[...]` choices (nested dataclasses
-    too), or a `list[Literal[...]]` holding an unknown item."""
+    too), or a `list[Literal[...]]` holding an unknown item; a dataclass's own `__post_init__` checks run again
+    (overrides are applied after construction)."""
+    if hasattr(config, "__post_init__"):
+        config.__post_init__()
     hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)

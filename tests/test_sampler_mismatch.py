@@ -124,3 +124,40 @@ def test_a_stale_sampler_run_resumes_exactly(tmp_path):
     train(load_config(None, ["--steps=3", f"--out_dir={tmp_path / 'resumed'}", *args]), resume=True, log=lambda m: None)
     a, b = (torch.load(tmp_path / run / "checkpoint" / "state.pt", weights_only=False) for run in ("straight", "resumed"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+# -- asynchronous rollouts ---------------------------------------------------------------------------
+
+
+def test_async_rollouts_never_exceed_the_staleness_bound_and_reach_it_when_the_learner_is_slow():
+    import time
+    from types import SimpleNamespace
+
+    from agentenv.learn.sampler import AsyncRollouts, Sampler
+    from agentenv.policies.hf import HFPolicy
+    from agentenv.policies.tiny import tiny_model, tiny_tokenizer
+
+    model = tiny_model("tiny", seed=0)
+    learner_policy = HFPolicy(model, tiny_tokenizer(), max_new_tokens=4)
+    cfg = SimpleNamespace(rollout=SimpleNamespace(engine="hf", stale_steps=0, max_staleness=2), temperature=1.0, top_p=1.0,
+                          max_new_tokens=4, seed=0)
+    for k in (1, 2):
+        sampler = Sampler(cfg, learner_policy, model, set(model.state_dict()))
+        seen = []  # (step, version of the weights it was generated with)
+        pipeline = AsyncRollouts(sampler, lambda step: ("rollouts", step), 0, 8, k)
+        pipeline.publish(0, model)
+        for step in range(8):
+            (_, got), lag = pipeline.next(step)
+            assert got == step and 0 <= lag <= k
+            seen.append(lag)
+            time.sleep(0.05)  # a slow update: the producer runs ahead as far as it may
+            pipeline.publish(step + 1, model)
+        pipeline.close()
+        assert max(seen) == k and seen[0] == 0  # the bound is reached, never passed
+
+
+def test_async_training_runs_within_its_bound(tmp_path):
+    rows, _ = _run(tmp_path, "async", "--rollout.max_staleness=1", "--steps=4")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3] and all(0 <= r["weights_lag"] <= 1 for r in rows)
+    with pytest.raises(Exception, match="exclude each other"):
+        load_config(None, ["--rollout.max_staleness=1", "--rollout.stale_steps=1"])

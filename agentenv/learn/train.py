@@ -33,6 +33,7 @@ from agentenv.errors import UserError
 from agentenv.learn import distributed as D
 from agentenv.learn.learner import LearnerConfig, episode_advantages, make_batch, sft_update, update
 from agentenv.learn.plugin import StepContext, build_plugins
+from agentenv.learn.sampler import AsyncRollouts, Sampler
 from agentenv.rollout import collect, demonstrations
 
 __all__ = ["TrainConfig", "RolloutConfig", "load_config", "train"]
@@ -51,12 +52,15 @@ class RolloutConfig:
     """Where rollouts come from: the engine that samples them, and how fresh its weights are."""
 
     engine: Literal["hf", "vllm"] = "hf"  # hf (the learner's own model) | vllm (an engine, weights pushed each step)
-    stale_steps: int = 0  # the sampler's weights lag the learner's by this many steps (0: always current)
+    stale_steps: int = 0  # the sampler's weights lag the learner's by exactly this many steps (0: always current)
+    max_staleness: int = 0  # > 0: rollouts generated in a background thread, up to this many updates behind
     vllm: dict[str, Any] = field(default_factory=dict)  # extra `VLLMPolicy` keyword arguments (e.g. gpu_memory_utilization)
 
     def __post_init__(self) -> None:
-        if self.stale_steps < 0:
-            raise UserError(f"rollout.stale_steps must be >= 0, got {self.stale_steps}")
+        if self.stale_steps < 0 or self.max_staleness < 0:
+            raise UserError("rollout.stale_steps and rollout.max_staleness must be >= 0")
+        if self.stale_steps and self.max_staleness:
+            raise UserError("rollout.stale_steps (a fixed lag) and rollout.max_staleness (asynchronous rollouts) exclude each other")
 
 
 @dataclass
@@ -259,52 +263,6 @@ def _build(cfg: TrainConfig, rank: int = 0):
     return policy, policy.model
 
 
-class Sampler:
-    """The rollout engine and its weights. With the HF engine and no staleness it is the learner's own policy
-    (nothing to copy); otherwise a separate engine — an HF copy or a vLLM engine — that `sync` feeds the
-    learner's weights of `stale_steps` updates ago (kept in `history`, checkpointed for an exact resume)."""
-
-    def __init__(self, cfg: TrainConfig, learner_policy: Any, model: torch.nn.Module, keys: set[str]):
-        self.stale_steps, self.keys, self.history = cfg.rollout.stale_steps, keys, []
-        if cfg.rollout.engine == "vllm":
-            from agentenv.policies.vllm import VLLMPolicy
-
-            self.policy = VLLMPolicy(model, learner_policy.tokenizer, temperature=cfg.temperature, top_p=cfg.top_p,
-                                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, **cfg.rollout.vllm)
-        elif self.stale_steps > 0:
-            from agentenv.policies.hf import HFPolicy
-
-            self.policy = HFPolicy(copy.deepcopy(model).requires_grad_(False), learner_policy.tokenizer,
-                                   device=str(next(model.parameters()).device), temperature=cfg.temperature,
-                                   top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-        else:
-            self.policy = learner_policy
-        self.separate = self.policy is not learner_policy
-
-    def sync(self, model: torch.nn.Module) -> None:
-        """After an update (or the warm start): the sampler takes the weights of `stale_steps` updates ago."""
-        if not self.separate:
-            return
-        state = model.state_dict()
-        self.history.append({k: v.detach().to("cpu", copy=True) for k, v in state.items() if k in self.keys})
-        del self.history[: max(0, len(self.history) - self.stale_steps - 1)]
-        self._push(self.history[0])
-
-    def resume(self, history: list[dict[str, torch.Tensor]], model: torch.nn.Module) -> None:
-        """Back to the state a checkpoint saved: its weight history (or the model's current weights)."""
-        self.history = list(history)
-        if not self.history:
-            self.sync(model)
-        elif self.separate:
-            self._push(self.history[0])
-
-    def _push(self, weights: dict[str, torch.Tensor]) -> None:
-        if hasattr(self.policy, "load_weights"):  # an engine: weights pushed in place
-            self.policy.load_weights(weights)
-        else:
-            self.policy.model.load_state_dict(weights, strict=False)
-
-
 def evaluate(cfg: TrainConfig, policy, n_tasks: int) -> float:
     """Success rate on held-out seeds (never used for training), sampling as in training; data-parallel ranks
     each take every world-th task."""
@@ -401,20 +359,32 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start_step) if main else None
     board = _tensorboard(out_dir) if main else None
     sampler = torch.Generator().manual_seed(cfg.seed)
+
+    def collect_step(step: int) -> list:
+        seeds = [train_task_seed(cfg.seed, step, cfg.tasks_per_step, i) for i in range(cfg.tasks_per_step)][rank::world]
+        return collect(cfg.env_id, engine.policy, seeds, group_size=cfg.group_size, env_kwargs=cfg.env_kwargs,
+                       max_seq_len=cfg.max_seq_len)
+
+    pipeline = None
+    if cfg.rollout.max_staleness > 0:  # the next steps' rollouts are generated while this one updates
+        pipeline = AsyncRollouts(engine, collect_step, start_step, cfg.steps, cfg.rollout.max_staleness)
+        pipeline.publish(start_step, model)
     try:
         for step in range(start_step, cfg.steps):
             t0 = time.perf_counter()
             sampler.manual_seed(cfg.seed * 1_000_003 + step)  # mini-batch order depends only on (seed, step)
-            seeds = [train_task_seed(cfg.seed, step, cfg.tasks_per_step, i) for i in range(cfg.tasks_per_step)][rank::world]
-            episodes = collect(cfg.env_id, engine.policy, seeds, group_size=cfg.group_size, env_kwargs=cfg.env_kwargs,
-                               max_seq_len=cfg.max_seq_len)
+            episodes, lag = pipeline.next(step) if pipeline is not None else (collect_step(step), None)
             t1 = time.perf_counter()
-            ctx = StepContext(cfg.learner, step, model=model, policy=engine.policy, ref_model=ref_model, generator=sampler)
+            # plug-ins that sample (a reflection hint) use the learner's own policy: the engine may be busy or stale
+            ctx = StepContext(cfg.learner, step, model=model, policy=policy, ref_model=ref_model, generator=sampler)
             adv = episode_advantages(episodes, cfg.learner, plugins=plugins, ctx=ctx)
             batch = make_batch(episodes, adv, policy.chat.pad_id, plugins=plugins, ctx=ctx)
             stats = update(model, optimizer, batch, cfg.learner, plugins=plugins, ref_model=ref_model, generator=sampler,
                            step=step, ctx=ctx)
-            engine.sync(model)
+            if pipeline is not None:
+                pipeline.publish(step + 1, model)
+            else:
+                engine.sync(model)
             t2 = time.perf_counter()
             tokens = int(D.global_sum(batch.attention_mask.sum()))
             row = {
@@ -429,6 +399,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 "throughput_tok_s": tokens / (t2 - t0),
                 **stats,
             }
+            if lag is not None:
+                row["weights_lag"] = lag  # updates between the sampler's weights and the learner's
             if main:
                 metrics.write(row)
             if board is not None:
@@ -440,10 +412,14 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 extra["plugins"] = {plugin.name: plugin.state_dict() for plugin in plugins}  # their state as of this step
                 _checkpoint(out_dir, step + 1, model, optimizer, engine, extra)
     finally:
+        if pipeline is not None:
+            pipeline.close()
         if metrics is not None:
             metrics.close()
         if board is not None:
             board.close()
+    if engine.separate:  # evaluate the learner's final weights, not a lagging copy
+        engine.push(engine.snapshot(model))
     summary = {"success_before": extra.get("success_before"),
                "success_after": evaluate(cfg, engine.policy, cfg.eval_tasks) if cfg.eval_tasks else None,
                "steps": cfg.steps, "eval_tasks": cfg.eval_tasks, "wall_s_this_process": time.perf_counter() - started}
