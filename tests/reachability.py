@@ -192,8 +192,8 @@ def search(depth: int, round1: bool = False) -> dict:
                 for args in variants:
                     Probe.seen = []
                     calls += 1
-                    signal.setitimer(signal.ITIMER_REAL, 0.05)
-                    try:
+                    try:  # the timer is armed inside the try: on a loaded machine it may fire at once
+                        signal.setitimer(signal.ITIMER_REAL, 0.05)
                         try:
                             result = obj(*args)
                             items = list(itertools.islice(result, 3)) if isinstance(result, collections.abc.Iterator) else []

@@ -375,7 +375,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             sampler.manual_seed(cfg.seed * 1_000_003 + step)  # mini-batch order depends only on (seed, step)
             episodes, lag = pipeline.next(step) if pipeline is not None else (collect_step(step), None)
             t1 = time.perf_counter()
-            # plug-ins that sample (a reflection hint) use the learner's own policy: the engine may be busy or stale
+            # plug-ins that sample use the learner's own policy: the engine may be busy or stale
             ctx = StepContext(cfg.learner, step, model=model, policy=policy, ref_model=ref_model, generator=sampler)
             adv = episode_advantages(episodes, cfg.learner, plugins=plugins, ctx=ctx)
             batch = make_batch(episodes, adv, policy.chat.pad_id, plugins=plugins, ctx=ctx)
