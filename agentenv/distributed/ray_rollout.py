@@ -27,7 +27,6 @@ ones a run without the fault returns.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -139,8 +138,10 @@ def drive(pool: EnvPool, policy: Policy, tasks: Sequence[int], group_size: int =
                 item.env.seed = None  # type: ignore[attr-defined]
                 batch.append(item.env)  # type: ignore[arg-type] - its place in the batch, for the next job
         freed = [x for x in batch if isinstance(x, Slot)]
-        started = iter(start(freed) if freed else [])
-        live = [x for x in (next(started) if isinstance(x, Slot) else x for x in batch) if x is not None]
+        if freed:
+            fills = iter(start(freed))
+            batch = [next(fills) if isinstance(x, Slot) else x for x in batch]
+        live = [x for x in batch if x is not None]
 
 
 # -- Ray -------------------------------------------------------------------------------------------
@@ -186,6 +187,12 @@ class EnvWorker:
 
         return os.getpid()
 
+    def _kill(self, worker: Any) -> None:
+        try:
+            self._ray.kill(worker, no_restart=True)  # a no-op on a dead actor
+        except Exception:  # best effort: its node may be gone with it
+            pass
+
     def close(self) -> None:
         for env in self.envs.values():
             env.close()
@@ -206,8 +213,9 @@ class RayRollout:
         env_kwargs: keyword arguments of `gym.make` when `env` is an id.
         workers: W env actors; a collect of B live episodes gives each about B / W envs (slot s on worker s % W).
         envs_per_worker: E, at most W × E episodes live at once (the default batch size); None: all.
-        address: join this Ray cluster (`"auto"`, `"ray://host:10001"`); None: the running one, else a new
-            local one (`ray.init(**init_kwargs)`), shut down again by `close`.
+        address: the Ray cluster to join (`"auto"`, `"ray://head:10001"`) when this process has not called
+            `ray.init` yet; None: a new local cluster (`ray.init(**init_kwargs)`), shut down again by `close`.
+            When Ray is already initialized, its cluster is used and left running.
         max_restarts: restarts of one worker within one call before `WorkerLost` is raised.
         actor_options: `ray.remote` options of the workers (e.g. `num_cpus`, `runtime_env`).
     """
@@ -281,22 +289,27 @@ class RayRollout:
     def _replace(self, w: int) -> list[tuple[int, int, list[str]]]:
         """A new actor for worker `w`; returns what it must restore: the live episodes the old one held, with
         the actions they have taken (the turn being stepped is not logged until it comes back)."""
-        try:
-            self._ray.kill(self.workers[w], no_restart=True)
-        except Exception:  # already gone
-            pass
+        self._kill(self.workers[w])
         self.workers[w] = self._actor.remote(self.build)
         self.restarts += 1
         n = len(self.workers)
         return [(s.index, s.seed, list(s.actions)) for s in self._slots.values() if s.index % n == w and s.seed is not None]
 
+    def _kill(self, worker: Any) -> None:
+        try:
+            self._ray.kill(worker, no_restart=True)  # a no-op on a dead actor
+        except Exception:  # best effort: its node may be gone with it
+            pass
+
     def close(self) -> None:
-        """Kill the workers (and shut down the Ray cluster this object started)."""
+        """Close the workers' envs, end the workers, and shut down the Ray cluster this object started."""
+        ray = self._ray
+        try:
+            ray.get([worker.close.remote() for worker in self.workers], timeout=30)
+        except (ray.exceptions.RayError, TimeoutError):  # a dead worker has nothing left to close
+            pass
         for worker in self.workers:
-            try:
-                self._ray.kill(worker, no_restart=True)
-            except Exception:
-                pass
+            self._kill(worker)
         self.workers = []
         if self._owns_ray and self._ray.is_initialized():
             self._ray.shutdown()
