@@ -27,6 +27,7 @@ import sys
 import time
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import agentenv  # noqa: E402, F401 - registers the envs
 from agentenv.policies.tiny import tiny_tokenizer  # noqa: E402

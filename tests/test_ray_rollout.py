@@ -9,6 +9,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster: no token under ~/.ray
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # CI reaches package registries only
 
 import pytest
 
