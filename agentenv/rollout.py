@@ -21,7 +21,7 @@ This is the one rollout loop: training, evaluation, demonstrations and `agentenv
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import gymnasium as gym
 
@@ -29,12 +29,14 @@ from agentenv.core import qualified_env_id
 from agentenv.policies.chat_tokens import ChatTokens
 from agentenv.types import Episode, Generation, Messages, Policy, Sample
 
-__all__ = ["Sample", "Episode", "collect", "iter_episodes", "demonstrations"]
+__all__ = ["Sample", "Episode", "collect", "iter_episodes", "demonstrations", "drive", "EnvPool", "LocalEnvs", "Slot"]
+
+StepResult = tuple[Messages, float, bool, bool, dict[str, Any]]
 
 
 @dataclass
 class _Live:
-    env: gym.Env
+    env: Slot  # its place in the pool; `env.step` hands back the pool's result for this turn
     episode: Episode
     obs: Messages
 
@@ -76,53 +78,127 @@ def iter_episodes(
             episode whose next env delta would not leave room for one generated token ends truncated.
         batch_size: at most this many episodes live at once (each needs its own env); default all.
     """
-    if group_size < 1:
-        raise ValueError("group_size must be at least 1")
-    token_policy = hasattr(policy, "generate_ids")
-    chat: ChatTokens | None = policy.chat if token_policy else (ChatTokens(tokenizer) if tokenizer is not None else None)
     if isinstance(env, str):
         env_id = qualified_env_id(env)
         build: Callable[[], gym.Env] = lambda: gym.make(env_id, **(env_kwargs or {}))
     else:
         build = env
+    envs = LocalEnvs(build)
+    try:
+        yield from drive(envs, policy, tasks, group_size, tokenizer=tokenizer, max_turns=max_turns,
+                         max_seq_len=max_seq_len, batch_size=batch_size)
+    finally:
+        envs.close()
 
+
+class LocalEnvs:
+    """The local backend's envs: one per slot index, built on first use, in this process."""
+
+    def __init__(self, build: Callable[[], gym.Env]):
+        self.build = build
+        self.envs: dict[int, gym.Env] = {}
+
+    def env(self, index: int) -> gym.Env:
+        if index not in self.envs:
+            self.envs[index] = self.build()
+        return self.envs[index]
+
+    def reset(self, slots: Sequence[Slot], seeds: Sequence[int]) -> list[Messages]:
+        return [self.env(slot.index).reset(seed=seed)[0] for slot, seed in zip(slots, seeds)]
+
+    def step(self, slots: Sequence[Slot], actions: Sequence[str]) -> list[StepResult]:
+        return [self.env(slot.index).step(action) for slot, action in zip(slots, actions)]
+
+    def close(self) -> None:
+        for env in self.envs.values():
+            env.close()
+        self.envs.clear()
+
+
+@dataclass(eq=False)
+class Slot:
+    """One env place of a pool, and what the driver knows of the episode in it: its seed and the actions it
+    has taken (enough to rebuild the env's state anywhere). It stands in for the env in `rollout._step`:
+    `step` hands back the result the pool already returned for this turn."""
+
+    index: int
+    seed: int | None = None  # None: no live episode here
+    actions: list[str] = field(default_factory=list)
+    result: StepResult | None = None
+
+    def step(self, action: str) -> StepResult:
+        result, self.result = self.result, None
+        assert result is not None and action == self.actions[-1]
+        return result
+
+
+class EnvPool(Protocol):
+    """Envs addressed by slot: many resets, or many steps, in one call (one result per slot, in order)."""
+
+    def reset(self, slots: Sequence[Slot], seeds: Sequence[int]) -> list[Messages]: ...
+
+    def step(self, slots: Sequence[Slot], actions: Sequence[str]) -> list[StepResult]: ...
+
+
+def drive(pool: EnvPool, policy: Policy, tasks: Sequence[int], group_size: int = 1, *, tokenizer: Any = None,
+          max_turns: int | None = None, max_seq_len: int = 4096, batch_size: int | None = None) -> Iterator[Episode]:
+    """The rollout loop, over the envs behind `pool` (`LocalEnvs` in this process, or Ray actors:
+    `agentenv.distributed.RayRollout`): each turn, one batched generation for all live episodes, one pool
+    `step` for all of them, then `_step` records each turn, in batch order. Arguments as `iter_episodes`'s
+    (`pool` replaces `env`/`env_kwargs`); any pool gives the same episodes and the same policy batches."""
+    if group_size < 1:
+        raise ValueError("group_size must be at least 1")
+    token_policy = hasattr(policy, "generate_ids")
+    chat: ChatTokens | None = policy.chat if token_policy else (ChatTokens(tokenizer) if tokenizer is not None else None)
     jobs = [(group, seed) for group, seed in enumerate(tasks) for _ in range(group_size)]
     episodes = [Episode(group, int(seed), index=i) for i, (group, seed) in enumerate(jobs)]
-    envs = [build() for _ in range(min(batch_size or len(jobs), len(jobs)))]
-    next_job, live, done = 0, [], []
+    next_job, done = 0, []
 
-    def start(slot_env: gym.Env) -> None:
+    def start(free: list[Slot]) -> list[_Live | None]:
+        """Start the next jobs in these freed places, as the local `start` does place by place (a job whose
+        prompt leaves no room ends at once and the place takes the next job), with one pool reset per round."""
         nonlocal next_job
-        while next_job < len(episodes):
-            episode = episodes[next_job]
-            next_job += 1
-            obs, _ = slot_env.reset(seed=episode.seed)
-            episode.messages = obs
-            if chat is None or _new_sample(episode, chat.prompt(obs), max_seq_len):
-                live.append(_Live(slot_env, episode, obs))
-                return
-            done.append(episode)
-
-    try:
-        for slot_env in envs:
-            start(slot_env)
-        while live or done:
-            yield from done
-            done.clear()
-            if not live:
-                break
-            budgets = [max_seq_len - len(item.episode.samples[-1]) if chat is not None else max_seq_len for item in live]
-            generations = _generate(policy, chat, token_policy, live, budgets)
-            current, live = live, []
-            for item, generation in zip(current, generations):
-                if _step(item, generation, chat, max_turns, max_seq_len):
-                    live.append(item)
+        started: list[_Live | None] = [None] * len(free)
+        waiting = list(range(len(free)))  # places still without an episode, in batch order
+        while waiting and next_job < len(episodes):
+            batch, next_job = episodes[next_job : next_job + len(waiting)], next_job + len(waiting)
+            slots, free = free[: len(batch)], free[len(batch) :]
+            for slot, episode, obs in zip(slots, batch, pool.reset(slots, [e.seed for e in batch])):
+                episode.messages = obs
+                if chat is None or _new_sample(episode, chat.prompt(obs), max_seq_len):
+                    slot.seed, slot.actions = episode.seed, []
+                    started[waiting.pop(0)] = _Live(slot, episode, obs)  
                 else:
-                    done.append(item.episode)
-                    start(item.env)
-    finally:
-        for slot_env in envs:
-            slot_env.close()
+                    done.append(episode)
+                    free.append(slot)
+        return started
+
+    live = [item for item in start([Slot(i) for i in range(min(batch_size or len(jobs), len(jobs)))]) if item is not None]
+    while live or done:
+        yield from done
+        done.clear()
+        if not live:
+            break
+        budgets = [max_seq_len - len(item.episode.samples[-1]) if chat is not None else max_seq_len for item in live]
+        generations = _generate(policy, chat, token_policy, live, budgets)
+        slots: list[Slot] = [item.env for item in live]  # type: ignore[misc]
+        texts = [g.text for g in generations]
+        for slot, text, result in zip(slots, texts, pool.step(slots, texts)):
+            slot.actions.append(text)
+            slot.result = result
+        batch: list[_Live | Slot] = []
+        for item, generation in zip(live, generations):
+            if _step(item, generation, chat, max_turns, max_seq_len):
+                batch.append(item)
+            else:
+                done.append(item.episode)
+                item.env.seed = None  # type: ignore[attr-defined]
+                batch.append(item.env)  # type: ignore[arg-type] - its place in the batch, for the next job
+        freed = [x for x in batch if isinstance(x, Slot)]
+        if freed:
+            fills = iter(start(freed))
+            batch = [next(fills) if isinstance(x, Slot) else x for x in batch]
+        live = [x for x in batch if x is not None]
 
 
 def demonstrations(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "agentenv"
 LAYERS = [("types", "errors"), ("config",), ("tools",), ("rewards", "core"), ("compression",), ("envs",),
-          ("policies",), ("rollout",), ("runner", "registration", "vector"), ("learn",), ("cli",), ("__main__",)]
+          ("policies",), ("rollout",), ("runner", "registration", "vector"), ("distributed",), ("learn",), ("cli",), ("__main__",)]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 

@@ -20,7 +20,7 @@ import sys  # noqa: E402
 import torch  # noqa: E402
 
 import agentenv  # noqa: E402, F401 - registers the envs
-from agentenv.distributed import EnvWorker, RayRollout, WorkerLost, drive  # noqa: E402
+from agentenv.distributed import EnvWorker, RayRollout, WorkerLost  # noqa: E402
 from agentenv.distributed.ray_rollout import import_ray  # noqa: E402
 from agentenv.envs.tool_reasoning.scripted import ScriptedPolicy  # noqa: E402
 from agentenv.errors import UserError  # noqa: E402
@@ -28,7 +28,7 @@ from agentenv.learn.learner import LearnerConfig, episode_advantages, make_batch
 from agentenv.policies.hf import HFPolicy  # noqa: E402
 from agentenv.policies.tiny import tiny_model, tiny_tokenizer  # noqa: E402
 from agentenv.registration import scripted_policy  # noqa: E402
-from agentenv.rollout import collect, iter_episodes  # noqa: E402
+from agentenv.rollout import collect, drive, iter_episodes  # noqa: E402
 
 CALC = ("agentenv/ToolReasoning-v0", {"tools": ["calculator"]})
 PYTHON = ("agentenv/ToolReasoning-v0", {"tools": ["python"], "kinds": ["arithmetic_chain", "counting"]})
@@ -235,3 +235,25 @@ def test_without_ray_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(UserError, match=r"agentenv\[ray\]"):
         import_ray()
+
+
+def test_agentenv_train_with_the_ray_backend_equals_the_local_backend(tmp_path):
+    import json
+
+    from agentenv.learn.train import load_config, train
+
+    args = ["--steps=2", "--sft_steps=20", "--sft_episodes=64", "--eval_tasks=8", "--tasks_per_step=2", "--group_size=4",
+            "--max_new_tokens=12"]
+    torch.set_num_threads(1)
+    runs = {}
+    for backend in ("local", "ray"):
+        out = tmp_path / backend
+        summary = train(load_config(None, [*args, f"--out_dir={out}", f"--rollout.backend={backend}", "--rollout.workers=2"]),
+                        log=lambda message: None)
+        rows = [{k: v for k, v in json.loads(line).items() if not k.endswith("_s") and k != "throughput_tok_s"}
+                for line in (out / "metrics.jsonl").read_text().splitlines()]
+        runs[backend] = (rows, summary["success_before"], summary["success_after"],
+                         torch.load(out / "checkpoint" / "state.pt", weights_only=False)["model"])
+    (a_rows, a_before, a_after, a_model), (b_rows, b_before, b_after, b_model) = runs["local"], runs["ray"]
+    assert a_rows == b_rows and (a_before, a_after) == (b_before, b_after)
+    assert all(torch.equal(a_model[k], b_model[k]) for k in a_model)

@@ -34,13 +34,10 @@ import gymnasium as gym
 
 from agentenv.core import qualified_env_id
 from agentenv.errors import UserError
-from agentenv.policies.chat_tokens import ChatTokens
-from agentenv.rollout import _generate, _Live, _new_sample, _step
+from agentenv.rollout import LocalEnvs, Slot, StepResult, drive
 from agentenv.types import Episode, Messages, Policy
 
-__all__ = ["EnvWorker", "RayRollout", "collect_ray", "drive", "EnvPool", "Slot", "WorkerLost"]
-
-StepResult = tuple[Messages, float, bool, bool, dict[str, Any]]
+__all__ = ["EnvWorker", "RayRollout", "collect_ray", "WorkerLost"]
 
 
 def import_ray():
@@ -56,123 +53,29 @@ class WorkerLost(RuntimeError):
     """A worker kept dying: it was restarted `max_restarts` times in one call and died again."""
 
 
-# -- the loop --------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Slot:
-    """One env place of a pool, and what the driver knows of the episode in it: its seed and the actions it
-    has taken (enough to rebuild the env's state anywhere). It stands in for the env in `rollout._step`:
-    `step` hands back the result the pool already returned for this turn."""
-
-    index: int
-    seed: int | None = None  # None: no live episode here
-    actions: list[str] = field(default_factory=list)
-    result: StepResult | None = None
-
-    def step(self, action: str) -> StepResult:
-        result, self.result = self.result, None
-        assert result is not None and action == self.actions[-1]
-        return result
-
-
-class EnvPool(Protocol):
-    """Envs addressed by slot: many resets, or many steps, in one call (one result per slot, in order)."""
-
-    def reset(self, slots: Sequence[Slot], seeds: Sequence[int]) -> list[Messages]: ...
-
-    def step(self, slots: Sequence[Slot], actions: Sequence[str]) -> list[StepResult]: ...
-
-
-def drive(pool: EnvPool, policy: Policy, tasks: Sequence[int], group_size: int = 1, *, tokenizer: Any = None,
-          max_turns: int | None = None, max_seq_len: int = 4096, batch_size: int | None = None) -> Iterator[Episode]:
-    """`rollout.iter_episodes` with the envs behind `pool`: each turn, one batched generation, one pool
-    `step` for all live episodes, then `rollout._step` per episode in batch order. Same arguments, same
-    episodes, same policy batches as the local loop (`pool` replaces `env`/`env_kwargs`)."""
-    if group_size < 1:
-        raise ValueError("group_size must be at least 1")
-    token_policy = hasattr(policy, "generate_ids")
-    chat: ChatTokens | None = policy.chat if token_policy else (ChatTokens(tokenizer) if tokenizer is not None else None)
-    jobs = [(group, seed) for group, seed in enumerate(tasks) for _ in range(group_size)]
-    episodes = [Episode(group, int(seed), index=i) for i, (group, seed) in enumerate(jobs)]
-    next_job, done = 0, []
-
-    def start(free: list[Slot]) -> list[_Live | None]:
-        """Start the next jobs in these freed places, as the local `start` does place by place (a job whose
-        prompt leaves no room ends at once and the place takes the next job), with one pool reset per round."""
-        nonlocal next_job
-        started: list[_Live | None] = [None] * len(free)
-        waiting = list(range(len(free)))  # places still without an episode, in batch order
-        while waiting and next_job < len(episodes):
-            batch, next_job = episodes[next_job : next_job + len(waiting)], next_job + len(waiting)
-            slots, free = free[: len(batch)], free[len(batch) :]
-            for slot, episode, obs in zip(slots, batch, pool.reset(slots, [e.seed for e in batch])):
-                episode.messages = obs
-                if chat is None or _new_sample(episode, chat.prompt(obs), max_seq_len):
-                    slot.seed, slot.actions = episode.seed, []
-                    started[waiting.pop(0)] = _Live(slot, episode, obs)  # type: ignore[arg-type] - a Slot stands in for the env
-                else:
-                    done.append(episode)
-                    free.append(slot)
-        return started
-
-    live = [item for item in start([Slot(i) for i in range(min(batch_size or len(jobs), len(jobs)))]) if item is not None]
-    while live or done:
-        yield from done
-        done.clear()
-        if not live:
-            break
-        budgets = [max_seq_len - len(item.episode.samples[-1]) if chat is not None else max_seq_len for item in live]
-        generations = _generate(policy, chat, token_policy, live, budgets)
-        slots: list[Slot] = [item.env for item in live]  # type: ignore[misc]
-        texts = [g.text for g in generations]
-        for slot, text, result in zip(slots, texts, pool.step(slots, texts)):
-            slot.actions.append(text)
-            slot.result = result
-        batch: list[_Live | Slot] = []
-        for item, generation in zip(live, generations):
-            if _step(item, generation, chat, max_turns, max_seq_len):
-                batch.append(item)
-            else:
-                done.append(item.episode)
-                item.env.seed = None  # type: ignore[attr-defined]
-                batch.append(item.env)  # type: ignore[arg-type] - its place in the batch, for the next job
-        freed = [x for x in batch if isinstance(x, Slot)]
-        if freed:
-            fills = iter(start(freed))
-            batch = [next(fills) if isinstance(x, Slot) else x for x in batch]
-        live = [x for x in batch if x is not None]
-
-
 # -- Ray -------------------------------------------------------------------------------------------
 
 
-class EnvWorker:
-    """E envs in one process (a Ray actor, or a plain object for a local pool), keyed by slot index and
-    built on first use. Every method takes `restore`: (slot, seed, actions) of episodes to rebuild first
-    (reset, then replay), which is how a replacement worker gets back the state of the one that died."""
+class EnvWorker(LocalEnvs):
+    """E envs in one process (a Ray actor), keyed by slot index and built on first use. Its calls take slot
+    indices (not `Slot`s) and `restore`: (slot, seed, actions) of episodes to rebuild first (reset, then
+    replay), which is how a replacement worker gets back the state of the one that died."""
 
     def __init__(self, build: Callable[[], gym.Env]):
         import agentenv  # noqa: F401 - registers the envs in this process
 
-        self.build = build
-        self.envs: dict[int, gym.Env] = {}
-
-    def _env(self, slot: int) -> gym.Env:
-        if slot not in self.envs:
-            self.envs[slot] = self.build()
-        return self.envs[slot]
+        super().__init__(build)
 
     def _restore(self, restore: Sequence[tuple[int, int, Sequence[str]]]) -> None:
         for slot, seed, actions in restore:
-            env = self._env(slot)
+            env = self.env(slot)
             env.reset(seed=seed)
             for action in actions:
                 env.step(action)
 
     def reset(self, slots: Sequence[int], seeds: Sequence[int], restore: Sequence[tuple[int, int, Sequence[str]]] = ()) -> list[Messages]:
         self._restore(restore)
-        return [self._env(slot).reset(seed=seed)[0] for slot, seed in zip(slots, seeds)]
+        return [self.env(slot).reset(seed=seed)[0] for slot, seed in zip(slots, seeds)]
 
     def step(self, slots: Sequence[int], actions: Sequence[str], restore: Sequence[tuple[int, int, Sequence[str]]] = ()) -> list[StepResult]:
         self._restore(restore)
@@ -192,11 +95,6 @@ class EnvWorker:
             self._ray.kill(worker, no_restart=True)  # a no-op on a dead actor
         except Exception:  # best effort: its node may be gone with it
             pass
-
-    def close(self) -> None:
-        for env in self.envs.values():
-            env.close()
-        self.envs.clear()
 
 
 def _make(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:

@@ -52,11 +52,17 @@ class RolloutConfig:
     """Where rollouts come from: the engine that samples them, and how fresh its weights are."""
 
     engine: Literal["hf", "vllm"] = "hf"  # hf (the learner's own model) | vllm (an engine, weights pushed each step)
+    backend: Literal["local", "ray"] = "local"  # local: envs in this process | ray: envs in Ray actors (extra `ray`)
+    workers: int = 2  # ray: env worker actors
+    envs_per_worker: int | None = None  # ray: at most workers × this many episodes live at once (None: all)
+    address: str | None = None  # ray: the cluster to join ("auto", "ray://head:10001"); None: a local one
     stale_steps: int = 0  # the sampler's weights lag the learner's by exactly this many steps (0: always current)
     max_staleness: int = 0  # > 0: rollouts generated in a background thread, up to this many updates behind
     vllm: dict[str, Any] = field(default_factory=dict)  # extra `VLLMPolicy` keyword arguments (e.g. gpu_memory_utilization)
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise UserError(f"rollout.workers must be >= 1, got {self.workers}")
         if self.stale_steps < 0 or self.max_staleness < 0:
             raise UserError("rollout.stale_steps and rollout.max_staleness must be >= 0")
         if self.stale_steps and self.max_staleness:
@@ -360,8 +366,17 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     board = _tensorboard(out_dir) if main else None
     sampler = torch.Generator().manual_seed(cfg.seed)
 
+    envs = None  # the Ray backend's env actors, kept for the whole run
+    if cfg.rollout.backend == "ray":
+        from agentenv.distributed import RayRollout
+
+        envs = RayRollout(cfg.env_id, env_kwargs=cfg.env_kwargs, workers=cfg.rollout.workers,
+                          envs_per_worker=cfg.rollout.envs_per_worker, address=cfg.rollout.address)
+
     def collect_step(step: int) -> list:
         seeds = [train_task_seed(cfg.seed, step, cfg.tasks_per_step, i) for i in range(cfg.tasks_per_step)][rank::world]
+        if envs is not None:
+            return envs.collect(engine.policy, seeds, group_size=cfg.group_size, max_seq_len=cfg.max_seq_len)
         return collect(cfg.env_id, engine.policy, seeds, group_size=cfg.group_size, env_kwargs=cfg.env_kwargs,
                        max_seq_len=cfg.max_seq_len)
 
@@ -414,6 +429,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     finally:
         if pipeline is not None:
             pipeline.close()
+        if envs is not None:
+            envs.close()
         if metrics is not None:
             metrics.close()
         if board is not None:
