@@ -176,11 +176,11 @@ def test_rollouts_store_exactly_the_ids_the_engine_sampled(policy, sampled):
     unmatched = list(requests)
     for episode, turn in turns:
         sample = episode.samples[turn["sample"]]
-        sent = sample.token_ids[: turn["start"]]
-        match = next(r for r in unmatched if r[0] == sent)  # the engine got exactly the stored prefix
+        sent, stored = sample.token_ids[: turn["start"]], sample.token_ids[turn["start"] : turn["end"]]
+        # one engine request got exactly the stored prefix and sampled exactly the stored turn (a one-to-one match)
+        match = next(r for r in unmatched if r[0] == sent and list(r[1].outputs[0].token_ids) == stored)
         unmatched.remove(match)
         (out,) = match[1].outputs
-        assert sample.token_ids[turn["start"] : turn["end"]] == list(out.token_ids)  # and sampled exactly these
         assert sample.loss_mask[turn["start"] : turn["end"]] == [1] * len(out.token_ids)
         engine_logprobs = [out.logprobs[i][t].logprob for i, t in enumerate(out.token_ids)]
         assert sample.old_logprobs[turn["start"] : turn["end"]] == engine_logprobs  # bit for bit
