@@ -14,10 +14,10 @@ same seed and the same calls give the same tokens however vLLM schedules the bat
 from that prompt's seed, and differ from each other).
 
 Weights: `load_weights(state_dict)` pushes the learner's parameters into the running engine in place, then drops
-the prefix cache, whose KV entries were computed with the old weights. vLLM ≥ 0.1x workers have `reload_weights`,
-which loads checkpoint-format (HF-named) tensors through the model's own loader and then redoes the
-post-load processing (the CPU backend repacks its linear weights after loading, so a bare `model.load_weights`
-would write into parameters that are no longer used). The policy calls it with
+the prefix cache, whose KV entries were computed with the old weights. Where vLLM's workers have `reload_weights`
+(0.32 does; detected when the policy is built), it loads checkpoint-format (HF-named) tensors through the model's
+own loader and then redoes the post-load processing (the CPU backend repacks its linear weights after loading, so
+a bare `model.load_weights` would write into parameters that are no longer used). The policy calls it with
 `llm.collective_rpc("reload_weights", kwargs={"weights_iterator": [(name, tensor), ...]})` when the engine core
 lives in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`; the default here on CPU, see `inprocess`), and with
 `kwargs={"weights_path": dir}` after saving the tensors as safetensors to a private temporary directory when it
