@@ -1,6 +1,6 @@
-"""VLLMPolicy: the real-engine tests run where vLLM is importable and a CUDA GPU is present (skipped otherwise,
-with the reason); the glue (token in/out, per-row limits, log-prob extraction, weight-update routing) is also
-checked everywhere against a stand-in `vllm` module, and so is the error a missing vLLM gives."""
+"""VLLMPolicy glue, checked everywhere against a stand-in `vllm` module: token in/out, per-row limits, `n` samples,
+stop strings, log-prob extraction, the weight-update routes, and the error a missing vLLM gives. The real engine
+(CPU build or GPU) is tested in tests/test_vllm_real.py, with no stand-in."""
 
 from __future__ import annotations
 
@@ -54,22 +54,27 @@ class _FakeLLM:
         _FakeLLM.instances.append(self)
 
     def generate(self, requests, params, use_tqdm=True):
+        self.params = list(params)
         outputs = []
         for request, p in zip(requests, params):
-            ids, logprobs = [], []
-            for k in range(p["max_tokens"]):
-                token = request["prompt_token_ids"][-1] + 1 + k
-                if self.stop_at is not None and k == self.stop_at:
-                    token = p["stop_token_ids"][0]
-                ids.append(token)
-                logprobs.append({token: SimpleNamespace(logprob=-0.1 * (k + 1), rank=1), 7: SimpleNamespace(logprob=-9.0, rank=2)})
-                if token in p["stop_token_ids"]:
-                    break
-            outputs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, logprobs=logprobs)]))
+            samples = []
+            for index in reversed(range(p["n"])):  # vLLM may return a request's samples in any order
+                ids, logprobs, reason = [], [], "length"
+                for k in range(p["max_tokens"]):
+                    token = request["prompt_token_ids"][-1] + 1 + k + 100 * index
+                    if self.stop_at is not None and k == self.stop_at:
+                        token = p["stop_token_ids"][0]
+                    ids.append(token)
+                    logprobs.append({token: SimpleNamespace(logprob=-0.1 * (k + 1), rank=1), 7: SimpleNamespace(logprob=-9.0, rank=2)})
+                    if token in p["stop_token_ids"] or (p.get("stop") and k == 1):  # a stop string completes at token 2
+                        reason = "stop"
+                        break
+                samples.append(SimpleNamespace(index=index, token_ids=ids, logprobs=logprobs, finish_reason=reason))
+            outputs.append(SimpleNamespace(outputs=samples))
         return outputs
 
-    def collective_rpc(self, method, args=(), **kwargs):
-        self.rpc.append((method, args))
+    def collective_rpc(self, method, args=(), kwargs=None, **options):
+        self.rpc.append((method, args, kwargs))
         return [None]
 
     def reset_prefix_cache(self):
@@ -109,27 +114,48 @@ def test_glue_token_in_token_out_limits_and_logprobs(fake_vllm):
     assert policy.generate([chat])[0].prompt_ids == policy.render_prompt(chat)
 
 
+def test_glue_sampling_params_n_and_stop_strings(fake_vllm):
+    from agentenv.policies.vllm import VLLMPolicy
+
+    policy = VLLMPolicy("tiny", temperature=0.5, max_new_tokens=6)
+    llm = _FakeLLM.instances[-1]
+    out = policy.generate_ids([[5], [9]], n=3)
+    (p, _) = llm.params
+    assert p["n"] == 3 and p["logprobs"] == 0 and p["ignore_eos"] and p["stop_token_ids"] == [policy.chat.end_id]
+    assert p["detokenize"] is False and "stop" not in p  # no stop strings: vLLM need not detokenize
+    assert len(out) == 6 and [g.prompt_ids for g in out] == [[5]] * 3 + [[9]] * 3
+    assert [g.token_ids[0] for g in out] == [6, 106, 206, 10, 110, 210]  # samples in index order, prompt by prompt
+    policy.stop = ["</tool_call>"]
+    (g,) = policy.generate_ids([[5]])
+    (p,) = llm.params
+    assert p["stop"] == ["</tool_call>"] and p["include_stop_str_in_output"] and "detokenize" not in p
+    assert g.token_ids == [6, 7] and g.finish_reason == "stop_string" and g.text == policy.chat.decode([6, 7])
+    assert policy.generate_ids([[5]], max_new_tokens=0, n=2) == [policy.generate_ids([[5]], max_new_tokens=0)[0]] * 2
+
+
 def test_glue_seeds_are_per_request_and_reproducible(fake_vllm):
     from agentenv.policies.vllm import VLLMPolicy
 
     seeds = []
     for _ in range(2):
         policy = VLLMPolicy("tiny", seed=11)
-        original = policy._sampling_params
-        policy._sampling_params = lambda n, original=original: seeds.append(original(n)["seed"]) or original(n)
         policy.generate_ids([[1], [2], [3]], max_new_tokens=1)
+        seeds += [p["seed"] for p in _FakeLLM.instances[-1].params]
     assert seeds[:3] == seeds[3:] and len(set(seeds[:3])) == 3
 
 
-def test_glue_load_weights_goes_through_the_worker_extension(fake_vllm):
+def test_glue_load_weights_legacy_routes(fake_vllm):
+    """A vLLM whose workers have no reload_weights: the worker extension across processes, model.load_weights in one."""
     from agentenv.policies.tiny import tiny_model
     from agentenv.policies.vllm import VLLMPolicy, WeightLoaderExtension
 
     policy = VLLMPolicy("tiny")
     llm = _FakeLLM.instances[-1]
+    assert not policy.reloads and not policy.inprocess
+    assert llm.kwargs["worker_extension_cls"] == "agentenv.policies.vllm.WeightLoaderExtension"
     model = tiny_model("tiny", seed=1)
     policy.sync_from(model)
-    (method, (weights,)), = llm.rpc
+    (method, (weights,), _), = llm.rpc
     assert method == "agentenv_load_weights" and llm.resets == 1
     assert [name for name, _ in weights] == list(model.state_dict())
     # the worker side: the extension hands the weights to the worker's model
@@ -138,7 +164,7 @@ def test_glue_load_weights_goes_through_the_worker_extension(fake_vllm):
     worker.model_runner = SimpleNamespace(get_model=lambda: SimpleNamespace(load_weights=lambda weights: received.append(weights)))
     worker.agentenv_load_weights(weights)
     assert received == [weights]
-    # an in-process engine (TRL's colocate path) is updated directly
+    # an in-process V0 engine (TRL's old colocate path) is updated directly
     loaded = []
     llm.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(
         model_runner=SimpleNamespace(model=SimpleNamespace(load_weights=lambda items: loaded.append(items))))))
@@ -146,106 +172,30 @@ def test_glue_load_weights_goes_through_the_worker_extension(fake_vllm):
     assert loaded and loaded[0][0][0] == "w" and len(llm.rpc) == 1 and llm.resets == 2
 
 
-# -- the real engine ---------------------------------------------------------------------------------
+def test_glue_load_weights_reload_routes(fake_vllm, tmp_path):
+    """Workers with reload_weights: tensors in process, a safetensors directory across processes."""
+    from safetensors.torch import load_file
 
-
-def _sharp_model(seed: int):
-    """A tiny random model whose logits are spread out (final norm ×30), so log-prob checks are decisive."""
     from agentenv.policies.tiny import tiny_model
-
-    model = tiny_model("tiny", seed=seed)
-    with torch.no_grad():
-        model.model.norm.weight.mul_(30.0)
-    return model
-
-
-def _hf_logprobs(model, prompt, ids, temperature, top_p):
-    """log-probs of `ids` after `prompt` under the sampling distribution (temperature, then top-p), as HFPolicy draws."""
-    with torch.no_grad():
-        logits = model(torch.tensor([list(prompt) + list(ids)])).logits[0, len(prompt) - 1 : -1].float() / temperature
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        sorted_logits = sorted_logits.masked_fill(probs.cumsum(-1) - probs > top_p, float("-inf"))
-        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
-    return logits.log_softmax(-1).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1)
-
-
-@pytest.fixture(scope="module")
-def engine():
-    pytest.importorskip("vllm", reason="vLLM is not installed (extra `vllm`; Linux + CUDA GPU)")
-    if not torch.cuda.is_available():
-        pytest.skip("vLLM is installed but no CUDA GPU is visible")
     from agentenv.policies.vllm import VLLMPolicy
 
-    model = _sharp_model(0)
-    policy = VLLMPolicy(model, temperature=1.0, max_new_tokens=12, seed=0, dtype="float32",
-                        gpu_memory_utilization=0.2, max_model_len=1024, enforce_eager=True)
-    yield policy, model
+    policy = VLLMPolicy("tiny")
+    llm = _FakeLLM.instances[-1]
+    policy.reloads = True
+    model = tiny_model("tiny", seed=1)
+    state = model.state_dict()
+    policy.inprocess = True
+    policy.sync_from(model)
+    (method, args, kwargs), = llm.rpc
+    assert method == "reload_weights" and args == () and llm.resets == 1
+    assert [name for name, _ in kwargs["weights_iterator"]] == list(state)
+    assert all(tensor is not None and torch.equal(tensor, state[name]) for name, tensor in kwargs["weights_iterator"])
+    policy.inprocess = False  # the engine core in another process: the tensors go through a file
+    policy.sync_from(model)
+    method, args, kwargs = llm.rpc[-1]
+    assert method == "reload_weights" and set(kwargs) == {"weights_path"} and llm.resets == 2
+    saved = load_file(f"{kwargs['weights_path']}/model.safetensors")
+    assert saved.keys() == state.keys() and all(torch.equal(saved[k], v) for k, v in state.items())  # tied ones too
+    path = kwargs["weights_path"]
     policy.close()
-
-
-def _prompts(policy):
-    import gymnasium as gym
-
-    import agentenv  # noqa: F401
-
-    env = gym.make("agentenv/ToolReasoning-v0")
-    prompts = [policy.render_prompt(env.reset(seed=seed)[0]) for seed in range(3)]
-    env.close()
-    return prompts
-
-
-def test_vllm_generates_token_ids_with_the_sampling_logprobs(engine):
-    policy, model = engine
-    policy.temperature, policy.top_p = 1.0, 1.0
-    prompts = _prompts(policy)
-    out = policy.generate_ids(prompts, max_new_tokens=[12, 5, 1])
-    for generation, prompt, limit in zip(out, prompts, [12, 5, 1]):
-        assert generation.prompt_ids == prompt and 1 <= len(generation.token_ids) <= limit
-        assert len(generation.logprobs) == len(generation.token_ids)
-        stopped = generation.token_ids[-1] == policy.chat.end_id
-        assert generation.finish_reason == ("stop" if stopped else "length")
-        assert generation.text == policy.chat.decode(generation.token_ids[:-1] if stopped else generation.token_ids)
-        reference = _hf_logprobs(model, prompt, generation.token_ids, 1.0, 1.0)
-        assert torch.allclose(torch.tensor(generation.logprobs), reference, atol=2e-2), (generation.logprobs, reference)
-
-
-def test_vllm_logprobs_follow_temperature_and_top_p(engine):
-    policy, model = engine
-    if policy.logprobs_mode != "processed_logprobs":
-        pytest.skip(f"this vLLM returns {policy.logprobs_mode}")
-    policy.temperature, policy.top_p = 0.7, 0.8
-    try:
-        prompts = _prompts(policy)
-        for generation, prompt in zip(policy.generate_ids(prompts), prompts):
-            reference = _hf_logprobs(model, prompt, generation.token_ids, 0.7, 0.8)
-            assert torch.allclose(torch.tensor(generation.logprobs), reference, atol=2e-2)
-    finally:
-        policy.temperature, policy.top_p = 1.0, 1.0
-
-
-def test_vllm_sampling_is_seeded(engine):
-    import random
-
-    policy, _ = engine
-    prompts = _prompts(policy)
-    policy._seeds = random.Random(5)
-    first = [g.token_ids for g in policy.generate_ids(prompts)]
-    policy._seeds = random.Random(5)
-    assert [g.token_ids for g in policy.generate_ids(prompts)] == first
-
-
-def test_vllm_load_weights_updates_the_engine_in_place(engine):
-    policy, model = engine
-    other = _sharp_model(1)
-    prompts = _prompts(policy)
-    try:
-        policy.sync_from(other)
-        for generation, prompt in zip(policy.generate_ids(prompts), prompts):
-            new = _hf_logprobs(other, prompt, generation.token_ids, 1.0, 1.0)
-            old = _hf_logprobs(model, prompt, generation.token_ids, 1.0, 1.0)
-            assert torch.allclose(torch.tensor(generation.logprobs), new, atol=2e-2)
-            assert not torch.allclose(torch.tensor(generation.logprobs), old, atol=2e-2)
-    finally:
-        policy.sync_from(model)
+    assert not __import__("os").path.exists(path)

