@@ -156,7 +156,7 @@ def sampled(policy):
     """4 tasks × 2 samples at temperature 1, and every engine call made for them."""
     from agentenv.policies.rollout import collect
 
-    with engine_calls(policy) as calls, settings(policy, _seeds=random.Random(0)):
+    with engine_calls(policy) as calls, settings(policy, generator=random.Random(0)):
         start = time.perf_counter()
         episodes = collect(ENV, policy, [0, 1, 2, 3], group_size=2, env_kwargs=KW, max_seq_len=MAX_LEN)
         elapsed = time.perf_counter() - start
@@ -253,7 +253,7 @@ def test_seeds_are_per_request_and_reproducible(policy):
     batch = prompts(policy)
 
     def run(seeds, rows=batch):
-        with settings(policy, _seeds=seeds):
+        with settings(policy, generator=seeds):
             return [g.token_ids for g in policy.generate_ids(rows, max_new_tokens=24)]
 
     first = run(random.Random(5))
@@ -292,9 +292,9 @@ def test_stop_strings(policy):
     tok = policy.tokenizer
     close = "</tool_call>"
     batch = prompts(policy, seeds=range(8))
-    with settings(policy, _seeds=random.Random(3)):
+    with settings(policy, generator=random.Random(3)):
         free = policy.generate_ids(batch, max_new_tokens=TURN)
-    with settings(policy, _seeds=random.Random(3), stop=[close]):
+    with settings(policy, generator=random.Random(3), stop=[close]):
         stopped = policy.generate_ids(batch, max_new_tokens=TURN)
     hits = 0
     for a, b in zip(free, stopped):
@@ -351,7 +351,7 @@ def test_load_weights_updates_the_engine_and_drops_the_prefix_cache(policy, trai
         policy.sync_from(learner)
         sync_s = time.perf_counter() - start
         assert cached_tokens() == 0  # load_weights dropped them: their KV came from the old weights
-        policy._seeds = random.Random(1)
+        policy.generator = random.Random(1)
         episodes_new = collect(ENV, policy, [0, 1], group_size=2, env_kwargs=KW, max_seq_len=MAX_LEN)
         engine, new = learner_logprobs(learner, episodes_new)
         _, old = learner_logprobs(trained, episodes_new)
@@ -363,6 +363,22 @@ def test_load_weights_updates_the_engine_and_drops_the_prefix_cache(policy, trai
     finally:
         policy.sync_from(trained)
     batch = prompts(policy)
-    policy._seeds = random.Random(2)
+    policy.generator = random.Random(2)
     back = policy.generate_ids(batch, max_new_tokens=12)
     assert max(float((torch.tensor(g.logprobs) - hf_logprobs(trained, p, g.token_ids)).abs().max()) for g, p in zip(back, batch)) < 1e-4
+
+
+@pytest.mark.slow
+def test_agentenv_train_with_the_vllm_engine(tmp_path):
+    """`agentenv train --rollout.engine=vllm` end to end: the engine samples, the learner's weights are pushed
+    after every update, and the logged sampler–learner mismatch stays at float noise (fp32 on both sides)."""
+    import json
+
+    from agentenv.learn.train import load_config, train
+
+    cfg = load_config(None, ["--rollout.engine=vllm", "--steps=3", "--sft_steps=30", "--sft_episodes=64", "--eval_tasks=16",
+                             "--tasks_per_step=2", "--group_size=4", f"--out_dir={tmp_path}"])
+    summary = train(cfg, log=lambda message: None)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2] and summary["success_after"] is not None
+    assert max(r["sampler_logp_diff"] for r in rows) < 1e-4

@@ -24,8 +24,9 @@ class Sampler:
         if cfg.rollout.engine == "vllm":
             from agentenv.policies.vllm import VLLMPolicy
 
+            options = {"dtype": str(next(model.parameters()).dtype).removeprefix("torch."), **cfg.rollout.vllm}  # the learner's
             self.policy = VLLMPolicy(model, learner_policy.tokenizer, temperature=cfg.temperature, top_p=cfg.top_p,
-                                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, **cfg.rollout.vllm)
+                                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, **options)
         elif self.stale_steps > 0 or cfg.rollout.max_staleness > 0:
             from agentenv.policies.hf import HFPolicy
 

@@ -55,7 +55,9 @@ _INSTALL_HINT = (
 # What the CPU backend gets unless the caller says otherwise: no torch.compile (an eager engine builds in seconds,
 # not minutes, and a compiled graph gains little for small models), and an explicit KV-cache size (otherwise vLLM
 # reserves `gpu_memory_utilization` × the machine's RAM).
-CPU_DEFAULTS = {"enforce_eager": True, "kv_cache_memory_bytes": 512 << 20}
+# enable_chunked_prefill=False: a prompt split over engine steps has its sampled token discarded, which rewinds
+# the request's seeded generator by an offset that CPU generators do not have (RuntimeError in vLLM 0.32).
+CPU_DEFAULTS = {"enforce_eager": True, "kv_cache_memory_bytes": 512 << 20, "enable_chunked_prefill": False}
 
 
 def import_vllm():
@@ -128,7 +130,7 @@ class VLLMPolicy(TokenPolicy):
             process) elsewhere. vLLM caches its environment once an engine has started, so the first engine of a
             process decides this for the later ones.
         llm_kwargs: anything else for `vllm.LLM` (`enable_sleep_mode=True` for `sleep`/`wake_up` on GPU, ...). On
-            the CPU backend `CPU_DEFAULTS` fill in `enforce_eager=True` and `kv_cache_memory_bytes=512 MiB` unless
+            the CPU backend `CPU_DEFAULTS` fill in `enforce_eager=True`, `kv_cache_memory_bytes=512 MiB` and no chunked prefill unless
             given (or `VLLM_CPU_KVCACHE_SPACE` is set).
 
     `generate(contexts)` renders chats and samples; `generate_ids(prompts, max_new_tokens, n)` continues token ids
@@ -168,7 +170,7 @@ class VLLMPolicy(TokenPolicy):
         self.temperature = temperature
         self.top_p = top_p
         self.max_new_tokens = max_new_tokens
-        self._seeds = random.Random(seed)
+        self.generator = random.Random(seed)  # per-request seeds; saved with a training run's RNG states
         self._SamplingParams = vllm.SamplingParams
         self._sampling_keys = _accepted(vllm.SamplingParams)
         self.on_cpu = _on_cpu(vllm)
@@ -291,7 +293,7 @@ class VLLMPolicy(TokenPolicy):
             temperature=self.temperature,
             top_p=self.top_p,
             max_tokens=max_tokens,
-            seed=self._seeds.getrandbits(62),
+            seed=self.generator.getrandbits(62),
             logprobs=0,  # the sampled token's log-prob only
             stop_token_ids=sorted(self.stop_ids),
             ignore_eos=True,  # only the end-of-turn id (and `stop`) ends a turn, as in HFPolicy
