@@ -1,12 +1,32 @@
 """HFPolicy: sample assistant turns from a Hugging Face causal LM, returning token ids and their log-probs.
 
-Generation is a plain batched sampling loop: left-pad the prompts, one prefill forward, then one forward
-per new token over the batch with the KV cache (`DynamicCache`); rows that finish are dropped from the
-batch and the cache, so short turns cost nothing once done. It returns the exact log-prob of each sampled
-token under the distribution it was drawn from (after temperature and top-p) with no second pass.
-Measured against `model.generate(output_scores=True)` (`benchmarks/bench_generation.py`, 2-vCPU dev box,
-1 torch thread, batch 16, 128 new tokens): tiny 2,930 vs 2,730 tokens/s, small 1,110 vs 1,110 tokens/s —
-as fast or faster, and simpler to get per-row limits and exact log-probs from.
+Generation is a plain batched sampling loop: one prefill forward, then one forward per new token over the
+batch with the KV cache (`DynamicCache`); rows that finish are dropped from the batch and the cache, so
+short turns cost nothing once done. It returns the exact log-prob of each sampled token under the
+distribution it was drawn from (after temperature and top-p) with no second pass.
+
+Prefix cache (on by default; `prefix_cache=False` turns it off). The rollout resubmits every live episode's
+whole sequence each turn, and a GRPO group's G samples share one prompt; the prefill does not redo that:
+
+* identical prompts in one call (a group's first turn) run once and their keys/values are forked;
+* the policy remembers the keys/values of every sequence it ran last call (prompt + generated ids); a prompt
+  that extends one (the next turn: + the env's delta) runs only its new ids — any prompt reuses the longest
+  prefix it shares with a remembered sequence, so different continuations of one prefix are handled;
+* prompts with nothing remembered run their common stem once (the system prompt of a batch of tasks).
+
+Memory: only the sequences of the last call are kept (a sequence not extended in the next call is dropped),
+at most `cache_max_tokens` positions in all. Staleness rule: remembered keys/values are valid only for the
+weights they were computed with. Every call compares a fingerprint of the model's parameters and buffers
+(storage, version counter, dtype, shape — `kv_cache.weights_version`) with the one the store was filled
+under and drops the store when it differs: `optimizer.step()`, `load_state_dict`, any in-place op on a
+parameter, `.to(dtype/device)` all change it. Writing weights through `p.data` does not bump the version
+counter: call `clear_cache()` after such a write. The Δlog p extrapolation path (`extrapolate_from`) runs
+without the prefix cache.
+
+Measured on `agentenv train`'s default collect (ToolReasoning-v0 counting tasks, 8 tasks × 8 samples, 3
+turns, 48 new tokens, tiny model): 61,934 prompt tokens were run for 8,988 generated; with the cache 6,014
+(`stats`, `benchmarks/bench_grpo_step.py`). Reuse is exact up to float rounding of differently shaped
+matmuls: greedy rollouts give the same tokens, sampled log-probs agree to ~1e-6 (`tests/test_hf_cache.py`).
 
 The end-of-turn token (`<|im_end|>`) is kept in `token_ids` so that a rollout stores exactly what the model
 produced; `text` is the decoded ids without it.
@@ -72,6 +92,16 @@ class HFPolicy(TokenPolicy):
             samples each token; where log p_RL(y) − log p_base(y) ≤ `extrapolate_tau` the token is
             resampled from log p_RL + α·Δlog p over the base's top `extrapolate_top_k`
             (α = `extrapolate_alpha`). Log-probs are those of the distribution each token was drawn from.
+        prefix_cache: reuse keys/values across calls and within a call (module docstring); False runs every
+            prompt from scratch, as before.
+        cache_max_tokens: the most positions the prefix cache keeps between calls (over it, the rest of the
+            sequences are simply run again next call).
+        share_min_tokens: the shortest common stem worth a forward of its own.
+
+    `stats` counts, since construction or `reset_stats()`: `calls`, `prompt_tokens` (ids submitted),
+    `prefill_tokens` (ids actually run through the model before sampling), `prefill_padded_tokens` (the
+    same with padding), `reused_tokens` (per row, ids whose keys/values came from the cache or a fork) and
+    `generated_tokens`. `clear_cache()` forgets every remembered sequence.
 
     `generate(contexts)` renders chats and samples; `generate_ids(prompts)` continues token ids (the rollout
     uses it, so nothing is re-tokenized); `render_prompt` / `render_delta` give ids of a chat / of new
