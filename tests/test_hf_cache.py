@@ -194,3 +194,21 @@ def test_a_stale_cache_would_be_wrong_so_the_check_matters(model, monkeypatch):
     (fresh,) = fresh_policy.generate_ids([follow_up])
     assert p.stats["reused_tokens"] > 0
     assert abs(stale.logprobs[0] - fresh.logprobs[0]) > 1e-3
+
+
+def test_growing_layer_writes_in_place_and_grows_when_full():
+    from agentenv.policies.kv_cache import cache_from_layers, cache_layers
+
+    keys, values = torch.randn(3, 2, 6, 4), torch.randn(3, 2, 6, 4)
+    cache = cache_from_layers([(keys, values)], length=4)  # 4 filled positions, room for 2
+    assert cache.get_seq_length() == 4
+    new = [torch.randn(3, 2, 1, 4) for _ in range(3)]
+    for k in new:  # the third write passes the room: the buffer grows
+        cache.update(k, k, 0)
+    expected = torch.cat([keys[:, :, :4]] + new, dim=2)
+    (got_keys, got_values), = cache_layers(cache)
+    assert torch.equal(got_keys, expected) and torch.equal(got_values[:, :, 4:], torch.cat(new, dim=2))
+    cache.batch_select_indices(torch.tensor([2, 0]))
+    assert torch.equal(cache_layers(cache)[0][0], expected[[2, 0]]) and cache.get_seq_length() == 7
+    cache.crop(-2)
+    assert torch.equal(cache_layers(cache)[0][0], expected[[2, 0], :, :5])

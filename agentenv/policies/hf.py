@@ -186,7 +186,7 @@ class HFPolicy(TokenPolicy):
             version = weights_version(self.model)
             if version != self._store_version:  # the weights changed since the store was filled: it is stale
                 self._store.clear()
-            cache, logits, attention, next_position, row_kv = self._prefill_cached(prompts)
+            cache, logits, attention, next_position, row_kv = self._prefill_cached(prompts, room=max(int(limits.max()), 0))
             store = PrefixStore(self.cache_max_tokens)
             for row in (limits <= 0).nonzero().squeeze(-1).tolist():  # nothing to generate: remember the prompt
                 if store.tokens + len(prompts[row]) <= store.max_tokens:
@@ -271,7 +271,7 @@ class HFPolicy(TokenPolicy):
                                           **cache_kwargs(self.base_model, base_cache), use_cache=True, logits_to_keep=1).logits[:, -1]
         return cache, out.logits[:, -1], attention, positions[:, -1:] + 1, base_cache, base_logits
 
-    def _prefill_cached(self, prompts: list[list[int]]):
+    def _prefill_cached(self, prompts: list[list[int]], room: int):
         """The prefill with the prefix cache: identical prompts run once (a GRPO group's), each unique prompt
         starts from the longest prefix a remembered sequence shares with it, prompts with nothing remembered
         run their common stem once (the system prompt of a batch of tasks), and only the rest goes through
@@ -306,9 +306,9 @@ class HFPolicy(TokenPolicy):
             pair = []
             for part in (0, 1):
                 sample = unique_kv[0][layer][part]
-                padded = sample.new_zeros((len(unique), sample.shape[0], width, sample.shape[2]))
+                padded = sample.new_zeros((len(unique), sample.shape[0], width + room, sample.shape[2]))
                 for u, kv in enumerate(unique_kv):
-                    padded[u, :, width - kv[layer][part].shape[1] :] = kv[layer][part]
+                    padded[u, :, width - kv[layer][part].shape[1] : width] = kv[layer][part]
                 pair.append(padded if len(unique) == len(prompts) and row_unique == list(range(len(prompts)))
                             else padded.index_select(0, select))
             layers.append(tuple(pair))
@@ -316,7 +316,7 @@ class HFPolicy(TokenPolicy):
         for row, n in enumerate(lengths):
             attention[row, width - n :] = 1
         next_position = torch.tensor(lengths, device=self.device)[:, None]
-        return (cache_from_layers(layers), unique_logits.index_select(0, select), attention.to(self.device), next_position,
+        return (cache_from_layers(layers, length=width), unique_logits.index_select(0, select), attention.to(self.device), next_position,
                 [unique_kv[u] for u in row_unique])
 
     def _prefill_suffixes(self, prompts: list[list[int]], bases: list[tuple[LayerKV | None, int]]) -> tuple[list[LayerKV], torch.Tensor]:

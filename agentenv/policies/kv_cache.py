@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["cache_kwargs", "LayerKV", "PrefixStore", "cache_from_layers", "cache_layers", "weights_version"]
+__all__ = ["cache_kwargs", "LayerKV", "PrefixStore", "cache_from_layers", "growing_layer", "cache_layers", "weights_version"]
 
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values `[kv_heads, n, head_dim]`
 
@@ -45,14 +45,98 @@ def cache_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return list(zip(cache.key_cache, cache.value_cache))
 
 
-def cache_from_layers(layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Any:
-    """A `DynamicCache` holding `layers` (keys, values `[B, kv_heads, L, head_dim]` per layer)."""
+def cache_from_layers(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], length: int | None = None) -> Any:
+    """A `DynamicCache` holding `layers` (keys, values `[B, kv_heads, L, head_dim]` per layer).
+
+    With `length` < L, the cache holds the first `length` positions and the rest of each tensor is room that
+    the next positions are written into in place (`growing_layer`), instead of `DynamicLayer` concatenating
+    the whole cache into a new tensor at every generated token."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
+    if length is not None and hasattr(cache, "layers") and hasattr(cache, "layer_class_to_replicate"):
+        layer_class = growing_layer()
+        cache.layers = [layer_class.holding(keys, values, length) for keys, values in layers]
+        cache.layer_class_to_replicate = None
+        return cache
     for index, (keys, values) in enumerate(layers):
+        if length is not None:
+            keys, values = keys[:, :, :length], values[:, :, :length]
         cache.update(keys, values, index)
     return cache
+
+
+@lru_cache(maxsize=None)
+def growing_layer() -> type:
+    """`GrowingLayer`, a `DynamicLayer` over a buffer with room to grow (built on first use: importing this
+    module does not import transformers)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """`update` writes the new positions into the buffer's room (and reallocates, doubling, only when it
+        is full); `keys` / `values` are views of the filled part."""
+
+        @classmethod
+        def holding(cls, keys: torch.Tensor, values: torch.Tensor, length: int) -> "GrowingLayer":
+            layer = cls()
+            layer.device, layer.is_initialized = keys.device, True
+            layer._keys, layer._values, layer.length = keys, values, length
+            layer._views()
+            return layer
+
+        def _views(self) -> None:
+            self.keys = self._keys[:, :, : self.length]
+            self.values = self._values[:, :, : self.length]
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            self.device, self.is_initialized = key_states.device, True
+            self._keys, self._values, self.length = key_states[:, :, :0], value_states[:, :, :0], 0
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.length + key_states.shape[-2]
+            if end > self._keys.shape[-2]:
+                room = max(end, 2 * self._keys.shape[-2])
+                for name, new in (("_keys", key_states), ("_values", value_states)):
+                    grown = new.new_empty(new.shape[0], new.shape[1], room, new.shape[3])
+                    grown[:, :, : self.length] = getattr(self, name)[:, :, : self.length]
+                    setattr(self, name, grown)
+            self._keys[:, :, self.length : end] = key_states
+            self._values[:, :, self.length : end] = value_states
+            self.length = end
+            self._views()
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length if self.is_initialized else 0
+
+        def reset(self) -> None:
+            self.length = 0
+            super().reset()
+
+        def crop(self, tokens_to_remove: int) -> None:
+            if tokens_to_remove > 0:
+                raise ValueError("crop takes a negative number of tokens to remove")
+            if self.is_initialized and tokens_to_remove:
+                self.length = max(0, self.length + tokens_to_remove)
+                self._views()
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.is_initialized:
+                self._keys = self._keys.repeat_interleave(repeats, dim=0)
+                self._values = self._values.repeat_interleave(repeats, dim=0)
+                self._views()
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.is_initialized:
+                self._keys, self._values = self._keys[indices], self._values[indices]
+                self._views()
+
+        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+            self.batch_select_indices(beam_idx)
+
+    return GrowingLayer
 
 
 def weights_version(*models: Any) -> tuple:
