@@ -1,12 +1,32 @@
 """HFPolicy: sample assistant turns from a Hugging Face causal LM, returning token ids and their log-probs.
 
-Generation is a plain batched sampling loop: left-pad the prompts, one prefill forward, then one forward
-per new token over the batch with the KV cache (`DynamicCache`); rows that finish are dropped from the
-batch and the cache, so short turns cost nothing once done. It returns the exact log-prob of each sampled
-token under the distribution it was drawn from (after temperature and top-p) with no second pass.
-Measured against `model.generate(output_scores=True)` (`benchmarks/bench_generation.py`, 2-vCPU dev box,
-1 torch thread, batch 16, 128 new tokens): tiny 2,930 vs 2,730 tokens/s, small 1,110 vs 1,110 tokens/s —
-as fast or faster, and simpler to get per-row limits and exact log-probs from.
+Generation is a plain batched sampling loop: one prefill forward, then one forward per new token over the
+batch with the KV cache (`DynamicCache`); rows that finish are dropped from the batch and the cache, so
+short turns cost nothing once done. It returns the exact log-prob of each sampled token under the
+distribution it was drawn from (after temperature and top-p) with no second pass.
+
+Prefix cache (on by default; `prefix_cache=False` turns it off). The rollout resubmits every live episode's
+whole sequence each turn, and a GRPO group's G samples share one prompt; the prefill does not redo that:
+
+* identical prompts in one call (a group's first turn) run once and their keys/values are forked;
+* the policy remembers the keys/values of every sequence it ran last call (prompt + generated ids); a prompt
+  that extends one (the next turn: + the env's delta) runs only its new ids — any prompt reuses the longest
+  prefix it shares with a remembered sequence, so different continuations of one prefix are handled;
+* prompts with nothing remembered run their common stem once (the system prompt of a batch of tasks).
+
+Memory: only the sequences of the last call are kept (a sequence not extended in the next call is dropped),
+at most `cache_max_tokens` positions in all. Staleness rule: remembered keys/values are valid only for the
+weights they were computed with. Every call compares a fingerprint of the model's parameters and buffers
+(storage, version counter, dtype, shape — `kv_cache.weights_version`) with the one the store was filled
+under and drops the store when it differs: `optimizer.step()`, `load_state_dict`, any in-place op on a
+parameter, `.to(dtype/device)` all change it. Writing weights through `p.data` does not bump the version
+counter: call `clear_cache()` after such a write. The Δlog p extrapolation path (`extrapolate_from`) runs
+without the prefix cache.
+
+Measured on `agentenv train`'s default collect (ToolReasoning-v0 counting tasks, 8 tasks × 8 samples, 3
+turns, 48 new tokens, tiny model): 61,934 prompt tokens were run for 8,988 generated; with the cache 6,014
+(`stats`, `benchmarks/bench_grpo_step.py`). Reuse is exact up to float rounding of differently shaped
+matmuls: greedy rollouts give the same tokens, sampled log-probs agree to ~1e-6 (`tests/test_hf_cache.py`).
 
 The end-of-turn token (`<|im_end|>`) is kept in `token_ids` so that a rollout stores exactly what the model
 produced; `text` is the decoded ids without it.
@@ -14,6 +34,7 @@ produced; `text` is the decoded ids without it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,7 +43,7 @@ import torch
 from agentenv.errors import UserError
 from agentenv.policies.base import Generation, TokenPolicy
 from agentenv.policies.chat_tokens import ChatTokens
-from agentenv.policies.kv_cache import cache_kwargs
+from agentenv.policies.kv_cache import LayerKV, PrefixStore, cache_from_layers, cache_kwargs, cache_layers, weights_version
 
 __all__ = ["HFPolicy", "sample_tokens"]
 
@@ -71,6 +92,16 @@ class HFPolicy(TokenPolicy):
             samples each token; where log p_RL(y) − log p_base(y) ≤ `extrapolate_tau` the token is
             resampled from log p_RL + α·Δlog p over the base's top `extrapolate_top_k`
             (α = `extrapolate_alpha`). Log-probs are those of the distribution each token was drawn from.
+        prefix_cache: reuse keys/values across calls and within a call (module docstring); False runs every
+            prompt from scratch, as before.
+        cache_max_tokens: the most positions the prefix cache keeps between calls (over it, the rest of the
+            sequences are simply run again next call).
+        share_min_tokens: the shortest common stem worth a forward of its own.
+
+    `stats` counts, since construction or `reset_stats()`: `calls`, `prompt_tokens` (ids submitted),
+    `prefill_tokens` (ids actually run through the model before sampling), `prefill_padded_tokens` (the
+    same with padding), `reused_tokens` (per row, ids whose keys/values came from the cache or a fork) and
+    `generated_tokens`. `clear_cache()` forgets every remembered sequence.
 
     `generate(contexts)` renders chats and samples; `generate_ids(prompts)` continues token ids (the rollout
     uses it, so nothing is re-tokenized); `render_prompt` / `render_delta` give ids of a chat / of new
@@ -91,6 +122,9 @@ class HFPolicy(TokenPolicy):
         extrapolate_alpha: float = 0.1,
         extrapolate_tau: float = -0.35,
         extrapolate_top_k: int = 50,
+        prefix_cache: bool = True,
+        cache_max_tokens: int = 131_072,
+        share_min_tokens: int = 16,
     ):
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
@@ -107,6 +141,22 @@ class HFPolicy(TokenPolicy):
         self.stop_ids = {self.chat.end_id}
         self.base_model = _load(extrapolate_from, tokenizer, device, dtype)[0] if extrapolate_from is not None else None
         self.extrapolate = (extrapolate_alpha, extrapolate_tau, extrapolate_top_k)
+        self.prefix_cache = prefix_cache
+        self.cache_max_tokens = cache_max_tokens
+        self.share_min_tokens = max(1, share_min_tokens)
+        self._store = PrefixStore(cache_max_tokens)
+        self._store_version: tuple | None = None
+        self.reset_stats()
+
+    def clear_cache(self) -> None:
+        """Forget every remembered sequence: the next call runs its prompts from scratch."""
+        self._store.clear()
+        self._store_version = None
+
+    def reset_stats(self) -> None:
+        """Zero `stats` (see the class docstring)."""
+        self.stats = {"calls": 0, "prompt_tokens": 0, "prefill_tokens": 0, "prefill_padded_tokens": 0,
+                      "reused_tokens": 0, "generated_tokens": 0}
 
     @torch.no_grad()
     def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int] | None = None) -> list[Generation]:
@@ -123,34 +173,34 @@ class HFPolicy(TokenPolicy):
             return []
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
+        prompts = [list(p) for p in prompts]
         batch = len(prompts)
         limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         limits = torch.tensor([limit] * batch if isinstance(limit, int) else list(limit), device=self.device)
-        width = max(len(p) for p in prompts)
         pad = self.chat.pad_id
-        input_ids = torch.full((batch, width), pad, dtype=torch.long)
-        attention = torch.zeros((batch, width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
-            attention[row, width - len(prompt) :] = 1
-        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
-        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, **cache_kwargs(self.model, cache), use_cache=True, logits_to_keep=1)
-        base_cache = DynamicCache() if self.base_model is not None else None
-        if base_cache is not None:
-            base_logits = self.base_model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                                          **cache_kwargs(self.base_model, base_cache), use_cache=True, logits_to_keep=1).logits[:, -1]
+        self.stats["calls"] += 1
+        self.stats["prompt_tokens"] += sum(len(p) for p in prompts)
+        base_cache = base_logits = None
+        caching = self.prefix_cache and self.base_model is None
+        if caching:
+            version = weights_version(self.model)
+            if version != self._store_version:  # the weights changed since the store was filled: it is stale
+                self._store.clear()
+            cache, logits, attention, next_position, row_kv = self._prefill_cached(prompts, room=max(int(limits.max()), 0))
+            store = PrefixStore(self.cache_max_tokens)
+            for row in (limits <= 0).nonzero().squeeze(-1).tolist():  # nothing to generate: remember the prompt
+                if store.tokens + len(prompts[row]) <= store.max_tokens:
+                    store.add(prompts[row], [(k.clone(), v.clone()) for k, v in row_kv[row]])
+            prompt_len = torch.tensor([len(p) for p in prompts], device=self.device)
+        else:
+            cache, logits, attention, next_position, base_cache, base_logits = self._prefill_plain(prompts)
         stop = torch.tensor(sorted(self.stop_ids), device=self.device)
         steps = int(limits.max())
         tokens = torch.full((batch, max(steps, 0)), pad, dtype=torch.long, device=self.device)
         logprobs = torch.zeros((batch, max(steps, 0)), dtype=torch.float32, device=self.device)
         lengths = torch.zeros(batch, dtype=torch.long, device=self.device)
         rows = (limits > 0).nonzero().squeeze(-1)  # original row of each row still in the batch
-        logits, attention, next_position = out.logits[rows, -1], attention[rows], positions[rows, -1:] + 1
+        logits, attention, next_position = logits[rows], attention[rows], next_position[rows]
         cache.batch_select_indices(rows)
         if base_cache is not None:
             base_logits = base_logits[rows]
@@ -166,6 +216,8 @@ class HFPolicy(TokenPolicy):
             lengths[rows] += 1
             finished = torch.isin(token, stop) | (lengths[rows] >= limits[rows])
             if bool(finished.any()):  # drop finished rows so no compute is spent on them
+                if caching:
+                    self._remember(store, cache, finished, rows, prompts, tokens, prompt_len + step)
                 keep = (~finished).nonzero().squeeze(-1)
                 rows, token, attention, next_position = rows[keep], token[keep], attention[keep], next_position[keep]
                 cache.batch_select_indices(keep)
@@ -179,8 +231,11 @@ class HFPolicy(TokenPolicy):
                 base_logits = self.base_model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
                                               **cache_kwargs(self.base_model, base_cache), use_cache=True).logits[:, -1]
             logits, next_position = out.logits[:, -1], next_position + 1
+        if caching:
+            self._store, self._store_version = store, version  # last call's sequences only: the rest is evicted
 
         tokens, logprobs, lengths = tokens.tolist(), logprobs.tolist(), lengths.tolist()
+        self.stats["generated_tokens"] += sum(lengths)
         generations = []
         for row in range(batch):
             ids, lps = tokens[row][: lengths[row]], logprobs[row][: lengths[row]]
@@ -188,6 +243,160 @@ class HFPolicy(TokenPolicy):
             text = self.chat.decode(ids[:-1] if stopped else ids)
             generations.append(Generation(text, ids, lps, list(prompts[row]), "stop" if stopped else "length"))
         return generations
+
+    # -- prefill ------------------------------------------------------------------------------------
+
+    def _prefill_plain(self, prompts: list[list[int]]):
+        """Every prompt from scratch, left-padded, one forward: (cache, last logits [B, V], attention [B, W],
+        next position [B, 1], base model's cache and logits or None)."""
+        batch, width, pad = len(prompts), max(len(p) for p in prompts), self.chat.pad_id
+        input_ids = torch.full((batch, width), pad, dtype=torch.long)
+        attention = torch.zeros((batch, width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            attention[row, width - len(prompt) :] = 1
+        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        self.stats["prefill_tokens"] += sum(len(p) for p in prompts)
+        self.stats["prefill_padded_tokens"] += batch * width
+
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, **cache_kwargs(self.model, cache), use_cache=True, logits_to_keep=1)
+        base_cache = base_logits = None
+        if self.base_model is not None:
+            base_cache = DynamicCache()
+            base_logits = self.base_model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                                          **cache_kwargs(self.base_model, base_cache), use_cache=True, logits_to_keep=1).logits[:, -1]
+        return cache, out.logits[:, -1], attention, positions[:, -1:] + 1, base_cache, base_logits
+
+    def _prefill_cached(self, prompts: list[list[int]], room: int):
+        """The prefill with the prefix cache: identical prompts run once (a GRPO group's), each unique prompt
+        starts from the longest prefix a remembered sequence shares with it, prompts with nothing remembered
+        run their common stem once (the system prompt of a batch of tasks), and only the rest goes through
+        the model. Returns (decode cache, last logits [B, V], attention [B, W], next position [B, 1], per-row
+        prompt keys/values)."""
+        index: dict[tuple[int, ...], int] = {}
+        unique: list[list[int]] = []
+        row_unique = []
+        for prompt in prompts:
+            u = index.setdefault(tuple(prompt), len(unique))
+            if u == len(unique):
+                unique.append(prompt)
+            row_unique.append(u)
+        bases: list[tuple[LayerKV | None, int]] = [
+            (self._store.entries[e].kv, k) if e >= 0 else (None, 0) for e, k in self._store.match(unique)]
+        fresh = [u for u, (_, k) in enumerate(bases) if k < self.share_min_tokens]
+        if len(fresh) >= 2:  # prompts with (almost) nothing remembered: run their common stem once
+            stem = os.path.commonprefix([unique[u] for u in fresh])
+            stem = stem[: min(len(unique[u]) for u in fresh) - 1]
+            if len(stem) >= self.share_min_tokens:
+                (stem_kv,), _ = self._prefill_suffixes([stem], [(None, 0)])
+                for u in fresh:
+                    bases[u] = (stem_kv, len(stem))
+        self.stats["reused_tokens"] += sum(k for _, k in bases) + sum(len(p) for p in prompts) - sum(len(p) for p in unique)
+        unique_kv, unique_logits = self._prefill_suffixes(unique, bases)
+        # the decode batch: every row gets its own copy of its prompt's keys/values, left-padded to one width
+        lengths = [len(p) for p in prompts]
+        width = max(lengths)
+        select = torch.tensor(row_unique, device=self.device)
+        layers = []
+        for layer in range(len(unique_kv[0])):
+            pair = []
+            for part in (0, 1):
+                sample = unique_kv[0][layer][part]
+                padded = sample.new_zeros((len(unique), sample.shape[0], width + room, sample.shape[2]))
+                for u, kv in enumerate(unique_kv):
+                    padded[u, :, width - kv[layer][part].shape[1] : width] = kv[layer][part]
+                pair.append(padded if len(unique) == len(prompts) and row_unique == list(range(len(prompts)))
+                            else padded.index_select(0, select))
+            layers.append(tuple(pair))
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, n in enumerate(lengths):
+            attention[row, width - n :] = 1
+        next_position = torch.tensor(lengths, device=self.device)[:, None]
+        return (cache_from_layers(layers, length=width), unique_logits.index_select(0, select), attention.to(self.device), next_position,
+                [unique_kv[u] for u in row_unique])
+
+    def _prefill_suffixes(self, prompts: list[list[int]], bases: list[tuple[LayerKV | None, int]]) -> tuple[list[LayerKV], torch.Tensor]:
+        """Run `prompts[i][k_i:]` on top of the keys/values `bases[i] = (kv, k_i)` already hold for the first
+        k_i ids; rows of similar suffix length share a forward. Returns each prompt's keys/values (all its
+        positions) and its last logits `[P, V]`."""
+        suffix = [len(p) - k for p, (_, k) in zip(prompts, bases)]
+        order = sorted(range(len(prompts)), key=lambda i: suffix[i])
+        groups: list[list[int]] = [[]]
+        for i in order:  # rows whose suffix is much longer than the group's shortest start a new forward
+            if groups[-1] and suffix[i] > 1.25 * suffix[groups[-1][0]] + 8:
+                groups.append([])
+            groups[-1].append(i)
+        kvs: list[LayerKV | None] = [None] * len(prompts)
+        logits: list[torch.Tensor | None] = [None] * len(prompts)
+        for group in groups:
+            self._prefill_group(group, prompts, bases, kvs, logits)
+        return kvs, torch.stack(logits)  # type: ignore[arg-type]
+
+    def _prefill_group(self, group, prompts, bases, kvs, logits) -> None:
+        """One forward over `group`'s suffixes, each after its base: the cache holds the bases left-padded to
+        width C, the input the suffixes left-padded to width S, so a row is [pad, base, pad, suffix] and the
+        attention mask leaves its padding out; positions continue each row's base."""
+        from transformers import DynamicCache
+
+        pad = self.chat.pad_id
+        known = [bases[i][1] for i in group]
+        new = [len(prompts[i]) - k for i, k in zip(group, known)]
+        c, s, b = max(known), max(new), len(group)
+        input_ids = torch.full((b, s), pad, dtype=torch.long)
+        positions = torch.zeros((b, s), dtype=torch.long)
+        attention = torch.zeros((b, c + s), dtype=torch.long)
+        for row, (i, k, n) in enumerate(zip(group, known, new)):
+            input_ids[row, s - n :] = torch.tensor(prompts[i][k:], dtype=torch.long)
+            positions[row] = k
+            positions[row, s - n :] = torch.arange(k, k + n)
+            attention[row, c - k : c] = 1
+            attention[row, c + s - n :] = 1
+        if c > 0:
+            layers = []
+            first = next(bases[i][0] for i in group if bases[i][1] > 0)
+            for layer in range(len(first)):
+                pair = []
+                for part in (0, 1):
+                    sample = first[layer][part]
+                    padded = sample.new_zeros((b, sample.shape[0], c, sample.shape[2]))
+                    for row, (i, k) in enumerate(zip(group, known)):
+                        if k:
+                            padded[row, :, c - k :] = bases[i][0][layer][part][:, :k]
+                    pair.append(padded)
+                layers.append(tuple(pair))
+            cache = cache_from_layers(layers)
+        else:
+            cache = DynamicCache()
+        self.stats["prefill_tokens"] += sum(new)
+        self.stats["prefill_padded_tokens"] += b * s
+        mask = None if bool(attention.all()) else attention.to(self.device)
+        out = self.model(input_ids=input_ids.to(self.device), attention_mask=mask, position_ids=positions.to(self.device),
+                         **cache_kwargs(self.model, cache), use_cache=True, logits_to_keep=1)
+        full = cache_layers(cache)
+        for row, (i, k, n) in enumerate(zip(group, known, new)):
+            if n == s:  # base and suffix are adjacent
+                kvs[i] = [(keys[row, :, c - k :], values[row, :, c - k :]) for keys, values in full]
+            else:
+                kvs[i] = [(torch.cat([keys[row, :, c - k : c], keys[row, :, c + s - n :]], dim=1),
+                           torch.cat([values[row, :, c - k : c], values[row, :, c + s - n :]], dim=1)) for keys, values in full]
+            logits[i] = out.logits[row, -1]
+
+    def _remember(self, store: PrefixStore, cache: Any, finished: torch.Tensor, rows: torch.Tensor,
+                  prompts: list[list[int]], tokens: torch.Tensor, cached: torch.Tensor) -> None:
+        """Keep the keys/values of the rows that just finished (prompt + every generated id but the last, which
+        was never fed), while the store has room."""
+        layers = cache_layers(cache)
+        for local in finished.nonzero().squeeze(-1).tolist():
+            row = int(rows[local])
+            n = int(cached[row])
+            if store.tokens + n > store.max_tokens:
+                continue
+            ids = prompts[row] + tokens[row, : n - len(prompts[row])].tolist()
+            store.add(ids, [(keys[local, :, -n:].clone(), values[local, :, -n:].clone()) for keys, values in layers])
 
 
     def _extrapolated_tokens(self, base_logits: torch.Tensor, rl_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
