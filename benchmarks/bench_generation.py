@@ -1,10 +1,15 @@
 """Generation speed of HFPolicy's sampling loop vs `model.generate(output_scores=True)`, tiny models, CPU.
 
-    python benchmarks/bench_generation.py [--threads 1] [--batch 16] [--new-tokens 128]
+    python benchmarks/bench_generation.py [--threads 1] [--batch 16] [--new-tokens 128] [--turns 3]
 
 Prompts are ToolReasoning-v0 opening chats (~225 tokens). Both paths sample at temperature 1 with the same
 limits; the model is random, so nearly every row runs to the token limit. Reports generated tokens/s
 (best of `--repeats`).
+
+Multi-turn (`--turns`): `--batch` episodes (`--group` samples of each prompt) continue for `--turns` turns, each
+turn's prompt = the last one + its generation + a fixed 30-id env message, as `rollout.collect` resubmits them:
+HFPolicy with the prefix cache (default) vs `prefix_cache=False` (every turn re-runs every whole sequence).
+Reports tokens/s and the prompt ids each ran through the model (`HFPolicy.stats`).
 
 On a 2-vCPU sandbox, torch's default two OpenMP threads can stall for ~16 ms per small matmul (spinning
 threads descheduled); run with `--threads 1` or with `OMP_WAIT_POLICY=passive` in the environment.
@@ -14,9 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's agentenv
 
 import gymnasium as gym
 import torch
@@ -44,6 +52,19 @@ def hf_generate(policy: HFPolicy, prompts: list[list[int]], new_tokens: int) -> 
     return int((new != pad).sum())
 
 
+def multi_turn(policy: HFPolicy, prompts: list[list[int]], new_tokens: int, turns: int, group: int) -> int:
+    """`turns` rounds of generation, each continuing every episode's whole sequence (+ an env message)."""
+    env_message = policy.render_delta([{"role": "user", "content": "Error: no tool call found. " * 2}])[:30]
+    sequences = [p for p in prompts for _ in range(group)]
+    generated = 0
+    for _ in range(turns):
+        gens = policy.generate_ids(sequences, max_new_tokens=new_tokens)
+        generated += sum(len(g.token_ids) for g in gens)
+        sequences = [s + g.token_ids + ([] if g.finish_reason == "stop" else [policy.chat.end_id]) + env_message
+                     for s, g in zip(sequences, gens)]
+    return generated
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -51,6 +72,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--turns", type=int, default=3, help="multi-turn section: turns per episode (0 skips it)")
+    parser.add_argument("--group", type=int, default=4, help="multi-turn section: samples per prompt")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,6 +92,26 @@ def main() -> None:
                 tokens = run(policy, prompts, args.new_tokens)
                 best = max(best, tokens / (time.perf_counter() - start))
             print(f"{size:6s} {name:15s} {best:8.0f} tokens/s")
+    if args.turns <= 0:
+        return
+    unique = max(1, args.batch // args.group)
+    print(f"\nmulti-turn: {unique} prompts × {args.group} samples, {args.turns} turns of up to {args.new_tokens // 2} tokens")
+    for size in args.sizes:
+        for cache in (False, True):
+            policy = HFPolicy(size, max_new_tokens=args.new_tokens, prefix_cache=cache)
+            prompts = [policy.render_prompt(c) for c in contexts[:unique]]
+            multi_turn(policy, prompts, 4, 2, args.group)  # warm-up
+            best, stats = 0.0, {}
+            for _ in range(args.repeats):
+                policy.reset_stats()
+                start = time.perf_counter()
+                tokens = multi_turn(policy, prompts, args.new_tokens // 2, args.turns, args.group)
+                rate = tokens / (time.perf_counter() - start)
+                if rate > best:
+                    best, stats = rate, dict(policy.stats)
+            name = "prefix cache" if cache else "no prefix cache"
+            print(f"{size:6s} {name:15s} {best:8.0f} tokens/s  prompt ids run {stats['prefill_tokens']:>6} of "
+                  f"{stats['prompt_tokens']:>6} submitted, {stats['generated_tokens']} generated")
 
 
 if __name__ == "__main__":

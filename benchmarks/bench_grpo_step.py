@@ -234,11 +234,13 @@ def run_workload(kind: str, workdir: Path, threads: int, warmup: int, repeats: i
             else:
                 episodes = collect(TOOL_ENV, policy, tool_seeds(k), group_size=GROUP, env_kwargs=TOOL_ENV_KWARGS,
                                    max_seq_len=TOOL_MAX_SEQ_LEN)
+            rollout_wall, rollout_cpu = time.perf_counter() - wall, time.process_time() - cpu
             adv = episode_advantages(episodes, cfg)
             batch = make_batch(episodes, adv, policy.chat.pad_id)
             update(model, optimizer, batch, cfg)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            return {"seconds": wall, "cpu": cpu, "prompt_tokens_run": policy.stats["prefill_tokens"] - before["prefill_tokens"],
+            return {"seconds": wall, "cpu": cpu, "rollout_seconds": rollout_wall, "rollout_cpu": rollout_cpu,
+                    "learn_seconds": wall - rollout_wall, "prompt_tokens_run": policy.stats["prefill_tokens"] - before["prefill_tokens"],
                     "generated": policy.stats["generated_tokens"] - before["generated_tokens"],
                     "turns": sum(len(e.turns) for e in episodes) if kind == "tool4" else len(episodes)}
 
@@ -271,7 +273,10 @@ def run_workload(kind: str, workdir: Path, threads: int, warmup: int, repeats: i
             prompt_run, generated, turns = message["prompt_tokens_run"], message["generated"], PROMPTS * GROUP
         else:
             prompt_run, generated = remote.prompt_tokens - prompt_before, remote.generated_tokens - generated_before
-        return {"seconds": message["seconds"], "cpu": message["cpu"] + time.process_time() - cpu,
+        parent_cpu = time.process_time() - cpu  # the env steps and rollout loop run here on TRL's behalf
+        return {"seconds": message["seconds"], "cpu": message["cpu"] + parent_cpu,
+                "rollout_seconds": message["rollout_seconds"], "rollout_cpu": message["rollout_cpu"] + parent_cpu,
+                "learn_seconds": message["seconds"] - message["rollout_seconds"],
                 "prompt_tokens_run": prompt_run, "generated": generated, "turns": turns}
 
     sides = [("ours", our_side(True)), ("ours_nocache", our_side(False)), ("trl", trl_step)]
@@ -295,6 +300,8 @@ def run_workload(kind: str, workdir: Path, threads: int, warmup: int, repeats: i
         "workload": kind, "params": params, "new_tokens_per_turn": new_tokens, "rows": PROMPTS * GROUP,
         "median": med, "steps": results,
         "speedup_wall": med["trl"]["seconds"] / med["ours"]["seconds"],
+        "speedup_rollout_wall": med["trl"]["rollout_seconds"] / med["ours"]["rollout_seconds"],
+        "speedup_learn_wall": med["trl"]["learn_seconds"] / med["ours"]["learn_seconds"],
         "speedup_cpu": med["trl"]["cpu"] / med["ours"]["cpu"],
         "speedup_wall_nocache": med["trl"]["seconds"] / med["ours_nocache"]["seconds"],
         "speedup_cpu_nocache": med["trl"]["cpu"] / med["ours_nocache"]["cpu"],
@@ -339,7 +346,7 @@ def main() -> None:
     print(f"agentenv (torch {torch.__version__}, transformers {transformers.__version__}) vs TRL {info.get('trl')} "
           f"(torch {info.get('torch')}, transformers {info.get('transformers')})\n")
     head = (f"{'workload':<8} {'side':<13} {'wall s':>7} {'cpu s':>7} {'TRL/side wall':>14} {'TRL/side cpu':>13} "
-            f"{'prompt ids run':>15} {'generated':>10} {'turns':>6}")
+            f"{'rollout s':>10} {'TRL/side':>9} {'learn s':>8} {'TRL/side':>9} {'prompt ids run':>15} {'generated':>10} {'turns':>6}")
     print(head)
     print("-" * len(head))
     for r in results:
@@ -347,11 +354,15 @@ def main() -> None:
         for side in ("ours", "ours_nocache", "trl"):
             m = r["median"][side]
             print(f"{r['workload']:<8} {side:<13} {m['seconds']:>7.2f} {m['cpu']:>7.2f} {trl['seconds'] / m['seconds']:>13.2f}x "
-                  f"{trl['cpu'] / m['cpu']:>12.2f}x {m['prompt_tokens_run']:>15.0f} {m['generated']:>10.0f} {m['turns']:>6.0f}")
+                  f"{trl['cpu'] / m['cpu']:>12.2f}x {m['rollout_seconds']:>10.2f} {trl['rollout_seconds'] / m['rollout_seconds']:>8.2f}x "
+                  f"{m['learn_seconds']:>8.2f} {trl['learn_seconds'] / m['learn_seconds']:>8.2f}x "
+                  f"{m['prompt_tokens_run']:>15.0f} {m['generated']:>10.0f} {m['turns']:>6.0f}")
         print(f"{'':<8} load average before {', '.join(f'{x:.2f}' for x in r['loadavg_before'])}; "
               f"after {', '.join(f'{x:.2f}' for x in r['loadavg_after'])}")
-    print("(TRL/side > 1: that side is that many times faster than TRL; prompt ids run: ids through the model before "
-          "sampling, per step (TRL: every turn's whole context, padding excluded); medians per column)")
+    print("(TRL/side > 1: that side is that many times faster than TRL; rollout: generation (+ env steps for tool4), "
+          "learn: the rest of the step — rewards, advantages, forward/backward, optimizer (all wall seconds); prompt ids "
+          "run: ids through the model before sampling, per step (TRL: every turn's whole context, padding excluded); "
+          "medians per column)")
     if args.json:
         out = {"what": "one GRPO step, agentenv vs TRL, same run", "threads": args.threads, "warmup": args.warmup,
                "repeats": args.repeats, "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -392,7 +403,17 @@ def trl_worker(workdir: Path, workload: str, threads: int) -> None:
     hf_logging.set_verbosity_error()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(workdir / f"tokenizer_{workload}"))
     model = AutoModelForCausalLM.from_pretrained(str(workdir / f"model_{workload}"), dtype=torch.float32, local_files_only=True)
-    stats = {"prompt_tokens_run": 0, "generated": 0}
+    stats = {"prompt_tokens_run": 0, "generated": 0, "rollout_seconds": 0.0, "rollout_cpu": 0.0}
+
+    def timed(fn):
+        """Adds the wall and CPU seconds of `fn` (generation, or the whole multi-turn rollout) to `stats`."""
+        def wrapper(*a, **k):
+            wall, cpu = _clock()
+            out = fn(*a, **k)
+            stats["rollout_seconds"] += time.perf_counter() - wall
+            stats["rollout_cpu"] += time.process_time() - cpu
+            return out
+        return wrapper
 
     if workload == "anchor":
         dataset = Dataset.from_list(anchor_rows())
@@ -403,6 +424,7 @@ def trl_worker(workdir: Path, workload: str, threads: int) -> None:
         def env_reward(completions, env_reward, **_):
             return [float(r) for r in env_reward]
 
+        @timed
         def rollout_func(prompts, trainer):
             """Our rollout loop runs in the parent; every turn it sends the whole contexts to generate from."""
             send({"request": "rollout", "seeds": [int(p) for p in prompts]})
@@ -435,7 +457,7 @@ def trl_worker(workdir: Path, workload: str, threads: int) -> None:
             stats["generated"] += sum(len(c) for c in out[0])
             return out
 
-        trainer._generate_single_turn = counted
+        trainer._generate_single_turn = timed(counted)
 
     class Gate(TrainerCallback):
         """Blocks each step until the parent says `step`; times it like the anchor (step begin → step end)."""

@@ -20,8 +20,8 @@ weights they were computed with. Every call compares a fingerprint of the model'
 (storage, version counter, dtype, shape — `kv_cache.weights_version`) with the one the store was filled
 under and drops the store when it differs: `optimizer.step()`, `load_state_dict`, any in-place op on a
 parameter, `.to(dtype/device)` all change it. Writing weights through `p.data` does not bump the version
-counter: call `clear_cache()` after such a write. The Δlog p extrapolation path (`extrapolate_from`) runs
-without the prefix cache.
+counter: call `clear_cache()` after such a write. The Δlog p extrapolation path (`extrapolate_from`) and
+models with non-attention layers (recurrent / linear attention in `config.layer_types`) run without it.
 
 Measured on `agentenv train`'s default collect (ToolReasoning-v0 counting tasks, 8 tasks × 8 samples, 3
 turns, 48 new tokens, tiny model): 61,934 prompt tokens were run for 8,988 generated; with the cache 6,014
@@ -181,7 +181,7 @@ class HFPolicy(TokenPolicy):
         self.stats["calls"] += 1
         self.stats["prompt_tokens"] += sum(len(p) for p in prompts)
         base_cache = base_logits = None
-        caching = self.prefix_cache and self.base_model is None
+        caching = self.prefix_cache and self.base_model is None and _attention_only(self.model)
         if caching:
             version = weights_version(self.model)
             if version != self._store_version:  # the weights changed since the store was filled: it is stale
@@ -410,6 +410,16 @@ class HFPolicy(TokenPolicy):
             mixed = extrapolation_logits(base_logits[redo], rl_logits[redo], alpha, top_k)
             token[redo], logprob[redo] = sample_tokens(mixed, self.temperature, self.top_p, self.generator)
         return token, logprob
+
+
+def _attention_only(model: Any) -> bool:
+    """True when every layer caches attention keys/values (what the prefix cache slices and forks); models with
+    recurrent or linear-attention layers (their `config.layer_types` say so) run without it."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    kinds = getattr(config, "layer_types", None) or ()
+    return all(kind in ("full_attention", "sliding_attention") for kind in kinds)
 
 
 def _load_tokenizer(path: Path):
