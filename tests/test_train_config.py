@@ -77,7 +77,7 @@ def test_agentenv_run_extrapolates_an_rl_model_from_its_base(tmp_path, capsys):
     for name, seed in (("base", 0), ("rl", 1)):
         tiny_model("tiny", seed=seed).save_pretrained(tmp_path / name)
         tiny_tokenizer().save_pretrained(tmp_path / name)
-    common = ["run", "ToolReasoning-v0", "--policy", f"hf:{tmp_path / 'rl'}", "--episodes", "3", "--quiet"]
+    common = ["run", "ToolReasoning-v0", "--policy", f"hf:{tmp_path / 'rl'}", "--episodes", "2", "--quiet", "--env-arg", "max_turns=1"]
     assert main([*common, "--out", str(tmp_path / "plain.jsonl")]) == 0
     assert main([*common, "--extrapolate-from", f"hf:{tmp_path / 'base'}", "--alpha", "1.0",
                  "--out", str(tmp_path / "extrapolated.jsonl")]) == 0
