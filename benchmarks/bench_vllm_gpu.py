@@ -107,7 +107,7 @@ def hf_generate(model, prompts: list[list[int]], new_tokens: int, pad: int, devi
 
 def learner_episodes(generations) -> list:
     """Episodes holding the rollout's sequences: prompt (mask 0) + sampled tokens (mask 1, their log-probs)."""
-    from agentenv.policies.rollout import Episode, Sample
+    from agentenv.rollout import Episode, Sample
 
     episodes = []
     for i, g in enumerate(generations):
@@ -138,7 +138,7 @@ def main() -> None:
         raise SystemExit("no CUDA device: run on a GPU machine, or pass --preset tiny --device cpu to check the script")
 
     from agentenv.policies.hf import HFPolicy
-    from agentenv.policies.learner import LearnerConfig, make_batch, token_logprobs, update
+    from agentenv.learn.learner import LearnerConfig, make_batch, token_logprobs, update
     from agentenv.policies.vllm import VLLMPolicy
 
     report: dict = {"preset": args.preset, "device": torch.cuda.get_device_name() if cuda else "cpu",

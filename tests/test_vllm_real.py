@@ -57,8 +57,8 @@ def trained():
     """The tiny model after 100 supervised steps on 64 scripted episodes: it writes `<tool_call>`s, answers and
     `<|im_end|>`s, so greedy rollouts take several turns with tool results, and its distributions are peaked
     enough that greedy choices are not near-ties."""
-    from agentenv.policies.learner import LearnerConfig, make_batch, sft_update
-    from agentenv.policies.rollout import demonstrations
+    from agentenv.learn.learner import LearnerConfig, make_batch, sft_update
+    from agentenv.rollout import demonstrations
     from agentenv.policies.tiny import tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
@@ -131,7 +131,7 @@ def hf_logprobs(model, prompt, ids, temperature=1.0, top_p=1.0):
 
 def learner_logprobs(model, episodes):
     """(engine's log-probs, learner's recompute) on every generated token of `episodes`, as the learner pairs them."""
-    from agentenv.policies.learner import make_batch, token_logprobs
+    from agentenv.learn.learner import make_batch, token_logprobs
 
     batch = make_batch(episodes, torch.zeros(len(episodes)), pad_id=PAD)
     with torch.no_grad():
@@ -154,7 +154,7 @@ def prompts(policy, seeds=(0, 1, 2)):
 @pytest.fixture(scope="module")
 def sampled(policy):
     """4 tasks × 2 samples at temperature 1, and every engine call made for them."""
-    from agentenv.policies.rollout import collect
+    from agentenv.rollout import collect
 
     with engine_calls(policy) as calls, settings(policy, generator=random.Random(0)):
         start = time.perf_counter()
@@ -197,7 +197,7 @@ def test_rollouts_store_exactly_the_ids_the_engine_sampled(policy, sampled):
 
 def test_greedy_rollouts_are_identical_to_hfpolicy(policy, trained):
     from agentenv.policies.hf import HFPolicy
-    from agentenv.policies.rollout import collect
+    from agentenv.rollout import collect
 
     seeds = list(range(100, 132))
     hf = HFPolicy(trained, policy.tokenizer, temperature=0.0, max_new_tokens=TURN)
@@ -325,8 +325,8 @@ def test_n_samples_per_prompt(policy, trained):
 
 
 def test_load_weights_updates_the_engine_and_drops_the_prefix_cache(policy, trained, sampled):
-    from agentenv.policies.learner import LearnerConfig, make_batch, update
-    from agentenv.policies.rollout import collect
+    from agentenv.learn.learner import LearnerConfig, make_batch, update
+    from agentenv.rollout import collect
 
     episodes, _ = sampled
     learner = copy.deepcopy(trained).train()
