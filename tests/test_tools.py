@@ -30,11 +30,21 @@ def convert_units(value: float, unit: Literal["km", "mi"] = "km", precise: Optio
     return value * (1.609344 if unit == "mi" else 1.0)
 
 
+RELEASE_HANG = threading.Event()  # set when this module ends: an abandoned call (off the main thread) then stops
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_hung_calls():
+    yield
+    RELEASE_HANG.set()  # otherwise the abandoned thread spins, holding the GIL, through every later test
+
+
 @agentenv.tool(timeout_s=0.1)
 def hang() -> str:
-    """Never returns."""
-    while True:
+    """Never returns (within a test)."""
+    while not RELEASE_HANG.is_set():
         pass
+    return "released"
 
 
 @agentenv.tool
