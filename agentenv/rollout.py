@@ -167,7 +167,7 @@ def drive(pool: EnvPool, policy: Policy, tasks: Sequence[int], group_size: int =
                 episode.messages = obs
                 if chat is None or _new_sample(episode, chat.prompt(obs), max_seq_len):
                     slot.seed, slot.actions = episode.seed, []
-                    started[waiting.pop(0)] = _Live(slot, episode, obs)  
+                    started[waiting.pop(0)] = _Live(slot, episode, obs)
                 else:
                     done.append(episode)
                     free.append(slot)
@@ -181,7 +181,7 @@ def drive(pool: EnvPool, policy: Policy, tasks: Sequence[int], group_size: int =
             break
         budgets = [max_seq_len - len(item.episode.samples[-1]) if chat is not None else max_seq_len for item in live]
         generations = _generate(policy, chat, token_policy, live, budgets)
-        slots: list[Slot] = [item.env for item in live]  # type: ignore[misc]
+        slots = [item.env for item in live]
         texts = [g.text for g in generations]
         for slot, text, result in zip(slots, texts, pool.step(slots, texts)):
             slot.actions.append(text)
@@ -192,8 +192,8 @@ def drive(pool: EnvPool, policy: Policy, tasks: Sequence[int], group_size: int =
                 batch.append(item)
             else:
                 done.append(item.episode)
-                item.env.seed = None  # type: ignore[attr-defined]
-                batch.append(item.env)  # type: ignore[arg-type] - its place in the batch, for the next job
+                item.env.seed = None
+                batch.append(item.env)  # its place in the batch, for the next job
         freed = [x for x in batch if isinstance(x, Slot)]
         if freed:
             fills = iter(start(freed))

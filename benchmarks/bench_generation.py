@@ -37,19 +37,21 @@ def own_loop(policy: HFPolicy, prompts: list[list[int]], new_tokens: int) -> int
     return sum(len(g.token_ids) for g in policy.generate_ids(prompts, max_new_tokens=new_tokens))
 
 
-def hf_generate(policy: HFPolicy, prompts: list[list[int]], new_tokens: int) -> int:
+def hf_generate(policy: HFPolicy, prompts: list[list[int]], new_tokens: int, full_length: bool = False) -> int:
+    """`model.generate` with the sampled tokens' log-probs; `full_length`: every row makes exactly `new_tokens`
+    (no end-of-turn stop), as an engine that ignores EOS does."""
     pad, width = policy.chat.pad_id, max(len(p) for p in prompts)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     attention = (ids != pad).long()
     out = policy.model.generate(
         input_ids=ids, attention_mask=attention, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-        max_new_tokens=new_tokens, output_scores=True, return_dict_in_generate=True,
-        pad_token_id=pad, eos_token_id=policy.chat.end_id,
+        max_new_tokens=new_tokens, min_new_tokens=new_tokens if full_length else None, output_scores=True,
+        return_dict_in_generate=True, pad_token_id=pad, eos_token_id=None if full_length else policy.chat.end_id,
     )
     new = out.sequences[:, width:]
     scores = torch.stack(out.scores, dim=1).log_softmax(-1)  # the logprob of each sampled token needs this pass
     scores.gather(-1, new[..., None])
-    return int((new != pad).sum())
+    return int(new.numel()) if full_length else int((new != pad).sum())
 
 
 def multi_turn(policy: HFPolicy, prompts: list[list[int]], new_tokens: int, turns: int, group: int) -> int:

@@ -33,27 +33,12 @@ import agentenv  # noqa: F401 - registers the envs
 from agentenv.policies.hf import HFPolicy
 from agentenv.policies.tiny import tiny_model, tiny_tokenizer
 
-
-def hf_loop(policy: HFPolicy, prompts: list[list[int]], new_tokens: int) -> int:
-    return sum(len(g.token_ids) for g in policy.generate_ids(prompts, max_new_tokens=new_tokens))
+import bench_generation  # noqa: E402 - beside this script
+from bench_generation import own_loop  # noqa: E402 - `generate_ids` of any token policy: HFPolicy's loop or vLLM
 
 
 def hf_generate(policy: HFPolicy, prompts: list[list[int]], new_tokens: int) -> int:
-    pad, width = policy.chat.pad_id, max(len(p) for p in prompts)
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    attention = (ids != pad).long()
-    out = policy.model.generate(
-        input_ids=ids, attention_mask=attention, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-        max_new_tokens=new_tokens, min_new_tokens=new_tokens, output_scores=True, return_dict_in_generate=True,
-        pad_token_id=pad, eos_token_id=None,
-    )
-    new = out.sequences[:, width:]
-    torch.stack(out.scores, dim=1).log_softmax(-1).gather(-1, new[..., None])  # the sampled tokens' log-probs
-    return int(new.numel())
-
-
-def vllm_run(policy, prompts: list[list[int]], new_tokens: int) -> int:
-    return sum(len(g.token_ids) for g in policy.generate_ids(prompts, max_new_tokens=new_tokens))
+    return bench_generation.hf_generate(policy, prompts, new_tokens, full_length=True)  # vLLM runs with ignore_eos
 
 
 def best_rate(run, policy, prompts, new_tokens: int, repeats: int) -> tuple[float, int]:
@@ -105,7 +90,7 @@ def main() -> None:
         engine.stop_ids = set()
         prompts = [engine.render_prompt(c) for c in contexts]
         rates = {}
-        for name, run, policy in (("vllm", vllm_run, engine), ("hf_loop", hf_loop, hf), ("hf_generate", hf_generate, hf)):
+        for name, run, policy in (("vllm", own_loop, engine), ("hf_loop", own_loop, hf), ("hf_generate", hf_generate, hf)):
             torch.manual_seed(0)
             rate, tokens = best_rate(run, policy, prompts, args.new_tokens, args.repeats)
             assert tokens == args.batch * args.new_tokens, (name, tokens)

