@@ -225,12 +225,10 @@ def test_requests_run_concurrently_up_to_max_in_flight_and_come_back_in_order():
 
     with ChatServer(script) as server:
         policy = EndpointPolicy(server.url, "m", max_in_flight=4, temperature=0.7, top_p=0.9, max_tokens=33, seed=1, **FAST)
-        start = time.perf_counter()
         generations = policy.generate([[{"role": "user", "content": str(i)}] for i in range(8)])
-        elapsed = time.perf_counter() - start
     assert [g.text for g in generations] == [f"<answer>{i}</answer>" for i in range(8)]
     assert [g.finish_reason for g in generations] == ["stop"] * 5 + ["length"] + ["stop"] * 2
-    assert server.max_active == 4 and elapsed < 1.2  # one at a time would take > 1.6 s
+    assert server.max_active == 4  # 4 requests were in the server at once, never more (no wall-clock bound: load)
     body = server.bodies()[0]
     assert (body["temperature"], body["top_p"], body["max_tokens"], body["n"], body["stream"]) == (0.7, 0.9, 33, 1, False)
     assert "tools" not in body
@@ -288,7 +286,7 @@ def test_a_reply_that_is_not_chat_completions_is_an_error():
 
 def test_timeouts_are_retried_then_fail_clearly():
     def script(body, n):
-        time.sleep(0.5)
+        time.sleep(3.0)
         return reply("late")
 
     with ChatServer(script) as server:
@@ -296,7 +294,8 @@ def test_timeouts_are_retried_then_fail_clearly():
         start = time.perf_counter()
         with pytest.raises(EndpointError, match="failed after 2 attempts: timed out") as info:
             policy.generate([[{"role": "user", "content": "q"}], [{"role": "user", "content": "r"}]])
-        assert time.perf_counter() - start < 0.4
+        # ~0.1 s expected; waiting for the replies would take 6 s: a margin no machine load closes
+        assert time.perf_counter() - start < 2.0
     assert info.value.status is None
 
 
