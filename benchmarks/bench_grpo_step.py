@@ -12,12 +12,16 @@ printed with each workload), and the ratio is TRL's time over ours (> 1: ours is
 
 Sides:
 * `ours`: `HFPolicy` (prefix cache on, the default) → `rollout.collect` → `episode_advantages` → `make_batch` →
-  `learner.update` (one micro-batch of all rows, like TRL's per-device batch);
+  `learner.update` (up to all 32 rows per micro-batch, like TRL's per-device batch, and the learner's default
+  token budget of 4,096 padded tokens per micro-batch: tool4's ~560-token rows run 7 at a time);
 * `ours_nocache`: the same with `HFPolicy(prefix_cache=False)`: every turn re-runs every whole sequence and a
   group's prompt runs G times — the engine before the prefix cache, for the before/after;
 * `trl`: TRL's `GRPOTrainer.train()` loop, timed from `on_step_begin` to `on_step_end` as
   `shared/bench/trl_cpu_anchor.py` does: generation (`model.generate`), rewards, advantages, one
   forward/backward (`loss_type="dapo"`, β = 0, one iteration: no old-log-prob pass), grad clip, AdamW.
+* `trl_mb8`: the same TRL step with 8 rows per forward/backward and 4 accumulated (`per_device_train_batch_size=8,
+  gradient_accumulation_steps=4`: still one generation of 32 and one optimizer step), TRL's own way to bound a
+  micro-batch; the fair peer for our token budget. Ratios are given against both TRL sides.
 
 Workloads:
 * `anchor` — `shared/bench/trl_cpu_anchor.py`'s: a random-init Qwen2 (hidden 256, 4 layers, 4 heads, 2 KV heads,
@@ -63,6 +67,7 @@ ANCHOR_NEW_TOKENS = 64
 TOOL_ENV = "agentenv/ToolReasoning-v0"
 TOOL_ENV_KWARGS = {"tools": ["calculator"], "kinds": ["counting"], "difficulty": 1, "max_turns": 4}
 TOOL_NEW_TOKENS, TOOL_MAX_SEQ_LEN = 48, 1024
+TRL_MICRO = 8  # the second TRL side: 8 rows per forward/backward, 4 accumulated (one generation, one optimizer step)
 
 
 def _threads(n: int) -> None:
@@ -119,12 +124,12 @@ class TRLWorker:
     """This file under the TRL interpreter (`--trl-worker`): one JSON line per message each way on its stdin and
     on a dedicated stdout; everything else it prints goes to `log`."""
 
-    def __init__(self, workdir: Path, workload: str, threads: int):
-        self.log = open(workdir / f"trl_{workload}.log", "w")
+    def __init__(self, workdir: Path, workload: str, threads: int, micro: int):
+        self.log = open(workdir / f"trl_{workload}_{micro}.log", "w")
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
                    PYTHONWARNINGS="ignore", TRL_EXPERIMENTAL_SILENCE="1", TOKENIZERS_PARALLELISM="false")
         self.proc = subprocess.Popen([str(TRL_PYTHON), str(Path(__file__).resolve()), "--trl-worker", str(workdir), workload,
-                                      "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      "--threads", str(threads), "--micro", str(micro)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, text=True, env=env)
         self.info = self.recv()
 
@@ -204,7 +209,8 @@ def run_workload(kind: str, workdir: Path, threads: int, warmup: int, repeats: i
     params = build_model(workdir / f"model_{kind}", tokenizer)
     new_tokens = ANCHOR_NEW_TOKENS if kind == "anchor" else TOOL_NEW_TOKENS
     load_before = os.getloadavg()
-    trl = TRLWorker(workdir, kind, threads)
+    trl = TRLWorker(workdir, kind, threads, PROMPTS * GROUP)
+    trl_micro = TRLWorker(workdir, kind, threads, TRL_MICRO)
 
     def our_side(prefix_cache: bool):
         model = AutoModelForCausalLM.from_pretrained(str(workdir / f"model_{kind}"), dtype=torch.float32, local_files_only=True)
@@ -246,40 +252,45 @@ def run_workload(kind: str, workdir: Path, threads: int, warmup: int, repeats: i
 
         return step
 
-    remote = TRLGeneration(trl, ChatTokens(ours_tok), new_tokens)
+    def trl_side(trl: TRLWorker):
+        """One GRPO step of a TRL worker (with our rollout loop serving its tool4 turns)."""
+        remote = TRLGeneration(trl, ChatTokens(ours_tok), new_tokens)
 
-    def trl_step() -> dict:
-        cpu = time.process_time()
-        prompt_before, generated_before = remote.prompt_tokens, remote.generated_tokens
-        trl.send("step")
-        turns = 0
-        while True:
-            message = trl.recv()
-            if message.get("request") == "rollout":  # TRL's rollout_func asks us to run the env with its generation
-                seeds = message["seeds"]
-                unique = seeds[::GROUP]
-                assert seeds == [s for s in unique for _ in range(GROUP)], "TRL's sampler did not group the prompts"
-                episodes = collect(TOOL_ENV, remote, unique, group_size=GROUP, env_kwargs=TOOL_ENV_KWARGS,
-                                   max_seq_len=TOOL_MAX_SEQ_LEN)
-                turns = sum(len(e.turns) for e in episodes)
-                samples = [e.samples[0] for e in episodes]  # the env never rewrites history: one sample each
-                trl.send({"prompt_ids": [s.token_ids[: s.prompt_len] for s in samples],
-                          "completion_ids": [s.token_ids[s.prompt_len :] for s in samples],
-                          "env_mask": [s.loss_mask[s.prompt_len :] for s in samples],
-                          "env_reward": [e.reward for e in episodes]})
-            elif "seconds" in message:
-                break
-        if kind == "anchor":
-            prompt_run, generated, turns = message["prompt_tokens_run"], message["generated"], PROMPTS * GROUP
-        else:
-            prompt_run, generated = remote.prompt_tokens - prompt_before, remote.generated_tokens - generated_before
-        parent_cpu = time.process_time() - cpu  # the env steps and rollout loop run here on TRL's behalf
-        return {"seconds": message["seconds"], "cpu": message["cpu"] + parent_cpu,
-                "rollout_seconds": message["rollout_seconds"], "rollout_cpu": message["rollout_cpu"] + parent_cpu,
-                "learn_seconds": message["seconds"] - message["rollout_seconds"],
-                "prompt_tokens_run": prompt_run, "generated": generated, "turns": turns}
+        def trl_step() -> dict:
+            cpu = time.process_time()
+            prompt_before, generated_before = remote.prompt_tokens, remote.generated_tokens
+            trl.send("step")
+            turns = 0
+            while True:
+                message = trl.recv()
+                if message.get("request") == "rollout":  # TRL's rollout_func asks us to run the env with its generation
+                    seeds = message["seeds"]
+                    unique = seeds[::GROUP]
+                    assert seeds == [s for s in unique for _ in range(GROUP)], "TRL's sampler did not group the prompts"
+                    episodes = collect(TOOL_ENV, remote, unique, group_size=GROUP, env_kwargs=TOOL_ENV_KWARGS,
+                                       max_seq_len=TOOL_MAX_SEQ_LEN)
+                    turns = sum(len(e.turns) for e in episodes)
+                    samples = [e.samples[0] for e in episodes]  # the env never rewrites history: one sample each
+                    trl.send({"prompt_ids": [s.token_ids[: s.prompt_len] for s in samples],
+                              "completion_ids": [s.token_ids[s.prompt_len :] for s in samples],
+                              "env_mask": [s.loss_mask[s.prompt_len :] for s in samples],
+                              "env_reward": [e.reward for e in episodes]})
+                elif "seconds" in message:
+                    break
+            if kind == "anchor":
+                prompt_run, generated, turns = message["prompt_tokens_run"], message["generated"], PROMPTS * GROUP
+            else:
+                prompt_run, generated = remote.prompt_tokens - prompt_before, remote.generated_tokens - generated_before
+            parent_cpu = time.process_time() - cpu  # the env steps and rollout loop run here on TRL's behalf
+            return {"seconds": message["seconds"], "cpu": message["cpu"] + parent_cpu,
+                    "rollout_seconds": message["rollout_seconds"], "rollout_cpu": message["rollout_cpu"] + parent_cpu,
+                    "learn_seconds": message["seconds"] - message["rollout_seconds"],
+                    "prompt_tokens_run": prompt_run, "generated": generated, "turns": turns}
 
-    sides = [("ours", our_side(True)), ("ours_nocache", our_side(False)), ("trl", trl_step)]
+        return trl_step
+
+    sides = [("ours", our_side(True)), ("ours_nocache", our_side(False)), ("trl", trl_side(trl)),
+             (f"trl_mb{TRL_MICRO}", trl_side(trl_micro))]
     results: dict[str, list[dict]] = {name: [] for name, _ in sides}
     try:
         for i in range(warmup + repeats):
@@ -294,12 +305,14 @@ def run_workload(kind: str, workdir: Path, threads: int, warmup: int, repeats: i
                 file=sys.stderr, flush=True)
     finally:
         trl.close()
+        trl_micro.close()
     load_after = os.getloadavg()
     med = {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for name, rs in results.items()}
     return {
         "workload": kind, "params": params, "new_tokens_per_turn": new_tokens, "rows": PROMPTS * GROUP,
         "median": med, "steps": results,
         "speedup_wall": med["trl"]["seconds"] / med["ours"]["seconds"],
+        "speedup_wall_vs_trl_micro": med[f"trl_mb{TRL_MICRO}"]["seconds"] / med["ours"]["seconds"],
         "speedup_rollout_wall": med["trl"]["rollout_seconds"] / med["ours"]["rollout_seconds"],
         "speedup_learn_wall": med["trl"]["learn_seconds"] / med["ours"]["learn_seconds"],
         "speedup_cpu": med["trl"]["cpu"] / med["ours"]["cpu"],
@@ -351,7 +364,7 @@ def main() -> None:
     print("-" * len(head))
     for r in results:
         trl = r["median"]["trl"]
-        for side in ("ours", "ours_nocache", "trl"):
+        for side in r["median"]:
             m = r["median"][side]
             print(f"{r['workload']:<8} {side:<13} {m['seconds']:>7.2f} {m['cpu']:>7.2f} {trl['seconds'] / m['seconds']:>13.2f}x "
                   f"{trl['cpu'] / m['cpu']:>12.2f}x {m['rollout_seconds']:>10.2f} {trl['rollout_seconds'] / m['rollout_seconds']:>8.2f}x "
@@ -375,7 +388,7 @@ def main() -> None:
 # -- the TRL worker (TRL venv; agentenv is not importable there) --------------------------------------
 
 
-def trl_worker(workdir: Path, workload: str, threads: int) -> None:
+def trl_worker(workdir: Path, workload: str, threads: int, micro: int) -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -440,8 +453,9 @@ def trl_worker(workdir: Path, workload: str, threads: int) -> None:
         reward_funcs, max_completion = env_reward, TOOL_NEW_TOKENS
 
     args = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="agentenv-bench-trl-"), per_device_train_batch_size=PROMPTS * GROUP,
-        num_generations=GROUP, max_completion_length=max_completion, max_steps=100_000, logging_steps=1, report_to=[],
+        output_dir=tempfile.mkdtemp(prefix="agentenv-bench-trl-"), per_device_train_batch_size=micro,
+        gradient_accumulation_steps=PROMPTS * GROUP // micro, num_generations=GROUP, max_completion_length=max_completion,
+        max_steps=100_000, logging_steps=1, report_to=[],
         use_cpu=True, bf16=False, save_strategy="no", learning_rate=LR, beta=0.0, seed=0, dataloader_num_workers=0,
         gradient_checkpointing=False, shuffle_dataset=False, epsilon=EPS_LOW, epsilon_high=EPS_HIGH, loss_type="dapo",
         max_grad_norm=MAX_GRAD_NORM, weight_decay=0.0, lr_scheduler_type="constant", disable_tqdm=True,
@@ -485,7 +499,8 @@ if __name__ == "__main__":
         parser.add_argument("workdir")
         parser.add_argument("workload")
         parser.add_argument("--threads", type=int, default=1)
+        parser.add_argument("--micro", type=int, default=PROMPTS * GROUP)
         worker_args = parser.parse_args(sys.argv[2:])
-        trl_worker(Path(worker_args.workdir), worker_args.workload, worker_args.threads)
+        trl_worker(Path(worker_args.workdir), worker_args.workload, worker_args.threads, worker_args.micro)
     else:
         main()

@@ -5,7 +5,7 @@
 #
 #   torch        2.13.0   installed FIRST, alone: the CPU wheel is on local disk (pip find-links); any
 #                         other torch spec would make pip pull multi-GB CUDA wheels from the registry
-#   transformers 5.23.0   the same version as the project venv, so both sides run identical Qwen2 code
+#   transformers 5.25.0   the same version as the project venv, so both sides run identical Qwen2 code
 #   trl          1.16.0   (+ its deps: accelerate, datasets)
 #
 # Idempotent: if the venv exists and the pinned versions import, it does nothing.
@@ -17,7 +17,7 @@ VENV="${TRL_VENV:-$ROOT/.venv-trl}"
 PY_BOOT="${PYTHON:-python3}"
 
 TORCH_VERSION="2.13.0"
-TRANSFORMERS_VERSION="5.23.0"
+TRANSFORMERS_VERSION="5.25.0"
 TRL_VERSION="1.16.0"
 
 check() {

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from agentenv.learn.learner import LearnerConfig, episode_advantages, make_batch, sft_update, token_logprobs, update
+from agentenv.learn.learner import (Batch, LearnerConfig, episode_advantages, make_batch, micro_batch_rows, sft_update,
+                                    token_logprobs, update)
 from agentenv.policies.tiny import tiny_model
 
 
@@ -65,15 +66,28 @@ def test_gradient_accumulation_is_exact(episodes, aggregation):
     base = tiny_model("tiny", seed=2)
     adv = episode_advantages(episodes, LearnerConfig())
     params = []
-    for micro in (8, 3):
+    for micro, tokens in ((8, 0), (3, 0), (8, 20)):  # rows only; fewer rows; a token budget cutting unevenly
         model = copy.deepcopy(base)
-        cfg = LearnerConfig(aggregation=aggregation, micro_batch_size=micro, max_grad_norm=1e9)
+        cfg = LearnerConfig(aggregation=aggregation, micro_batch_size=micro, micro_batch_tokens=tokens, max_grad_norm=1e9)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
         update(model, optimizer, make_batch(episodes, adv, pad_id=0), cfg)
         params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     moved = (params[0] - torch.cat([p.flatten() for p in base.parameters()])).abs().max()
     assert moved > 1e-4
-    assert torch.allclose(params[0], params[1], atol=1e-6)
+    assert torch.allclose(params[0], params[1], atol=1e-6) and torch.allclose(params[0], params[2], atol=1e-6)
+
+
+def test_micro_batches_keep_order_and_bound_rows_and_padded_tokens():
+    lengths = [5, 5, 9, 3, 3, 3, 12, 2]
+    ids = torch.ones(len(lengths), 12, dtype=torch.long)
+    mask = (torch.arange(12)[None] < torch.tensor(lengths)[:, None]).long()
+    batch = Batch(ids, mask, ids[:, 1:], mask[:, 1:].float(), torch.zeros(len(lengths), 11), torch.zeros(len(lengths)))
+    runs = micro_batch_rows(batch, torch.arange(len(lengths)), LearnerConfig(micro_batch_size=3, micro_batch_tokens=16))
+    # [5,5]: 2·5 = 10; adding 9 would pad to 3·9 = 27 > 16. [9]; [3,3,3] hits 3 rows; [12] alone (longer than the
+    # budget, so it runs by itself); [2].
+    assert [r.tolist() for r in runs] == [[0, 1], [2], [3, 4, 5], [6], [7]]
+    runs = micro_batch_rows(batch, torch.tensor([7, 3, 4]), LearnerConfig(micro_batch_size=8, micro_batch_tokens=0))
+    assert [r.tolist() for r in runs] == [[7, 3, 4]]
 
 
 def test_on_policy_step_has_unit_ratio_and_mini_batches_go_off_policy(episodes):

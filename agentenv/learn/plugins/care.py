@@ -75,7 +75,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from agentenv.learn.learner import Batch, autocast, final_hidden
+from agentenv.learn.learner import Batch, autocast, final_hidden, micro_batch_rows
 from agentenv.learn.objectives import grpo_advantages
 from agentenv.learn.plugin import Plugin, StepContext
 from agentenv.rewards.math_match import normalize_answer, parse_number
@@ -522,7 +522,7 @@ def care_hidden_states(model: torch.nn.Module, episodes: Sequence[Any], cfg: Any
 
     prompt [E, H], the last-layer hidden state at the prompt's last token (first sample); response [E, H],
     at the last generated token (last sample; the paper's `compute_probe_stage1_features`); lengths [E],
-    generated tokens. Micro-batches of `cfg.micro_batch_size` rows (`cfg`: the `LearnerConfig`) share each
+    generated tokens. Micro-batches as the learner cuts them (`cfg`: the `LearnerConfig`) share each
     group's prompt forward (`final_hidden`'s `share_prefix`).
     """
     device = next(model.parameters()).device
@@ -553,8 +553,8 @@ def care_hidden_states(model: torch.nn.Module, episodes: Sequence[Any], cfg: Any
     batch = Batch(ids, attention, ids[:, 1:], loss_mask[:, 1:], empty, torch.zeros(len(sequences)))
     wanted = sorted(set(prompt_at) | set(response_at))  # keep only these (row, position) states, not [B, L, H]
     kept: dict[tuple[int, int], Tensor] = {}
-    for start in range(0, len(batch), cfg.micro_batch_size):
-        rows = torch.arange(start, min(start + cfg.micro_batch_size, len(batch)))
+    for rows in micro_batch_rows(batch, torch.arange(len(batch)), cfg):
+        start = int(rows[0])
         with autocast(device, cfg):
             out = final_hidden(model, batch.rows(rows).to(device), cfg.share_prefix)
         here = [(row, pos) for row, pos in wanted if start <= row < start + len(rows)]
