@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import gymnasium as gym
 
@@ -45,11 +46,11 @@ def list_envs() -> list[str]:
     return sorted(env_id for env_id in gym.registry if env_id.startswith("agentenv/"))
 
 
-def scripted_policy(env_id: str):
-    """A fresh instance of the scripted (deterministic) agent written for `env_id`."""
+def scripted_policy(env_id: str, **options: Any):
+    """A fresh instance of the scripted (deterministic) agent written for `env_id`, built with `options`."""
     import importlib
 
     if env_id not in _SCRIPTED_POLICIES:
         raise ValueError(f"no scripted policy for {env_id}; envs with one: {', '.join(sorted(_SCRIPTED_POLICIES))}")
     module, _, name = _SCRIPTED_POLICIES[env_id].partition(":")
-    return getattr(importlib.import_module(module), name)()
+    return getattr(importlib.import_module(module), name)(**options)

@@ -1,6 +1,7 @@
 """ToolReasoning-v0 end to end: task labels, the scripted policy over 1,000 seeded episodes, the CLI."""
 
 import json
+import re
 from fractions import Fraction
 
 import gymnasium as gym
@@ -28,6 +29,31 @@ def test_scripted_policy_solves_1000_seeded_episodes_reproducibly(execution):
         assert all(log.turns == 3 for log in logs if log.success)  # call, <execute/>, answer
     again = run()
     assert [json.dumps(l.as_dict()) for l in again] == [json.dumps(l.as_dict()) for l in logs]
+
+
+def test_imperfect_demonstrator_calls_another_formula_on_the_same_numbers():
+    kwargs = {"kinds": ["counting"], "difficulty": 1}
+
+    def run(policy):
+        return list(run_episodes("agentenv/ToolReasoning-v0", policy, 300, seed=5, env_kwargs=kwargs))
+
+    def call(log):  # the calculator expression of the first assistant turn
+        first = next(m["content"] for m in log.messages if m["role"] == "assistant")
+        return json.loads(first.split("<tool_call>")[1].split("</tool_call>")[0])["arguments"]["expression"]
+
+    def numbers(expression):
+        return sorted(int(x) for x in re.findall(r"\d+", expression))
+
+    right, mixed = run(ScriptedPolicy()), run(ScriptedPolicy(wrong_formula=2 / 3, seed=1))
+    assert [json.dumps(l.as_dict()) for l in run(ScriptedPolicy(wrong_formula=2 / 3, seed=1))] == \
+        [json.dumps(l.as_dict()) for l in mixed]  # the choices depend on the question and seed, not on call order
+    assert all(l.success for l in right)
+    changed = [call(a) != call(b) for a, b in zip(right, mixed)]
+    assert all(numbers(call(a)) == numbers(call(b)) for a, b in zip(right, mixed))  # the numbers stay right
+    assert all(b.success for b, c in zip(mixed, changed) if not c)
+    assert 0.55 < sum(changed) / len(changed) < 0.78  # 2/3 of the calls use one of the two other formulas
+    with pytest.raises(ValueError):
+        ScriptedPolicy(wrong_formula=1.5)
 
 
 def test_every_task_kind_and_difficulty_is_generated():

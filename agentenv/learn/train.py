@@ -291,7 +291,7 @@ def warm_start(cfg: TrainConfig, policy, model, log) -> None:
 
     env_id = qualified_env_id(cfg.env_id)
     try:
-        teacher = scripted_policy(env_id)  # the env's own scripted agent (ScriptedPolicy only knows ToolReasoning)
+        teacher = scripted_policy(env_id, **cfg.sft_teacher)  # the env's own scripted agent
     except ValueError:
         teacher = None
     demos = demonstrations(cfg.env_id, cfg.sft_episodes, policy.tokenizer, env_kwargs=cfg.env_kwargs, seed=cfg.seed + 7_000_000,

@@ -9,7 +9,9 @@ wrong tool result gives a wrong answer. Used for tests, the CLI and stress runs.
 from __future__ import annotations
 
 import json
+import random
 import re
+import zlib
 from typing import Callable, Sequence
 
 from agentenv.envs.tool_reasoning.tasks import UNITS
@@ -123,6 +125,21 @@ def solve_tool_reasoning(question: str) -> Call | None:
     return None
 
 
+_FORMULAS = {"comb": "comb({}, {})", "perm": "perm({}, {})", "power": "{}^{}"}
+_COUNTING_CALL = re.compile(r"^(?:(?P<name>comb|perm)\((?P<a>\d+), (?P<b>\d+)\)|(?P<base>\d+)\^(?P<exp>\d+))$")
+
+
+def _other_formula(call: Call, draw: random.Random) -> Call:
+    """A counting call with one of the two other formulas on the same numbers; any other call unchanged."""
+    match = _COUNTING_CALL.match(call[1].get("expression", "")) if call[0] == "calculator" else None
+    if match is None:
+        return call
+    name = match["name"] or "power"
+    numbers = (match["a"], match["b"]) if match["name"] else (match["base"], match["exp"])
+    other = draw.choice(sorted(set(_FORMULAS) - {name}))
+    return _calc(_FORMULAS[other].format(*numbers))
+
+
 def _result_value(content: str) -> str:
     """The answer in a tool's output: its last line, without the calculator's `(= decimal)` gloss."""
     lines = [line for line in content.strip().splitlines() if line.strip()]
@@ -130,7 +147,19 @@ def _result_value(content: str) -> str:
 
 
 class ScriptedPolicy:
-    """Deterministic tool-using agent for ToolReasoning-v0 (and a fallback that answers 'unknown')."""
+    """Deterministic tool-using agent for ToolReasoning-v0 (and a fallback that answers 'unknown').
+
+    `wrong_formula` > 0 makes an imperfect demonstrator: for that fraction of counting questions (chosen by a
+    hash of the question and `seed`, so an episode's choice never depends on call order) it calls one of the
+    two other formulas (comb / perm / power) on the right numbers. At 2/3 it knows the three formulas and
+    the call format but not which question needs which: a warm start on its demonstrations leaves that
+    decision to RL.
+    """
+
+    def __init__(self, wrong_formula: float = 0.0, seed: int = 0):
+        if not 0.0 <= wrong_formula <= 1.0:
+            raise ValueError(f"wrong_formula must be in [0, 1], got {wrong_formula}")
+        self.wrong_formula, self.seed = wrong_formula, seed
 
     def generate(self, contexts: Sequence[Messages]) -> list[Generation]:
         return [Generation(self.act(messages)) for messages in contexts]
@@ -149,6 +178,10 @@ class ScriptedPolicy:
         call = solve_tool_reasoning(question)
         if call is None:
             return "<answer>unknown</answer>"
+        if self.wrong_formula:
+            draw = random.Random(zlib.crc32(question.encode()) ^ self.seed)
+            if draw.random() < self.wrong_formula:
+                call = _other_formula(call, draw)
         name, arguments = call
         text = f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
         return text if not delayed else f"I will queue the computation.\n{text}"
