@@ -90,6 +90,7 @@ class TrainConfig:
     sft_episodes: int = 1024
     sft_steps: int = 300  # short: format and tool use learnt; number copying half-learnt at seed 0, not at every seed (benchmarks/default_train.md)
     sft_batch_size: int = 32
+    sft_teacher: dict[str, Any] = field(default_factory=dict)  # options of the env's scripted demonstrator
     sft_lr: float = 3e-3
     eval_tasks: int = 200
     checkpoint_every: int = 5
