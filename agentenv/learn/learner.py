@@ -259,8 +259,9 @@ def _shared_prefix(batch: Batch, min_length: int) -> tuple[int, torch.Tensor, to
 def _last_hidden(model: torch.nn.Module, **inputs: Any) -> torch.Tensor:
     """The final (normed) hidden states `[B, L, H]`, from the model's own forward rather than `model.base_model`:
     a sharded (FSDP2) model gathers its root unit in the hooks of that forward, and keeps it gathered (the head
-    weight `token_logprobs` reads included) until backward. Logits are computed for the last position only."""
-    return model(**inputs, logits_to_keep=1, output_hidden_states=True).hidden_states[-1]
+    weight `token_logprobs` reads included) until backward. Logits are computed for the last position only, and
+    only the last hidden state is kept (`output_hidden_states=-1` selects it in transformers 5; 4.x keeps all)."""
+    return model(**inputs, logits_to_keep=1, output_hidden_states=-1).hidden_states[-1]
 
 
 def final_hidden(model: torch.nn.Module, batch: Batch, share_prefix: int = 0) -> torch.Tensor:
