@@ -36,9 +36,10 @@ __all__ = ["init_from_env", "rank_and_world", "is_main", "global_sum", "global_m
 
 
 def init_from_env(device: str = "cpu") -> tuple[int, int]:
-    """Join the process group `torchrun` describes (WORLD_SIZE > 1); returns (rank, world size)."""
+    """Join the process group `torchrun` describes (WORLD_SIZE > 1); returns (rank, world size). On CUDA, CUDA
+    tensors go through NCCL and CPU tensors (the scalar reductions here) through gloo."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device == "cuda" else "gloo")
         if device == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return rank_and_world()
@@ -98,11 +99,14 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
         return 0.0
-    squares = lambda gs: sum(float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2 for g in gs)  # noqa: E731
-    sharded = squares(g.to_local() for g in grads if _is_dtensor(g))
-    if any(_is_dtensor(g) for g in grads):
-        sharded = global_sum(sharded)
-    norm = (sharded + squares(g for g in grads if not _is_dtensor(g))) ** 0.5
+    is_shard = [_is_dtensor(g) for g in grads]
+    squares = torch.stack([torch.linalg.vector_norm(g.to_local() if shard else g, dtype=torch.float64)
+                           for g, shard in zip(grads, is_shard)]).square()
+    shard_mask = torch.tensor(is_shard, device=squares.device)
+    sharded = squares[shard_mask].sum()
+    if any(is_shard):
+        dist.all_reduce(sharded)
+    norm = float(sharded + squares[~shard_mask].sum()) ** 0.5
     scale = min(max_norm / (norm + 1e-6), 1.0)
     for g in grads:
         g.mul_(scale)
@@ -225,15 +229,15 @@ def gathered(model: torch.nn.Module) -> Iterator[None]:
 
 def whole(state: Any, on_every_rank: bool = False) -> Any:
     """A state dict (nested dicts and lists of tensors: a model's or an optimizer's) with every sharded tensor
-    gathered whole into a CPU copy; other tensors are left as they are. A collective for a sharded state (every
-    rank calls it, in the same order); the gathered copies are kept on rank 0 only, unless `on_every_rank`
-    (elsewhere None), so a checkpoint costs one CPU copy, not one per rank."""
-    keep = on_every_rank or is_main()
+    gathered whole; other tensors are left as they are. A collective for a sharded state (every rank calls it, in
+    the same order). By default the gathered tensors are CPU copies kept on rank 0 alone (elsewhere None), one
+    tensor at a time, so a checkpoint costs one CPU copy, not one per rank; `on_every_rank` keeps them on every
+    rank, on the device (for a rollout engine)."""
 
     def gather(value: Any) -> Any:
         if _is_dtensor(value):
             full = value.full_tensor()
-            return full.cpu() if keep else None
+            return full if on_every_rank else full.cpu() if is_main() else None
         if isinstance(value, dict):
             return type(value)((k, gather(v)) for k, v in value.items())
         if isinstance(value, list):
