@@ -264,29 +264,40 @@ def _shared_prefix(batch: Batch, min_length: int) -> tuple[int, torch.Tensor, to
     return (length, prefixes, inverse) if prefixes.shape[0] < len(batch) else None
 
 
+def _last_hidden(model: torch.nn.Module, **inputs: Any) -> torch.Tensor:
+    """The final (normed) hidden states `[B, L, H]`, from the model's own forward rather than `model.base_model`:
+    a sharded (FSDP2) model gathers its root unit in the hooks of that forward, and keeps it gathered (the head
+    weight `token_logprobs` reads included) until backward. Logits are computed for the last position only, and
+    only the last hidden state is kept (`output_hidden_states=-1` selects it in transformers 5; 4.x keeps all)."""
+    return model(**inputs, logits_to_keep=1, output_hidden_states=-1).hidden_states[-1]
+
+
 def final_hidden(model: torch.nn.Module, batch: Batch, share_prefix: int = 0) -> torch.Tensor:
     """The last hidden states `[B, L-1, H]` at the positions that predict `batch.targets`.
 
     With `share_prefix` > 0, rows whose first P ≥ `share_prefix` tokens are the same prompt (a GRPO group's
     samples) run those P tokens through the model once; each row continues from that prompt's KV cache,
     which autograd carries back to the shared forward. Same values and gradients up to float rounding, and
-    the prompt's forward+backward is paid once per group instead of once per sample.
+    the prompt's forward+backward is paid once per group instead of once per sample. A sharded model takes
+    that path only when every rank can (it runs two forwards, each a collective).
     """
     shared = _shared_prefix(batch, share_prefix)
+    if not D.on_every_rank(model, shared is not None):
+        shared = None
     if shared is None:
         # A right-padded batch needs no padding mask: padding sits after every real position, so the causal mask
         # alone gives the real positions the same values, and attention can take its plain causal kernel.
         mask = None if _right_padded(batch.attention_mask) else batch.attention_mask
-        return model.base_model(input_ids=batch.input_ids, attention_mask=mask).last_hidden_state[:, :-1]
+        return _last_hidden(model, input_ids=batch.input_ids, attention_mask=mask)[:, :-1]
     from transformers import DynamicCache
 
     length, prefixes, inverse = shared
     cache = DynamicCache(config=model.config)
-    head = model.base_model(input_ids=prefixes, **cache_kwargs(model.base_model, cache), use_cache=True).last_hidden_state
+    head = _last_hidden(model, input_ids=prefixes, **cache_kwargs(model, cache), use_cache=True)
     cache.batch_select_indices(inverse)
     # Right padding only: a padded position sits after every real one, so the causal mask alone is exact for
     # the real positions (the padded ones are masked out of every loss).
-    tail = model.base_model(input_ids=batch.input_ids[:, length:], **cache_kwargs(model.base_model, cache), use_cache=True).last_hidden_state
+    tail = _last_hidden(model, input_ids=batch.input_ids[:, length:], **cache_kwargs(model, cache), use_cache=True)
     return torch.cat([head[inverse], tail], dim=1)[:, :-1]
 
 
@@ -402,9 +413,18 @@ def micro_batch_rows(batch: Batch, index: torch.Tensor, cfg: LearnerConfig) -> l
     return runs
 
 
-def _micro_batches(batch: Batch, index: torch.Tensor, cfg: LearnerConfig):
-    for rows in micro_batch_rows(batch, index, cfg):
-        yield batch.rows(rows)
+def _micro_batches(batch: Batch, index: torch.Tensor, cfg: LearnerConfig, model: torch.nn.Module | None = None):
+    """(rows, micro-batch) over `index` (`micro_batch_rows`). A sharded model's forward is a collective, so
+    every rank runs as many micro-batches as the busiest one (`D.lockstep_count`): the extra ones are one row of
+    the batch with its loss mask zeroed (rows None), whose loss, gradient and metrics are exactly zero."""
+    runs = micro_batch_rows(batch, index, cfg)
+    fillers = D.lockstep_count(model, len(runs)) - len(runs)  # before the first forward: it is a collective too
+    for rows in runs:
+        yield rows, batch.rows(rows)
+    for _ in range(fillers):
+        filler = batch.rows(torch.zeros(1, dtype=torch.long, device=batch.input_ids.device))
+        filler.loss_mask = torch.zeros_like(filler.loss_mask)
+        yield None, filler
 
 
 def update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, cfg: LearnerConfig, *,
@@ -448,7 +468,7 @@ def update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batc
             num_tokens = max(D.global_sum(mask.sum()), 1.0)
             num_seqs = max(D.global_sum((mask.sum(-1) > 0).sum()), 1.0)
             step_metrics: dict[str, float] = {"loss": 0.0}
-            for micro in _micro_batches(batch, mini, cfg):
+            for _, micro in _micro_batches(batch, mini, cfg, model):
                 with autocast(device, cfg):
                     hidden = final_hidden(model, micro, cfg.share_prefix)
                     # only loss positions are scored; the plug-ins' per-token terms are masked the same way
@@ -468,7 +488,7 @@ def update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batc
                 D.all_reduce_gradients(model)
                 keys = sorted(set().union(*D.gather_objects(list(step_metrics))))  # a rank may have had no rows
                 step_metrics = {key: D.global_sum(step_metrics.get(key, 0.0)) for key in keys}
-            step_metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+            step_metrics["grad_norm"] = D.clip_grad_norm(model, cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             for key, value in step_metrics.items():
@@ -483,13 +503,12 @@ def recompute_logprobs(model: torch.nn.Module, batch: Batch, cfg: LearnerConfig)
     device = next(model.parameters()).device
     batch = batch.to(device)
     out = torch.zeros_like(batch.old_logp)
-    index = torch.arange(len(batch), device=device)
-    for rows in micro_batch_rows(batch, index, cfg):
-        micro = batch.rows(rows)
+    for rows, micro in _micro_batches(batch, torch.arange(len(batch), device=device), cfg, model):
         with autocast(device, cfg):
             logp, _ = token_logprobs(model, micro, cfg.temperature, cfg.logprob_chunk,
                                      hidden=final_hidden(model, micro, cfg.share_prefix), mask=micro.loss_mask)
-        out[rows, : logp.shape[1]] = logp.float()
+        if rows is not None:
+            out[rows, : logp.shape[1]] = logp.float()
     return out
 
 
@@ -499,7 +518,7 @@ def sft_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     batch = batch.to(device)
     num_tokens = float(batch.loss_mask.sum().clamp(min=1))
     total = 0.0
-    for micro in _micro_batches(batch, torch.arange(len(batch), device=device), cfg):
+    for _, micro in _micro_batches(batch, torch.arange(len(batch), device=device), cfg):
         with autocast(device, cfg):
             logp, _ = token_logprobs(model, micro, 1.0, cfg.logprob_chunk, hidden=final_hidden(model, micro, cfg.share_prefix),
                                      mask=micro.loss_mask)

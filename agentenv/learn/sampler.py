@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import torch
 
+from agentenv.learn import distributed as D
+
 __all__ = ["Sampler", "AsyncRollouts"]
 
 
@@ -43,7 +45,7 @@ class Sampler:
         if not self.separate:
             return
         if not self.stale_steps:  # the current weights: nothing to keep (the engine copies them in)
-            self.push({k: v.detach() for k, v in model.state_dict().items() if k in self.keys})
+            self.push({k: v.detach() for k, v in self._weights(model).items() if k in self.keys})
             return
         self.history.append(self.snapshot(model))
         del self.history[: max(0, len(self.history) - self.stale_steps - 1)]
@@ -59,7 +61,12 @@ class Sampler:
 
     def snapshot(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """A CPU copy of the weights the engine takes (not a plug-in's extra head)."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k in self.keys}
+        return {k: v.detach().to("cpu", copy=True) for k, v in self._weights(model).items() if k in self.keys}
+
+    @staticmethod
+    def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The model's state dict, whole (an FSDP2-sharded model's gathered on every rank: a collective)."""
+        return D.whole(model.state_dict(), on_every_rank=True)
 
     def push(self, weights: dict[str, torch.Tensor]) -> None:
         """The engine takes `weights` (a `snapshot`, or live tensors it copies in)."""

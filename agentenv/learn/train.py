@@ -19,9 +19,10 @@ import os
 import random
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -98,6 +99,9 @@ class TrainConfig:
     eval_tasks: int = 200
     checkpoint_every: int = 5
     out_dir: str = "runs/default"
+    # Under torchrun: ddp (every rank a whole copy; gradients all-reduced) | fsdp2 (parameters, gradients and
+    # optimizer state sharded over the ranks with fully_shard, for models that do not fit one device)
+    parallel: Literal["ddp", "fsdp2"] = "ddp"
     learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(lr=3e-4, micro_batch_size=32))
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
@@ -148,8 +152,8 @@ def _set_rng_state(state: dict[str, Any], policy) -> None:
 COMPLETE_MARKER = "COMPLETE"  # written (and synced) last: a checkpoint directory without it is partial
 
 
-def save_checkpoint(out_dir: Path, step: int, model, optimizer, policy, extra: dict[str, Any],
-                    rng_ranks: list[dict[str, Any]] | None = None) -> None:
+def save_checkpoint(out_dir: Path, step: int, model_state: dict[str, Any], optimizer_state: dict[str, Any], policy,
+                    extra: dict[str, Any], rng_ranks: list[dict[str, Any]] | None = None) -> None:
     """Write `checkpoint.tmp/` (state, then the completion marker), then swap it in for `checkpoint/`.
 
     A crash at any point leaves a complete checkpoint in one of checkpoint/, checkpoint.tmp/ (between the
@@ -157,8 +161,7 @@ def save_checkpoint(out_dir: Path, step: int, model, optimizer, policy, extra: d
     final, tmp = out_dir / "checkpoint", out_dir / "checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(policy),
-             "extra": extra}
+    state = {"step": step, "model": model_state, "optimizer": optimizer_state, "rng": _rng_state(policy), "extra": extra}
     if rng_ranks is not None and len(rng_ranks) > 1:
         state["rng_ranks"] = rng_ranks
     torch.save(state, tmp / "state.pt")
@@ -187,10 +190,12 @@ def find_checkpoint(out_dir: Path) -> Path | None:
 
 
 def _checkpoint(out_dir: Path, step: int, model, optimizer, engine: "Sampler", extra: dict[str, Any]) -> None:
-    """Rank 0 writes the checkpoint, with every rank's RNG states (each samples with its own generators)."""
+    """Rank 0 writes the checkpoint, with every rank's RNG states (each samples with its own generators). Model and
+    optimizer state are whole tensors in either parallel mode (FSDP2's shards are gathered to rank 0 first)."""
     rng_ranks = D.gather_objects(_rng_state(engine.policy))
+    model_state, optimizer_state = D.whole(model.state_dict()), D.whole(optimizer.state_dict())
     if D.is_main():
-        save_checkpoint(out_dir, step, model, optimizer, engine.policy,
+        save_checkpoint(out_dir, step, model_state, optimizer_state, engine.policy,
                         {**extra, "sampler_history": engine.history}, rng_ranks=rng_ranks)
 
 
@@ -259,6 +264,17 @@ def plot_curves(rows: list[dict[str, Any]], evals: dict[str, float], path: Path)
 
 def _device(cfg: TrainConfig) -> str:
     return cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
+def _whole_weights(model, policy) -> Iterator[None]:
+    """The learner's whole weights for sampling or scoring with its own policy (FSDP2: gathered once, on entry;
+    a no-op otherwise). The policy's prefix cache is dropped: it is keyed on parameter version counters, which
+    FSDP's all-gather does not bump."""
+    with D.gathered(model):
+        if D.is_sharded(model):
+            policy.clear_cache()
+        yield
 
 
 def _build(cfg: TrainConfig, rank: int = 0):
@@ -335,37 +351,49 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     for plugin in plugins:  # before the optimizer: a plug-in may add trained parameters (a head)
         plugin.setup(model, policy.tokenizer, group_size=cfg.group_size, seed=cfg.seed)
     engine = Sampler(cfg, policy, model, policy_keys)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay)
-    start_step, extra = 0, {}
+    start_step, extra, state = 0, {}, None
     found = find_checkpoint(out_dir) if resume and main else None  # rank 0 repairs a crashed swap, then all read
     found = D.gather_objects(found)[0]
     if resume and found is None:
         raise UserError(f"nothing to resume in {out_dir}: no complete checkpoint/ (nor .tmp/ or .old/); run without --resume to start")
+    # The model's weights are settled (loaded, or warm-started on rank 0 and broadcast) while it is whole on every
+    # rank; then it may be sharded, and the optimizer is built over the parameters it will update.
     if found is not None:
         state = torch.load(found / "state.pt", weights_only=False)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state.get("rng_ranks", [state["rng"]] * world)[rank], engine.policy)
         start_step, extra = state["step"], state["extra"]
-        engine.resume(extra.pop("sampler_history", []), model)
-        log(f"resumed from step {start_step}")
     else:
         if main:
             _atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
             if cfg.sft_steps > 0:
                 warm_start(cfg, policy, model, log)
         D.broadcast_model(model)  # every rank starts RL from rank 0's warm start
-        engine.sync(model)
-        extra["success_before"] = evaluate(cfg, engine.policy, cfg.eval_tasks) if cfg.eval_tasks else None
-        extra["seconds_before"] = time.perf_counter() - started
-        log(f"held-out success after warm start: {extra['success_before']}")
-        _checkpoint(out_dir, 0, model, optimizer, engine, extra)
     ref_model = None  # the reference policy: frozen for a KL term, or kept for a plug-in; saved in checkpoints
     if cfg.learner.kl_coef > 0 or any(plugin.needs_ref_model for plugin in plugins):
         ref_model = copy.deepcopy(model).requires_grad_(False)
         if "ref_model" in extra:
             ref_model.load_state_dict(extra["ref_model"])
         extra["ref_model"] = ref_model.state_dict()
+        if cfg.parallel == "fsdp2":  # a copy on rank 0, the one that writes it: references would keep every rank's whole tensors alive
+            extra["ref_model"] = {key: value.cpu() for key, value in extra["ref_model"].items()} if main else {}
+    if cfg.parallel == "fsdp2":
+        D.shard(model)
+        if ref_model is not None:
+            D.shard(ref_model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay)
+    if state is not None:
+        D.load_optimizer_state_dict(optimizer, state["optimizer"])
+        _set_rng_state(state.get("rng_ranks", [state["rng"]] * world)[rank], engine.policy)
+        engine.resume(extra.pop("sampler_history", []), model)
+        del state
+        log(f"resumed from step {start_step}")
+    else:
+        engine.sync(model)
+        with _whole_weights(model, policy):
+            extra["success_before"] = evaluate(cfg, engine.policy, cfg.eval_tasks) if cfg.eval_tasks else None
+        extra["seconds_before"] = time.perf_counter() - started
+        log(f"held-out success after warm start: {extra['success_before']}")
+        _checkpoint(out_dir, 0, model, optimizer, engine, extra)
     for plugin in plugins:
         plugin.load_state_dict(extra.get("plugins", {}).get(plugin.name, {}))
     metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start_step) if main else None
@@ -394,12 +422,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         for step in range(start_step, cfg.steps):
             t0 = time.perf_counter()
             sampler.manual_seed(cfg.seed * 1_000_003 + step)  # mini-batch order depends only on (seed, step)
-            episodes, lag = pipeline.next(step) if pipeline is not None else (collect_step(step), None)
-            t1 = time.perf_counter()
-            # plug-ins that sample use the learner's own policy: the engine may be busy or stale
-            ctx = StepContext(cfg.learner, step, model=model, policy=policy, ref_model=ref_model, generator=sampler)
-            adv = episode_advantages(episodes, cfg.learner, plugins=plugins, ctx=ctx)
-            batch = make_batch(episodes, adv, policy.chat.pad_id, plugins=plugins, ctx=ctx)
+            with _whole_weights(model, policy):  # rollouts and plug-ins sample (and score) with the learner's policy
+                episodes, lag = pipeline.next(step) if pipeline is not None else (collect_step(step), None)
+                t1 = time.perf_counter()
+                # plug-ins that sample use the learner's own policy: the engine may be busy or stale
+                ctx = StepContext(cfg.learner, step, model=model, policy=policy, ref_model=ref_model, generator=sampler)
+                adv = episode_advantages(episodes, cfg.learner, plugins=plugins, ctx=ctx)
+                batch = make_batch(episodes, adv, policy.chat.pad_id, plugins=plugins, ctx=ctx)
             stats = update(model, optimizer, batch, cfg.learner, plugins=plugins, ref_model=ref_model, generator=sampler,
                            step=step, ctx=ctx)
             if pipeline is not None:
@@ -443,8 +472,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             board.close()
     if engine.separate:  # evaluate the learner's final weights, not a lagging copy
         engine.push(engine.snapshot(model))
-    summary = {"success_before": extra.get("success_before"),
-               "success_after": evaluate(cfg, engine.policy, cfg.eval_tasks) if cfg.eval_tasks else None,
+    with _whole_weights(model, policy):
+        success_after = evaluate(cfg, engine.policy, cfg.eval_tasks) if cfg.eval_tasks else None
+    summary = {"success_before": extra.get("success_before"), "success_after": success_after,
                "steps": cfg.steps, "eval_tasks": cfg.eval_tasks, "wall_s_this_process": time.perf_counter() - started}
     if summary["success_before"] is not None and summary["success_after"] is not None:
         summary["gain"] = summary["success_after"] - summary["success_before"]
