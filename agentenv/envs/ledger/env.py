@@ -172,7 +172,7 @@ class LedgerEnv(ChatEnv):
         """The lines of the pages read so far that a probe at or after the current page asks about (Live_t):
         Q_com's hindsight retention. A probe that came with the current page is answered by the next action,
         from the context compressed now, so its facts count; those of earlier probes no longer do."""
-        if self.stream is None:
+        if self.stream is None or self._done:  # after the last turn nothing is needed
             return frozenset()
         return frozenset(f.line for f in self.stream.needed_facts(self.page))
 

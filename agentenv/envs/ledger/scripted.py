@@ -34,6 +34,7 @@ _LINK = re.compile(r"^([\w\-]+) ([+-]) (\d+)$")
 _LOOKUP = re.compile(r"PROBE (\d+) \((?:lookup|multi-hop)\): what is the current value of ([\w.\-#]+)\?")
 _AGGREGATE = re.compile(r"PROBE (\d+) \(aggregation\): how many (\w+) events on ([\w\-]+) are in pages (\d+)-(\d+)\?")
 _NEGATIVE = re.compile(r"PROBE (\d+) \(negative\): was ([\w.\-#]+) ever set\?")
+_AGENT_MARK = AGENT_ZIP_NOTE.split(":")[0]  # "You compress your own context"
 _TRACKED = re.compile(r"^- (acct-\d+): .*; variables (.+)$", re.MULTILINE)  # a brief's line per sub-ledger
 
 
@@ -111,7 +112,7 @@ class LedgerReader:
             if m["role"] == "user" and m["content"].startswith("PROBE "):
                 probes.insert(0, m["content"])
         tag = ""
-        if messages and AGENT_ZIP_NOTE in messages[0]["content"]:  # the system message asks for it
+        if messages and _AGENT_MARK in messages[0]["content"]:  # the system message asks for it
             level = self.zip_level(messages)
             tag = "" if level is None else f"<zip level={level}/>"
         if not probes:
