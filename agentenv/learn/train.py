@@ -116,7 +116,7 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Train
 
 
 def apply_required_env_kwargs(cfg: TrainConfig) -> None:
-    """Merge the env options the configured plug-ins need (`Plugin.required_env_kwargs`, e.g. HRR's agent-driven
+    """Merge the env options the configured plug-ins need (`Plugin.required_env_kwargs`, e.g. agent-driven
     compression) into `cfg.env_kwargs`, so a preset is a complete method; nested dicts merge key by key. A value
     the config sets differently is a `UserError` (the method would silently not be what it claims). Idempotent."""
 
