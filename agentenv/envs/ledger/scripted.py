@@ -156,7 +156,7 @@ class LedgerOracle(LedgerReader):
     """`LedgerReader` that compresses with hindsight: it levels each page at the coarsest level that keeps
     every line a later probe will ask about (read from the env's generator, which no real agent sees), so
     it drops the pages nothing later needs. The upper bound for agent-driven compression. Needs the env it
-    plays (`env`, or a wrapper of it) with zip in mode "agent" and a streamed history (the default)."""
+    plays (`env`, or a wrapper of it), with zip in mode "agent"."""
 
     def __init__(self, env: Any):
         self.env = env.unwrapped
