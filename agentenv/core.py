@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -113,6 +113,8 @@ class ChatEnv(gym.Env[list, str]):
         compressor, budget_tokens: context compression ("zip", "window", ... or a `Compressor`; see
             `agentenv.compression`): observations are the compressor's view of the history, at most
             `budget_tokens` tokens, described in `info["compression"]`.
+        compressor_options: keyword arguments for a compressor given by name (zip: `{"mode": "agent"}` for
+            levels chosen by the agent's `<zip level=N/>` tags, `{"mode": "uniform", "level": 3}`).
         keep_full_history: with a compressor, also keep every message of the episode (`full_history`) and let
             the compressor rewrite the whole history each time. Default False: the env keeps no copy and the
             compressor releases the turns it drops for good, so an episode's memory follows the budget, not
@@ -144,6 +146,7 @@ class ChatEnv(gym.Env[list, str]):
         budget_tokens: int | None = None,
         keep_full_history: bool = False,
         step_timeout_s: float | None = DEFAULT_STEP_TIMEOUT_S,
+        compressor_options: dict[str, Any] | None = None,
     ):
         if step_timeout_s is not None and not step_timeout_s > 0:
             raise ValueError("step_timeout_s must be > 0 or None")
@@ -155,7 +158,9 @@ class ChatEnv(gym.Env[list, str]):
             raise ValueError("max_turns must be at least 1")
         self.tools: dict[str, Tool] = {name: t.fresh() for name, t in resolve_tools(tools).items()}
         self.step_timeout_s = step_timeout_s
-        self.context_window = _context_window(compressor, budget_tokens)
+        self.context_window = _context_window(compressor, budget_tokens, compressor_options)
+        if self.context_window is not None and type(self)._needed_lines is not ChatEnv._needed_lines:
+            self.context_window.needed = self._needed_lines  # Q_com judged in hindsight
         self.keep_full_history = bool(keep_full_history)
         self.tool_schemas: list[dict[str, Any]] = [t.schema for t in self.tools.values()]
         self.execution = execution
@@ -197,6 +202,12 @@ class ChatEnv(gym.Env[list, str]):
     def _env_turn(self, parsed: ParsedAction) -> list[Message]:
         """Messages the environment adds after a turn without an answer (default: none)."""
         return []
+
+    def _needed_lines(self) -> Collection[str]:
+        """The exact lines of the history so far that later turns of the episode will need (an env that knows,
+        like Ledger's probes, overrides this): with a compressor, Q_com's retention is judged against them.
+        Never shown to the agent. The base class does not know (not called)."""
+        raise NotImplementedError
 
     # -- Gymnasium API -----------------------------------------------------------------------------
 
@@ -387,9 +398,9 @@ class ChatEnv(gym.Env[list, str]):
         }
 
 
-def _context_window(compressor: Any, budget_tokens: int | None) -> Any:
-    if compressor is None and budget_tokens is None:
+def _context_window(compressor: Any, budget_tokens: int | None, options: dict[str, Any] | None = None) -> Any:
+    if compressor is None and budget_tokens is None and not options:
         return None
     from agentenv.compression.context import make_window  # imported on use: most envs run uncompressed
 
-    return make_window(compressor, budget_tokens)
+    return make_window(compressor, budget_tokens, options)

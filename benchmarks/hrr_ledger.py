@@ -1,16 +1,19 @@
-"""HRR on vs off: a short CPU GRPO run on Ledger-v0 with the zip compressor, both reward curves in one plot.
+"""HRR on vs off: a short CPU GRPO run on Ledger-v0 with agent-driven zip compression, both reward curves in one plot.
 
 One warm start (`train()` with steps=0: SFT on the Ledger reader's demonstrations, held-out evaluation,
 step-0 checkpoint), then two arms that resume from copies of that checkpoint with `train(..., resume=True)`,
 so both start from the same weights and the same RNG state and differ only in the learner config:
 
-* off: plain GRPO (`hrr_beta=0`);
-* on:  HRR (`hrr_beta=BETA`, additive, `hrr_group_norm=True`: D in units of its std over the group's turns,
-  like the GRPO advantage it is added to). BETA was fixed before any run and is not tuned.
+* off: plain GRPO (no plug-in);
+* on:  HRR (`--learner.plugins.hrr.beta=BETA`, additive, `group_norm=True`: D in units of its std over the
+  group's turns, like the GRPO advantage it is added to). BETA was fixed before any run and is not tuned.
 
-The env: Ledger-v0, 4 pages, one ledger, a probe every 2 pages, short pages (1-3 noise lines), zip at a
-560-token budget (the opening messages alone take ~440), so from the second turn on every turn rewrites the
-context and has a Q_com (`info["compression"]["q_com"]`), which HRR turns into per-turn advantages.
+The env: Ledger-v0, 4 pages, one ledger, a probe every 2 pages, short pages (1-3 noise lines), zip in agent
+mode at a 900-token budget (the opening messages alone take ~520): the policy levels each page it has read
+with `<zip level=N/>` (the Ledger reader's demonstrations do, so the warm start learns it), every turn after
+the first is compressed at the level its action chose, and that decision's Q_com
+(`info["compression"]["q_com"]`, retention judged against the facts later probes ask) is what HRR turns
+into per-turn advantages. Both arms run on this env: only the learner differs.
 
     python benchmarks/hrr_ledger.py [--steps 8] [--beta 0.5] [--quick]
 
@@ -37,7 +40,7 @@ from agentenv.learn.train import TrainConfig, train  # noqa: E402
 from arms import run_arm  # noqa: E402 - benchmarks/arms.py, beside this script
 
 ENV_KWARGS = {"turns": 4, "ledgers": 1, "probe_every": 2, "noise_lines": [1, 3], "compressor": "zip",
-              "budget_tokens": 560, "max_turns": 6}
+              "compressor_options": {"mode": "agent"}, "budget_tokens": 900, "max_turns": 6}
 
 
 def base_config(args: argparse.Namespace, out_dir: Path) -> TrainConfig:
@@ -58,12 +61,12 @@ def run(args: argparse.Namespace) -> dict:
     warm.steps = 0
     train(warm, log=log)
     warm_s = time.perf_counter() - t0
-    arms = {"off": dict(hrr_beta=0.0), "on": dict(hrr_beta=args.beta, hrr_mode="add", hrr_group_norm=True)}
+    arms = {"off": {}, "on": {"hrr": {"beta": args.beta, "mode": "add", "group_norm": True}}}
     results = {}
-    for name, hrr in arms.items():
+    for name, plugins in arms.items():
         cfg = base_config(args, runs / name)
-        cfg.learner = dataclasses.replace(cfg.learner, **hrr)
-        results[name] = {"learner": {k: getattr(cfg.learner, k) for k in ("hrr_beta", "hrr_mode", "hrr_group_norm")},
+        cfg.learner = dataclasses.replace(cfg.learner, plugins=plugins)
+        results[name] = {"learner": {"plugins": plugins},
                          **run_arm(runs / "warm_start", cfg, log=lambda m, n=name: log(f"{n}: {m}"))}
     return {"warm_start_s": warm_s, "total_s": time.perf_counter() - t0, "arms": results,
             "config": {"env_kwargs": ENV_KWARGS, "seed": args.seed, "steps": args.steps, "tasks_per_step": args.tasks,
@@ -80,13 +83,13 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axis = plt.subplots(figsize=(6.4, 3.8))
-    labels = {"off": "GRPO (hrr_beta=0)", "on": f"GRPO + HRR (hrr_beta={result['config']['beta']}, group-normalised)"}
+    labels = {"off": "GRPO", "on": f"GRPO + HRR (beta={result['config']['beta']}, group-normalised)"}
     for name, arm in result["arms"].items():
         axis.plot(range(1, len(arm["reward"]) + 1), arm["reward"], marker="o", label=labels[name])
     axis.set_xlabel("GRPO step")
     axis.set_ylabel("mean reward of the step's rollouts")
     c = result["config"]
-    axis.set_title(f"Ledger-v0 ({c['env_kwargs']['turns']} pages, zip @ {c['env_kwargs']['budget_tokens']} tokens), "
+    axis.set_title(f"Ledger-v0 ({c['env_kwargs']['turns']} pages, agent-driven zip @ {c['env_kwargs']['budget_tokens']} tokens), "
                    f"tiny model, seed {c['seed']}", fontsize=9)
     axis.set_ylim(-0.02, 1.02)
     axis.grid(alpha=0.3)
@@ -99,7 +102,7 @@ def plot(result: dict, path: Path) -> None:
 def markdown(result: dict) -> str:
     c, arms = result["config"], result["arms"]
     lines = [
-        "# HRR on vs off: short CPU GRPO run on Ledger-v0 (zip compressor)", "",
+        "# HRR on vs off: short CPU GRPO run on Ledger-v0 (agent-driven zip compression)", "",
         f"Generated by `python benchmarks/hrr_ledger.py` on {result['date']} · {result['machine']}. "
         f"Plot: `hrr_ledger.png`; raw numbers: `hrr_ledger.json`.", "",
         f"Setup: Ledger-v0 {c['env_kwargs']}; random-init `tiny` Qwen2 (0.9 M parameters) with the shipped tokenizer; "
@@ -114,7 +117,7 @@ def markdown(result: dict) -> str:
     ]
     for name, arm in arms.items():
         rewards = arm["reward"]
-        lines.append(f"| {name} ({'hrr_beta=' + str(arm['learner']['hrr_beta'])}) | {' '.join(f'{r:.2f}' for r in rewards)} | "
+        lines.append(f"| {name} ({'hrr ' + str(arm['learner']['plugins'].get('hrr', 'off'))}) | {' '.join(f'{r:.2f}' for r in rewards)} | "
                      f"{sum(rewards) / max(len(rewards), 1):.3f} | {' '.join(f'{x:+.3f}' for x in arm['loss'])} | "
                      f"{arm['success_before']:.3f} → {arm['success_after']:.3f} | {arm['wall_s']:.0f} |")
     silent = {name: sum(1 for x in arm["loss"] if x == 0.0) for name, arm in arms.items()}
@@ -126,7 +129,7 @@ def markdown(result: dict) -> str:
               f"from: the off arm's loss is exactly 0 on {silent.get('off', 0)} of {len(arms['off']['loss'])} steps (every "
               "group's rewards tie, so every GRPO advantage is 0), while the on arm has a nonzero loss on "
               f"{len(arms['on']['loss']) - silent.get('on', 0)} of {len(arms['on']['loss'])} steps, from the Q_com "
-              "term alone where the rewards tie (turns are credited by the compression quality of the context their action led to)."]
+              "term alone where the rewards tie (each turn is credited by the Q_com of its own compression decision)."]
     return "\n".join(lines) + "\n"
 
 

@@ -452,3 +452,97 @@ def test_streamed_zip_releases_dropped_turns_and_ignores_tags_for_them():
 
 def test_check_env_passes_with_compression():
     check_env(gym.make("agentenv/Ledger-v0", turns=16, compressor="zip", budget_tokens=1024).unwrapped)
+
+
+# -- zip modes: agent-driven and uniform (ZipRL's adaptive-vs-uniform comparison) ------------------------
+
+
+def _expected_level(keeps: dict[int, list[int]], want: int) -> int:
+    """The finest level <= `want` that keeps something of its own (L1 and L5 always exist)."""
+    return max(lvl for lvl in range(1, want + 1) if lvl in (1, 5) or keeps[lvl])
+
+
+@pytest.mark.parametrize("level", [1, 2, 3, 4, 5])
+def test_uniform_zip_puts_every_turn_at_its_one_level_whatever_the_policy_asks(history, level):
+    from agentenv.compression.zip import level_keeps
+
+    zip_ = compression.get("zip", tokenizer="regex", mode="uniform", level=level)
+    assert not zip_.controllable and zip_.every_turn
+    out, record = zip_(history, budget_tokens=100_000, levels={2: 5, 3: 1})  # levels the policy chose: not used
+    text = {line for m in out for line in m["content"].split("\n")}
+    got = dict(zip(record["turns"]["turn"], record["turns"]["level"]))
+    held = zip_.history(history)
+    for digest in held.candidates:
+        keeps = level_keeps(held.values(digest))
+        expected = _expected_level(keeps, level)
+        assert got[digest.number] == expected, (digest.number, keeps)
+        assert all(digest.lines[i] in text for i in keeps[expected])  # what the level keeps is in the context
+    if level == 1:
+        return
+    # a smaller budget drops the oldest turns first (a window over the kept ones), never re-planned by relevance
+    budget = record["tokens_after"] - 200
+    _, small = compression.get("zip", tokenizer="regex", mode="uniform", level=level)(history, budget_tokens=budget)
+    levels = dict(zip(small["turns"]["turn"], small["turns"]["level"]))
+    candidates = {d.number for d in held.candidates}
+    evicted = [t for t in candidates if got[t] > 1 and levels[t] == 1]
+    kept = [t for t in candidates if levels[t] > 1]
+    assert small["tokens_after"] <= budget and evicted and kept and max(evicted) < min(kept), (evicted, kept)
+    assert all(levels[t] == got[t] for t in kept)
+
+
+def test_uniform_levels_trade_tokens_for_retention_monotonically(history):
+    sizes = [compression.get("zip", tokenizer="regex", mode="uniform", level=n)(history, budget_tokens=100_000)[1]["tokens_after"]
+             for n in range(1, 6)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1], sizes
+
+
+def test_adaptive_vs_uniform_is_one_env_option():
+    """The same env config but `compressor_options.mode`: agent (the reader levels each page as it judges) vs
+    uniform (every page at level 2, tags ignored); both compress every turn and score every decision."""
+    base = dict(turns=24, ledgers=2, probe_every=8, compressor="zip", budget_tokens=1536)
+    runs = {}
+    for options in ({"mode": "agent"}, {"mode": "uniform", "level": 2}):
+        env = gym.make("agentenv/Ledger-v0", **base, compressor_options=options)
+        obs, _ = env.reset(seed=1)
+        assert ("You compress your own context" in obs[0]["content"]) == (options["mode"] == "agent")
+        policy, levels, ignored, q = LedgerReader(), Counter(), 0, []
+        while True:
+            action = policy.act(obs)
+            assert action.startswith("<zip level=") == (options["mode"] == "agent" and bool(q))  # from the 2nd turn on
+            obs, reward, terminated, truncated, info = env.step("<zip level=5/>" + action if len(q) == 5 else action)
+            record = info["compression"]
+            ignored += len(record["ignored_tags"])
+            q.append(record["q_com"])
+            if len(q) > 1:
+                assert record["rewritten"] and record["q_com"] is not None  # every turn, one decision each
+            if terminated or truncated:
+                levels.update(record["turns"]["level"][:-1])
+                break
+        runs[options["mode"]] = (levels, ignored, reward)
+    assert runs["uniform"][1] == 1 and runs["agent"][1] == 0  # the extra tag: ignored by uniform, applied by agent
+    assert set(runs["uniform"][0]) <= {1, 2} and len(set(runs["agent"][0]) - {1}) >= 2, runs
+
+
+def test_zip_mode_errors_say_what_is_allowed():
+    with pytest.raises(ValueError, match="zip mode must be one of"):
+        compression.get("zip", mode="adaptive")
+    with pytest.raises(ValueError, match="ints in 1..5"):
+        compression.get("zip", mode="uniform", level=6)
+    with pytest.raises(ValueError, match="do not fit compressor 'window'"):
+        gym.make("agentenv/Ledger-v0", compressor="window", compressor_options={"mode": "agent"}, budget_tokens=2048)
+    with pytest.raises(ValueError, match="compressor_options needs a compressor"):
+        gym.make("agentenv/Ledger-v0", compressor_options={"mode": "agent"})
+
+
+def test_a_256_turn_agent_driven_episode_keeps_what_the_probes_need():
+    """The stress horizon with the agent compressing (the reader's levels): every probe right, in budget."""
+    env = gym.make("agentenv/Ledger-v0", turns=256, compressor="zip", compressor_options={"mode": "agent"}, budget_tokens=2048)
+    obs, _ = env.reset(seed=7)
+    policy, peak, q = LedgerReader(), 0, []
+    while True:
+        obs, reward, terminated, truncated, info = env.step(policy.act(obs))
+        peak = max(peak, info["compression"]["tokens_after"])
+        q.append(info["compression"]["q_com"])
+        if terminated or truncated:
+            break
+    assert reward == 1.0 and peak <= 2048 and len(q) == 257 and all(x is not None for x in q[1:])

@@ -1,11 +1,14 @@
 """Hindsight Response Replay: turn-level advantage reshaping by Q_com (docs/anchors-learner.md §2.2 tests)."""
 
+import random
+from types import SimpleNamespace
+
 import gymnasium as gym
 import pytest
 import torch
 
 import agentenv  # noqa: F401
-from agentenv.envs.ledger.scripted import LedgerReader
+from agentenv.envs.ledger.scripted import READ, LedgerOracle, LedgerReader
 from agentenv.learn.plugins.hrr import broadcast_turns, hrr_advantages, hrr_deviation, q_com_rows, turn_index
 from agentenv.learn.objectives import grpo_advantages
 
@@ -101,9 +104,110 @@ def test_q_com_rows_from_ledger_episodes_with_zip():
     assert out.shape == (2, 25) and torch.allclose(((out - torch.tensor([[0.5], [-0.5]])) * mask).sum(1), torch.zeros(2), atol=1e-5)
 
 
+# -- Q_com is the policy's: it scores the agent's own compression decisions ---------------------------------
+
+AGENT = {"turns": 32, "ledgers": 2, "probe_every": 8, "compressor": "zip", "compressor_options": {"mode": "agent"},
+         "budget_tokens": 1536}
+SEEDS = (0, 1, 2)
+
+
+class RandomLevels(LedgerReader):
+    """Reads and answers like the reader, but levels each page at random: compression without judgement."""
+
+    def __init__(self, seed):
+        self.rng = random.Random(seed)
+
+    def zip_level(self, messages):
+        return self.rng.randint(1, 5)
+
+
+class MalformedTags(LedgerReader):
+    """The reader's reads and answers, with zip tags that do not parse (so nothing is compressed by choice)."""
+
+    def zip_level(self, messages):
+        return None
+
+    def act(self, messages):
+        return '<zip level=two/><zip turn=3>< zip level=2/><zip level="/>' + super().act(messages)
+
+
+def play(make_policy, seed, env_kwargs=AGENT, override=None):
+    """One episode; returns (per-step Q_com, reward, per-step actions). `override(step, action)` may replace
+    an action."""
+    env = gym.make("agentenv/Ledger-v0", **env_kwargs)
+    policy = make_policy(env)
+    obs, _ = env.reset(seed=seed)
+    q, actions = [], []
+    while True:
+        action = policy.act(obs)
+        if override is not None:
+            action = override(len(actions) + 1, action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        q.append(info["compression"]["q_com"])
+        actions.append(action)
+        if terminated or truncated:
+            return q, reward, actions
+
+
+def mean_q(make_policy):
+    """Mean over SEEDS of the episode's mean step Q_com, and the mean reward."""
+    per_seed = [play(make_policy, seed) for seed in SEEDS]
+    means = [sum(x for x in q if x is not None) / sum(x is not None for x in q) for q, _, _ in per_seed]
+    return sum(means) / len(means), sum(r for _, r, _ in per_seed) / len(per_seed), means
+
+
+def test_q_com_responds_to_the_policys_compression_decisions():
+    """Acceptance (issue 16): garbage policies < the scripted reader < the hindsight oracle, on fixed seeds.
+    Garbage: random text (never reads, compresses nothing), random levels, tags that do not parse."""
+    results = {
+        "garbage text": mean_q(lambda env: SimpleNamespace(act=lambda obs: "I think the answer is 42, lol")),
+        "random levels": mean_q(lambda env: RandomLevels(0)),
+        "malformed tags": mean_q(lambda env: MalformedTags()),
+        "scripted reader": mean_q(lambda env: LedgerReader()),
+        "oracle": mean_q(lambda env: LedgerOracle(env)),
+    }
+    table = "; ".join(f"{name}: Q_com {q:.3f} (per seed {', '.join(f'{x:.3f}' for x in seeds)}), reward {r:.2f}"
+                      for name, (q, r, seeds) in results.items())
+    reader, oracle = results["scripted reader"][0], results["oracle"][0]
+    for name in ("garbage text", "random levels", "malformed tags"):
+        assert results[name][0] < reader - 0.05, table
+    assert reader < oracle, table
+    for seed in range(len(SEEDS)):  # per seed too, not only on average
+        assert results["random levels"][2][seed] < results["scripted reader"][2][seed] < results["oracle"][2][seed], table
+    assert results["scripted reader"][1] == results["oracle"][1] == 1.0, table  # their compression keeps what probes need
+
+
+def test_one_tag_sets_its_steps_q_com():
+    """Same seed, same actions except one zip level: only that step's Q_com moves, and by a whole term
+    (dropping a page whose fact a later probe needs loses its retention)."""
+    env = gym.make("agentenv/Ledger-v0", **AGENT)
+    env.reset(seed=0)
+    stream = env.unwrapped.stream
+    # a page with a fact that a probe after the next page asks about (so it must survive compression)
+    page = next(f.page for p in stream.probes for f in p.needs if p.page > f.page + 1 and not f.key.startswith("event"))
+    step = page + 1  # the action after reading `page` levels it
+    base, _, actions = play(lambda env: LedgerReader(), 0)
+    assert actions[step - 1].startswith("<zip level=2/>")
+    dropped, _, _ = play(lambda env: LedgerReader(), 0, override=lambda k, a: a.replace("<zip level=2/>", "<zip level=1/>") if k == step else a)
+    assert dropped[: step - 1] == base[: step - 1]
+    assert base[step - 1] - dropped[step - 1] > 0.2, (base[step - 1], dropped[step - 1])
+
+
+def test_malformed_zip_tags_never_crash_an_episode():
+    bad = ['<zip level=99/>', '<zip turn=0 level=2/>', '<zip turn=-1 level=2/>', '<zip turn=999999 level=3/>', '<zip',
+           '<zip level=/>', '<zip turn="a" level="b"/>', '<zip level=2>' * 50, '<zip level=2/' + 'x' * 5000]
+    env = gym.make("agentenv/Ledger-v0", **AGENT)
+    env.reset(seed=3)
+    for tag in bad:
+        _, _, terminated, truncated, info = env.step(tag + READ)
+        assert not terminated and info["compression"]["ignored_tags"], tag
+        assert "zip" not in {kind for _, _, kind in info["control_spans"]}
+
+
 # -- HRR in the learner ------------------------------------------------------------------------------
 
-LEDGER = {"turns": 4, "ledgers": 1, "probe_every": 2, "noise_lines": [1, 3], "compressor": "zip", "budget_tokens": 560}
+LEDGER = {"turns": 4, "ledgers": 1, "probe_every": 2, "noise_lines": [1, 3], "compressor": "zip",
+          "compressor_options": {"mode": "agent"}, "budget_tokens": 900}  # the opening messages take ~520
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +287,57 @@ def test_each_turns_generated_tokens_carry_that_turns_reshaped_advantage(ledger_
     outside = batch.loss_mask == 0
     assert torch.equal(tokens[outside], batch.advantages[:, None].expand_as(tokens)[outside])
     assert mask.any() and not torch.equal(tokens, batch.advantages[:, None].expand_as(tokens))
+
+
+# -- the HRR preset: a complete method, and a different update from its baseline -----------------------
+
+
+def test_hrr_preset_makes_the_agent_compress_and_rejects_a_contradicting_env():
+    from agentenv.errors import UserError
+    from agentenv.learn.train import load_config
+
+    ledger = "--env_kwargs={turns: 4, budget_tokens: 560}"
+    cfg = load_config(None, ["--env_id=agentenv/Ledger-v0", ledger, "--learner.preset=hrr"])
+    assert list(cfg.learner.plugins) == ["hrr"]
+    assert cfg.env_kwargs == {"turns": 4, "budget_tokens": 560, "compressor": "zip", "compressor_options": {"mode": "agent"}}
+    same = load_config(None, ["--env_id=agentenv/Ledger-v0", "--env_kwargs={compressor: zip, compressor_options: {mode: agent}}",
+                              "--learner.plugins=hrr"])  # saying it explicitly (or twice) is no conflict
+    assert same.env_kwargs["compressor_options"] == {"mode": "agent"}
+    with pytest.raises(UserError, match=r"needs env_kwargs.compressor_options.mode='agent', but the config sets 'rule'"):
+        load_config(None, ["--env_kwargs={compressor: zip, compressor_options: {mode: rule}, budget_tokens: 560}", "--learner.preset=hrr"])
+    with pytest.raises(UserError, match=r"needs env_kwargs.compressor='zip'"):
+        load_config(None, ["--env_kwargs={compressor: window, budget_tokens: 560}", "--learner.preset=hrr"])
+
+
+def test_hrr_preset_changes_the_update_versus_dapo_on_the_same_batch():
+    """The same episodes (agent-driven compression, one group: the reader and a random-level compressor)
+    updated by `--learner.preset=hrr` and by its baseline `--learner.preset=dapo`: the per-turn Q_com of the
+    agent's decisions changes the update."""
+    from agentenv.config import apply_overrides
+    from agentenv.learn.learner import LearnerConfig, episode_advantages, make_batch, update
+    from agentenv.learn.plugin import build_plugins
+    from agentenv.policies.tiny import tiny_model, tiny_tokenizer
+    from agentenv.rollout import collect
+
+    episodes = [collect("agentenv/Ledger-v0", policy, [5], env_kwargs=LEDGER, tokenizer=tiny_tokenizer())[0]
+                for policy in (LedgerReader(), RandomLevels(1))]
+    for i, episode in enumerate(episodes):
+        episode.group_id, episode.index = 0, i
+    q_com, mask = q_com_rows([e.turns for e in episodes])
+    assert mask.sum() >= 6 and len(set(q_com[mask].tolist())) > 2  # every step after the first decides a level
+
+    def run(preset):
+        cfg = LearnerConfig(lr=1e-2, micro_batch_size=4, share_prefix=0)
+        apply_overrides(cfg, {"preset": preset})
+        plugins = build_plugins(cfg)
+        model = tiny_model(seed=0).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        batch = make_batch(episodes, episode_advantages(episodes, cfg, plugins=plugins), tiny_tokenizer().pad_token_id, plugins=plugins)
+        update(model, optimizer, batch, cfg, plugins=plugins)
+        return batch, [p.detach().clone() for p in model.parameters()]
+
+    dapo_batch, dapo = run("dapo")
+    hrr_batch, hrr = run("hrr")
+    assert torch.equal(dapo_batch.input_ids, hrr_batch.input_ids)  # the same batch
+    assert "token_advantages" not in dapo_batch.extras and "token_advantages" in hrr_batch.extras
+    assert not all(torch.equal(a, b) for a, b in zip(dapo, hrr))

@@ -132,6 +132,23 @@ def test_zip_retains_what_window_and_masking_lose():
     assert zip_.probe_accuracy >= window.probe_accuracy
 
 
+def test_stress_compares_adaptive_and_uniform_zip_by_one_option():
+    """ZipRL's adaptive-vs-uniform comparison at 128 turns: the reader levelling each page (agent mode) keeps
+    every probe's facts; uniform level 2 is cheaper but loses the events (kept from level 3 on); uniform 5
+    (verbatim) spends the budget on noise and loses old facts to the window."""
+    base = {"env_kwargs": {"turns": 128}, "episodes": 1, "tokenizer": "regex", "compressor": "zip"}
+    runs = {name: run_stress(StressConfig(**base, compressor_options=options), budget_tokens=2048)
+            for name, options in {"agent": {"mode": "agent"}, "uniform 2": {"mode": "uniform", "level": 2},
+                                  "uniform 5": {"mode": "uniform", "level": 5}}.items()}
+    figures = {name: (r.compressor, r.retention, r.needed_retention, r.probe_accuracy, r.keep_ratio) for name, r in runs.items()}
+    assert runs["agent"].compressor == "zip(mode=agent)" and runs["agent"].rewrites == 128, figures
+    assert runs["agent"].retention >= 0.99 and runs["agent"].needed_retention == 1.0 and runs["agent"].probe_accuracy == 1.0, figures
+    assert runs["uniform 2"].keep_ratio < runs["agent"].keep_ratio and runs["uniform 2"].retention < 0.9, figures  # events gone
+    assert runs["uniform 5"].probe_accuracy < runs["agent"].probe_accuracy and runs["uniform 5"].needed_retention < 0.5, figures
+    with pytest.raises(agentenv.errors.UserError, match="compressor 'window' with options"):
+        run_stress(StressConfig(**{**base, "compressor": "window"}, compressor_options={"mode": "agent"}))
+
+
 def test_window_retention_falls_with_fact_age():
     env = gym.make("agentenv/Ledger-v0", turns=96, compressor="window", budget_tokens=2048)
     observations, _, _ = play(env, seed=2)

@@ -687,7 +687,8 @@ def test_presets_load_from_the_train_config(tmp_path):
 def test_train_runs_and_resumes_with_every_plugin(tmp_path):
     args = ["--checkpoint_every=1", "--sft_steps=0", "--eval_tasks=0", "--tasks_per_step=2", "--group_size=2",
             "--max_new_tokens=12", "--learner.micro_batch_size=4", "--learner.mini_batches=2",
-            "--env_kwargs.execution=delayed", f"--out_dir={tmp_path}", "--learner.plugins=" + ",".join(P.PLUGINS)]
+            "--env_kwargs.execution=delayed", "--env_kwargs.budget_tokens=4096",  # hrr makes the env compress: it needs a budget
+            f"--out_dir={tmp_path}", "--learner.plugins=" + ",".join(P.PLUGINS)]
     train(load_config(None, ["--steps=1", *args]), log=lambda message: None)
     cfg = load_config(None, ["--steps=2", *args])
     train(cfg, resume=True, log=lambda message: None)

@@ -7,8 +7,9 @@
 
 Compressors (`COMPRESSORS`): "none" (full history), "window" (last turns that fit), "mask_observations"
 (SWE-agent placeholders for old tool outputs), "summarize" (the policy writes a coarse-to-fine summary)
-and "zip" (ZipRL: one of five levels per old turn, by relevance to the task, or as the policy chooses
-with `<zip turn=K level=N/>`). Every call returns a record with token counts, per-turn levels and per-turn
+and "zip" (ZipRL: one of five levels per old turn, by relevance to the task (mode "rule", the policy may pin
+levels with `<zip turn=K level=N/>`), as the policy chooses (mode "agent", `<zip level=N/>`) or one level for
+all (mode "uniform"); `compressor_options={"mode": ...}` in `gym.make`). Every call returns a record with token counts, per-turn levels and per-turn
 Q_com (`quality.py`). Tokens are counted exactly (`tokens.py`).
 """
 

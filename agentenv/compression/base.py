@@ -16,9 +16,9 @@ are released after the call, and the record lists only the turns still held.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
-from agentenv.compression.quality import QComWeights, kept_by_presence, score_turns
+from agentenv.compression.quality import QComWeights, hindsight_retention, kept_by_presence, score_turns
 from agentenv.compression.tokens import TokenCounter, get_counter
 from agentenv.compression.turns import HistoryIndex, TurnDigest
 from agentenv.types import Message
@@ -127,6 +127,7 @@ class Compressor:
 
     name = "base"
     controllable = False  # True when `__call__` honours `levels={turn: level}` chosen by the policy
+    every_turn = False  # True: `ContextWindow` compresses at every step (each turn as it becomes compressible)
 
     def __init__(self, tokenizer: Any = None, keep_recent: int = 1, weights: QComWeights = QComWeights()):
         if keep_recent < 1:
@@ -168,7 +169,10 @@ class Compressor:
     def _release(self, numbers: list[int]) -> None:
         """Drop the compressor's own state about turns that were forgotten (default: none kept)."""
 
-    def _run(self, history: History, budget_tokens: int, **options: Any) -> tuple[list[Message], dict[str, Any], Plan]:
+    def _run(self, history: History, budget_tokens: int, needed: Collection[str] | None = None,
+             **options: Any) -> tuple[list[Message], dict[str, Any], Plan]:
+        """`needed`: the exact lines later turns need, when the caller knows them (an env's hindsight): Q_com's
+        retention and consistency are then judged against them (`quality.hindsight_retention`)."""
         if not isinstance(budget_tokens, int) or budget_tokens < MIN_BUDGET:
             raise ValueError(f"budget_tokens must be an int of at least {MIN_BUDGET}, got {budget_tokens!r}")
         plan = self._compress(history, budget_tokens, **options)
@@ -178,6 +182,8 @@ class Compressor:
             values = [history.values(d) for d in turns]
             plan.kept_value, plan.complete = kept_by_presence(turns, values, new)
             plan.mass = [sum(v) for v in values]
+        if needed is not None:
+            plan.kept_value, plan.mass = hindsight_retention(turns, needed, new)
         scores = score_turns(plan.levels, plan.kept_tokens, [d.tokens for d in turns], plan.kept_value, plan.mass, plan.complete, self.weights)
         compressed = [q for q, level in zip(scores["q_com"], plan.levels) if level < 5]
         before = sum(d.tokens for d in turns) + self.counter.count_messages(history.head)

@@ -24,14 +24,27 @@ ignored_tags; on rewrites: turns (per completed turn the compressor holds, i.e. 
 it has not released: turn, level, q_com, ratio, consistency, retention, completeness).
 
 Control tags: with a controllable compressor (zip), `<zip turn=K level=N/>` in an action fixes the level of
-turn K (N in 1..5) for the rest of the episode and forces a rewrite (a tag for a turn already released is
-ignored); the tags' character spans are added to `info["control_spans"]` as kind "zip", so a learner can
-treat them as control decisions.
+turn K (N in 1..5) for the rest of the episode and forces a rewrite; `<zip level=N/>` is the same for the turn
+just before the action (the one whose results it answers). A tag for a turn already released, out of range or
+malformed is ignored (listed in `ignored_tags`); the applied tags' character spans are added to
+`info["control_spans"]` as kind "zip", so a learner can treat them as control decisions.
+
+Agent-driven and uniform compression (`zip` with `mode="agent"` or `"uniform"`, `Compressor.every_turn`): the
+context is rewritten at every step, so a turn is compressed as soon as it leaves the protected recent turns,
+at the level the action chose (agent) or at the one fixed level (uniform). `q_com` is then the score of the
+decisions of that step, not of the whole view: the mean Q_com of the turn that became compressible and of the
+turns the action's tags re-levelled; None when there was none. So HRR credits each turn with the quality of
+its own compression decision.
+
+Hindsight retention: an env may pass `needed` (a callable returning the exact lines that a later turn of the
+episode needs, e.g. Ledger's facts asked by later probes); Q_com's retention and consistency terms are then
+judged against those lines instead of the lexical line values (`Compressor.compress(needed=...)`). The agent
+never sees them.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 from agentenv.compression.base import MIN_BUDGET, Compressor
 from agentenv.compression.baselines import NoCompression
@@ -60,6 +73,7 @@ class ContextWindow:
         compressor.counter.reserve(budget_tokens // 2)  # a context of B tokens has fewer than B/2 lines
         self.headroom = int((1.0 - fill) * budget_tokens)
         self.keep_full_history = False
+        self.needed: Callable[[], Collection[str]] | None = None  # set by the env: lines later turns need (Q_com)
         self._restart(None)
 
     def reset(self, keep_full_history: bool = False) -> None:
@@ -85,6 +99,7 @@ class ContextWindow:
         self._levels: dict[int, int] = {}
         self._q: float | None = None
         self._turn = 0
+        self._tagged: set[int] = set()  # turns the latest action's tags levelled
 
     def observe(self, messages: list[Message], info: dict[str, Any]) -> list[Message]:
         """The observation after `messages` arrived: when streaming, the messages since the last call; with
@@ -111,10 +126,14 @@ class ContextWindow:
         before = self._view_tokens
         record: dict[str, Any] = {"compressor": self.compressor.name, "tokenizer": counter.name, "budget_tokens": self.budget_tokens,
                                   "rewritten": False, "tokens_full": self._full_tokens, "tokens_before": before}
-        if not isinstance(self.compressor, NoCompression) and (before > self.budget_tokens or forced):
-            options = {"levels": dict(self._levels)} if self.compressor.controllable else {}
+        every_turn = self.compressor.every_turn
+        newest = self._turn - self.compressor.keep_recent  # the turn that became compressible at this step
+        if not isinstance(self.compressor, NoCompression) and (before > self.budget_tokens or forced or (every_turn and newest >= 1)):
+            options: dict[str, Any] = {"levels": dict(self._levels)} if self.compressor.controllable else {}
+            if self.needed is not None:
+                options["needed"] = self.needed()
             headroom = min(self.headroom, max(self.budget_tokens - self._head_tokens - added, 0) // 2)
-            if headroom < added:  # the next turn would not fit anyway: rewrite every turn, with all the room
+            if headroom < added or every_turn:  # the next turn would not fit anyway (or is rewritten anyway): all the room
                 headroom = 0
             target = max(MIN_BUDGET, self.budget_tokens - headroom)
             if streaming:
@@ -123,29 +142,42 @@ class ContextWindow:
             else:
                 self._view, result = self.compressor(messages, target, **options)
             self._view_tokens = result["tokens_after"]
-            self._q = result["q_com"]
+            self._q = self._decided_q(result["turns"], newest) if every_turn else result["q_com"]
             record.update(rewritten=True, turns=result["turns"])
+        elif every_turn:
+            self._q = None  # no decision this step
         record.update(tokens_after=self._view_tokens, keep_ratio=self._view_tokens / max(self._full_tokens, 1),
                       q_com=self._q, ignored_tags=ignored)
         info["compression"] = record
         return list(self._view)
 
+    def _decided_q(self, turns: dict[str, list], newest: int) -> float | None:
+        """Mean Q_com of the turns decided at this step (agent / uniform modes): the turn that became
+        compressible and the compressible turns the action's tags levelled."""
+        decided = {t for t in self._tagged if t <= newest} | ({newest} if newest >= 1 else set())
+        scores = [q for t, q in zip(turns["turn"], turns["q_com"]) if t in decided]
+        return sum(scores) / len(scores) if scores else None
+
     def _read_tags(self, new: Sequence[Message], info: dict[str, Any]) -> tuple[bool, list[str]]:
         """Apply the `<zip .../>` tags of the new assistant message(s). Returns (any applied, tags ignored)."""
         forced = False
         ignored: list[str] = []
+        self._tagged = set()
         for m in new:
             if m["role"] != "assistant":
                 continue
             self._turn += 1
             spans = []
             for turn, level, (start, end), tag in zip_tags(m["content"]):
-                if not self.compressor.controllable or not 1 <= level <= 5 or not 1 <= turn < self._turn or (
+                if turn is None and level is not None:
+                    turn = self._turn - 1  # `<zip level=N/>`: the turn this action answers
+                if not self.compressor.controllable or level is None or not 1 <= level <= 5 or not 1 <= turn < self._turn or (
                     not self.keep_full_history and not self.compressor.index.holds(turn)  # released for good
                 ):
                     ignored.append(tag)
                     continue
                 self._levels[turn] = level
+                self._tagged.add(turn)
                 forced = True
                 spans.append((start, end, "zip"))
             if spans and "control_spans" in info:
@@ -153,17 +185,23 @@ class ContextWindow:
         return forced, ignored
 
 
-def make_window(compressor: Any, budget_tokens: int | None) -> ContextWindow | None:
-    """The window for `ChatEnv(compressor=..., budget_tokens=...)`: None without a compressor.
+def make_window(compressor: Any, budget_tokens: int | None, options: dict[str, Any] | None = None) -> ContextWindow | None:
+    """The window for `ChatEnv(compressor=..., budget_tokens=..., compressor_options=...)`: None without a compressor.
 
-    `compressor`: a name in `COMPRESSORS` (a fresh instance is built) or a `Compressor`.
+    `compressor`: a name in `COMPRESSORS` (a fresh instance is built, with `options` as keyword arguments:
+    `{"mode": "agent"}` for zip) or a `Compressor`.
     """
     from agentenv.compression import get
 
     if compressor is None:
-        if budget_tokens is not None:
-            raise ValueError("budget_tokens needs a compressor: pass compressor='zip' (or another name in agentenv.compression.COMPRESSORS)")
+        if budget_tokens is not None or options:
+            what = "budget_tokens" if budget_tokens is not None else "compressor_options"
+            raise ValueError(f"{what} needs a compressor: pass compressor='zip' (or another name in agentenv.compression.COMPRESSORS)")
         return None
     if budget_tokens is None:
         raise ValueError(f"compressor={compressor!r} needs budget_tokens=N (the most tokens an observation may have)")
-    return ContextWindow(get(compressor), budget_tokens)
+    try:
+        built = get(compressor, **(options or {}))
+    except TypeError as err:  # an option the compressor does not take
+        raise ValueError(f"compressor_options {options!r} do not fit compressor {compressor!r}: {err}") from None
+    return ContextWindow(built, budget_tokens)

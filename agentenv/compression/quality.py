@@ -7,6 +7,10 @@ computed per turn from what the compressed context kept of it. No reward model: 
   finer levels whatever the budget.
 * **retention**: value-weighted fraction of the turn's lines still in the context (values from
   `turns.TurnDigest.values`: relevant current facts weigh most), 1 when the turn held nothing of value.
+  In hindsight, when the env knows which lines later turns need (Ledger: the facts later probes ask about;
+  `hindsight_retention`): the fraction of the turn's needed lines still in the context, and those counts
+  also rank the turns for consistency. That is what the context is worth to the rest of the episode, so
+  dropping a needed fact costs retention and keeping what nothing needs costs ratio.
 * **completeness**: fraction of the turn's kept relevant lines whose references to task identifiers
   (`var-a = var-b + 3` refers to `var-b`) are defined somewhere in the context, so a kept multi-hop
   link is complete only with the links it depends on.
@@ -17,13 +21,13 @@ computed per turn from what the compressed context kept of it. No reward model: 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
 from agentenv.compression.turns import TurnDigest, terms
 
-__all__ = ["QComWeights", "score_turns", "kept_by_presence", "completeness"]
+__all__ = ["QComWeights", "score_turns", "kept_by_presence", "hindsight_retention", "completeness"]
 
 RELEVANT = 0.3  # a line whose value is at least this counts for completeness
 
@@ -65,6 +69,19 @@ def kept_by_presence(
     kept_value = [sum(vals[i] for i in lines) for vals, lines in zip(values, kept)]
     complete = [completeness(digest, vals, lines, defined) for digest, vals, lines in zip(turns, values, kept)]
     return kept_value, complete
+
+
+def hindsight_retention(turns: Sequence[TurnDigest], needed: Collection[str], view: Sequence[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """(kept, mass) of each turn judged in hindsight: mass = how many of its lines are in `needed` (the exact
+    lines later turns need), kept = how many of those appear verbatim in `view`."""
+    needed = needed if isinstance(needed, (set, frozenset)) else set(needed)
+    present = {line.strip() for m in view for line in m["content"].split("\n")}
+    kept, mass = [], []
+    for digest in turns:
+        lines = [line.strip() for line in digest.lines if line.strip() in needed]
+        mass.append(float(len(lines)))
+        kept.append(float(sum(line in present for line in lines)))
+    return kept, mass
 
 
 def completeness(digest: TurnDigest, values: Sequence[float], kept: Sequence[int], defined: set[str]) -> float:

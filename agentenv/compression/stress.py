@@ -42,6 +42,7 @@ class StressConfig:
     episodes: int = 2
     seed: int = 0
     compressor: str = "zip"
+    compressor_options: dict[str, Any] = field(default_factory=dict)  # for `compressor` only, e.g. {mode: uniform, level: 2}
     budget_tokens: int = 2048
     tokenizer: str = "auto"
     keep_full_history: bool = False  # True: the env keeps every message and zip re-plans the whole history
@@ -124,14 +125,19 @@ def run_stress(config: StressConfig, compressor: str | None = None, budget_token
     from agentenv.envs.ledger.scripted import LedgerReader
 
     name = compressor or config.compressor
+    options = config.compressor_options if name == config.compressor else {}
     budget = budget_tokens or config.budget_tokens
-    policy = LedgerReader()
+    policy = LedgerReader()  # with zip in agent mode it levels every page itself
     per_episode: list[dict[str, float]] = []
     wall = cpu = 0.0
     total_turns = 0
+    try:
+        get(name, **options)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"compressor {name!r} with options {options}: {err}") from None
     for episode in range(config.episodes):
-        env = gym.make(config.env, **config.env_kwargs, compressor=get(name, tokenizer=config.tokenizer), budget_tokens=budget,
-                       keep_full_history=config.keep_full_history)
+        env = gym.make(config.env, **config.env_kwargs, compressor=get(name, tokenizer=config.tokenizer, **options),
+                       budget_tokens=budget, keep_full_history=config.keep_full_history)
         stream_env = env.unwrapped
         if not hasattr(stream_env, "stream"):
             raise UserError(f"{config.env} has no fact stream to measure retention on; stress runs need agentenv/Ledger-v0")
@@ -166,8 +172,9 @@ def run_stress(config: StressConfig, compressor: str | None = None, budget_token
             "cumulative_ratio": kept_sum / full_sum, "peak_tokens": peak, "rewrites": rewrites,
         })
     mean = {key: _mean([e[key] for e in per_episode if not math.isnan(e[key])]) for key in per_episode[0]}
+    label = name + (f"({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
     return RunStats(
-        compressor=name, budget_tokens=budget, episodes=len(per_episode), turns=mean["turns"], retention=mean["retention"],
+        compressor=label, budget_tokens=budget, episodes=len(per_episode), turns=mean["turns"], retention=mean["retention"],
         needed_retention=mean["needed_retention"], probe_accuracy=mean["probe_accuracy"], tokens_full=mean["tokens_full"],
         tokens_kept=mean["tokens_kept"], keep_ratio=mean["keep_ratio"], cumulative_ratio=mean["cumulative_ratio"],
         peak_tokens=int(max(e["peak_tokens"] for e in per_episode)), rewrites=mean["rewrites"],
@@ -246,7 +253,10 @@ def cmd_stress(args: argparse.Namespace) -> int:
 
     config = load_scenario(args.scenario)
     overrides = {"compressor": args.compressor, "budget_tokens": args.budget, "episodes": args.episodes,
+                 "compressor_options": yaml.safe_load(args.compressor_options) if args.compressor_options else None,
                  "tokenizer": args.tokenizer, "plot": args.plot, "keep_full_history": args.keep_full_history or None}
+    if args.compressor and args.compressor != config.compressor and not args.compressor_options:
+        config.compressor_options = {}  # the scenario's options were for its own compressor
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, value)
@@ -273,6 +283,9 @@ def add_stress_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("scenario", help="scenario YAML, e.g. scenarios/stress-256.yaml")
     parser.add_argument("--compressor", default=None, help="none, window, mask_observations, summarize or zip (default: the scenario's)")
+    parser.add_argument("--compressor-options", default=None,
+                        help="YAML mapping of the compressor's options, e.g. '{mode: uniform, level: 2}' or '{mode: agent}' "
+                             "(ZipRL's uniform baseline vs the reader levelling each page; default: the scenario's)")
     parser.add_argument("--budget", type=int, default=None, help="context budget in tokens (default: the scenario's)")
     parser.add_argument("--episodes", type=int, default=None, help="episodes per run (default: the scenario's)")
     parser.add_argument("--tokenizer", default=None, help="auto (cl100k offline), cl100k or regex (default: the scenario's)")

@@ -22,10 +22,23 @@ In a streamed history (`ContextWindow`) a turn dropped to L1 is released for goo
 turns the context still shows are held and planned, so memory and planning follow the budget, not the
 episode length; the knapsack then places new turns against the kept ones only.
 
-The policy can choose levels itself: pass `levels={turn: level}` (the env reads `<zip turn=K level=N/>`
-control tags from actions, `context.py`); a chosen level that keeps nothing more than a coarser one falls
-back to that one; chosen levels are honoured first, and released (oldest first, for the greedy choice to
-place) only when they alone cannot fit.
+Who chooses the levels (`mode`):
+
+* `"rule"` (default; the rule-based baseline): the knapsack above. The policy may still pin levels: pass
+  `levels={turn: level}` (the env reads `<zip turn=K level=N/>` control tags from actions, `context.py`);
+  chosen levels are honoured first, and released (oldest first, for the greedy choice to place) only when
+  they alone cannot fit.
+* `"agent"` (ZipRL's adaptive compression, what HRR trains): the policy chooses. A turn gets the level its
+  tag chose (`<zip level=N/>` right after the turn, or `<zip turn=K level=N/>`), else `default_level` (5:
+  a turn the agent did not compress stays verbatim). Nothing is re-planned by relevance: when the chosen
+  levels do not fit the budget, the oldest kept turns are dropped (a window), so keeping too much loses old
+  facts, as in any fixed-budget context.
+* `"uniform"` (ZipRL's uniform baseline): every turn at the one `level`; tags are ignored; over budget, the
+  oldest turns are dropped as in agent mode.
+
+In all modes a chosen level that keeps nothing more than a coarser one falls back to that one (a turn with
+no current fact is dropped at L2). Agent and uniform modes compress every turn as it becomes compressible
+(`every_turn`): ZipRL compresses each retrieved document as it arrives.
 """
 
 from __future__ import annotations
@@ -37,15 +50,27 @@ from agentenv.compression.base import Compressor, History, Message, Plan
 from agentenv.compression.quality import RELEVANT, completeness
 from agentenv.compression.turns import TurnDigest
 
-__all__ = ["Zip", "THRESHOLDS"]
+__all__ = ["Zip", "THRESHOLDS", "MODES", "level_keeps"]
 
 THRESHOLDS = {2: 0.6, 3: 0.3, 4: 0.05}
 _LOWEST = min(THRESHOLDS.values())
 VERBATIM_BONUS = 1e-3  # value of each line at L5: spare budget goes to verbatim turns, newest first
 MAX_MISFITS = 64  # upgrades tried after the first one that did not fit (small ones may fill the gaps)
 
+MODES = ("rule", "agent", "uniform")
+
 Option = tuple[int, int, float, list[int]]  # (level, tokens, value, kept line indices)
 _DROPPED: Option = (1, 0, 0.0, [])
+
+
+def level_keeps(values: list[float]) -> dict[int, list[int]]:
+    """The lines (indices into `TurnDigest.lines`) each level keeps of a turn whose line values are `values`
+    (`TurnDigest.values()`): nothing at L1, the lines above each threshold at L2-L4, every line at L5."""
+    keeps = {1: []}
+    for level, threshold in THRESHOLDS.items():
+        keeps[level] = [i for i, v in enumerate(values) if v >= threshold]
+    keeps[5] = list(range(len(values)))
+    return keeps
 
 
 class _TurnPlan:
@@ -89,13 +114,21 @@ class _TurnPlan:
 
 
 class Zip(Compressor):
-    """Multi-granularity compression by relevance (ZipRL); `levels` chosen by the policy are honoured."""
+    """Multi-granularity compression (ZipRL): levels by relevance (`mode="rule"`), chosen by the policy
+    (`"agent"`, unchosen turns at `default_level`) or one `level` for all (`"uniform"`); see the module doc.
+    Other arguments as for `Compressor`."""
 
     name = "zip"
-    controllable = True
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, mode: str = "rule", level: int = 3, default_level: int = 5, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if mode not in MODES:
+            raise ValueError(f"zip mode must be one of {MODES}, got {mode!r}")
+        if not (isinstance(level, int) and 1 <= level <= 5 and isinstance(default_level, int) and 1 <= default_level <= 5):
+            raise ValueError(f"zip level and default_level must be ints in 1..5, got {level!r} and {default_level!r}")
+        self.mode, self.level, self.default_level = mode, level, default_level
+        self.controllable = mode != "uniform"  # uniform: one level for every turn, whatever the policy writes
+        self.every_turn = mode != "rule"
         self._epoch: object | None = None
         self._plans: dict[int, _TurnPlan] = {}  # candidate turns by number
         self._items: list[tuple] = []  # (-density, -number, from level, to option, extra tokens), sorted
@@ -110,7 +143,7 @@ class Zip(Compressor):
         options: dict[int, Option] = {1: _DROPPED}
         relevant = [i for i, v in enumerate(values) if v >= _LOWEST]
         for level, threshold in THRESHOLDS.items():
-            kept = [i for i in relevant if values[i] >= threshold]
+            kept = [i for i in relevant if values[i] >= threshold]  # level_keeps(values)[level], from the relevant lines only
             if kept:
                 tag = tags.get(level)
                 if tag is None:
@@ -190,6 +223,8 @@ class Zip(Compressor):
         count_messages = self.counter.count_messages
         fixed = count_messages(history.head) + count_messages(history.tail) + self.counter.per_message + self._header_cost
         available = budget - fixed
+        if self.mode != "rule":
+            return self._compress_fixed(history, budget, available, levels or {})
         chosen: dict[int, Option] = {}  # turns above L1
         pinned: set[int] = set()
         for number, level in sorted((levels or {}).items()):  # the policy's levels (the finest one <= it that exists)
@@ -227,6 +262,28 @@ class Zip(Compressor):
             else:
                 chosen[number] = previous
             out, tokens = self._render(history, chosen, last)
+        return self._plan_record(history, chosen, candidates, out, tokens)
+
+    def _compress_fixed(self, history: History, budget: int, available: int, levels: dict[int, int]) -> Plan:
+        """Agent and uniform modes: each candidate turn at its given level; over budget, the oldest kept turns
+        are dropped (never a re-plan by relevance: the levels are the policy's, or the one uniform level)."""
+        candidates = history.candidates
+        chosen: dict[int, Option] = {}
+        for digest in candidates:
+            want = self.level if self.mode == "uniform" else levels.get(digest.number, self.default_level)
+            options = self._plans[digest.number].options
+            option = options[max(lvl for lvl in options if lvl <= want)]
+            if option[0] > 1:
+                chosen[digest.number] = option
+        total = sum(o[1] for o in chosen.values())
+        for number in sorted(chosen):  # estimates first, oldest out first
+            if total <= available:
+                break
+            total -= chosen.pop(number)[1]
+        out, tokens = self._render(history, chosen, history.last_candidate)
+        while tokens > budget and chosen:  # then the exact count
+            del chosen[min(chosen)]
+            out, tokens = self._render(history, chosen, history.last_candidate)
         return self._plan_record(history, chosen, candidates, out, tokens)
 
     @staticmethod

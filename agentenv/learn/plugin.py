@@ -79,6 +79,9 @@ class Plugin:
     Config: ClassVar[type]  # a dataclass of the plug-in's settings
     off_policy: ClassVar[bool] = False  # acts only when π_θ ≠ π_old: its preset uses 4 mini-batches
     needs_ref_model: ClassVar[bool] = False  # the run keeps a reference policy for it
+    # env options the method needs to be active (merged into TrainConfig.env_kwargs by train.py, a conflicting
+    # user value is an error), e.g. HRR: the agent's own compression actions, {"compressor_options": {"mode": "agent"}}
+    required_env_kwargs: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()

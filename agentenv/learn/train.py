@@ -33,11 +33,11 @@ from agentenv.core import qualified_env_id
 from agentenv.errors import UserError
 from agentenv.learn import distributed as D
 from agentenv.learn.learner import LearnerConfig, episode_advantages, make_batch, sft_update, update
-from agentenv.learn.plugin import StepContext, build_plugins
+from agentenv.learn.plugin import StepContext, build_plugins, registry
 from agentenv.learn.sampler import AsyncRollouts, Sampler
 from agentenv.rollout import collect, demonstrations
 
-__all__ = ["TrainConfig", "RolloutConfig", "load_config", "train"]
+__all__ = ["TrainConfig", "RolloutConfig", "load_config", "apply_required_env_kwargs", "train"]
 
 HELD_OUT_SEED_BASE = 1_000_000_000  # evaluation seeds start here; training seeds are always below it
 
@@ -118,7 +118,28 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Train
             raise UserError(f"expected --key=value, got {item!r}")
         apply_overrides(cfg, {key: value})
     validate_choices(cfg)
+    apply_required_env_kwargs(cfg)
     return cfg
+
+
+def apply_required_env_kwargs(cfg: TrainConfig) -> None:
+    """Merge the env options the configured plug-ins need (`Plugin.required_env_kwargs`, e.g. agent-driven
+    compression) into `cfg.env_kwargs`, so a preset is a complete method; nested dicts merge key by key. A value
+    the config sets differently is a `UserError` (the method would silently not be what it claims). Idempotent."""
+
+    def merge(target: dict[str, Any], required: dict[str, Any], where: str, plugin: str) -> None:
+        for key, value in required.items():
+            if key not in target:
+                target[key] = copy.deepcopy(value)
+            elif isinstance(value, dict) and isinstance(target[key], dict):
+                merge(target[key], value, f"{where}{key}.", plugin)
+            elif target[key] != value:
+                raise UserError(f"plug-in {plugin!r} needs {where}{key}={value!r}, but the config sets {target[key]!r}: "
+                                f"drop that setting, or the plug-in")
+
+    known = registry()
+    for name in cfg.learner.plugins:
+        merge(cfg.env_kwargs, known[name].required_env_kwargs, "env_kwargs.", name)
 
 
 # -- small utilities -------------------------------------------------------------------------------
@@ -335,6 +356,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     Under `torchrun` (WORLD_SIZE > 1) every rank runs this: each collects its share of the step's tasks
     (whole GRPO groups), the update sums gradients over ranks (`distributed.py`), and only rank 0 logs and
     writes files."""
+    apply_required_env_kwargs(cfg)  # a config built in Python skipped load_config
     rank, world = D.init_from_env(_device(cfg))
     main = rank == 0
     if not main:

@@ -2,8 +2,9 @@
 
 Conventions (docs/design.md): `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (Hermes/Qwen, several
 per turn), fenced ```` ```python ```` blocks as calls of the `python` tool, `<execute/>` to run queued calls,
-`<answer>...</answer>` or `\\boxed{...}` for the final answer (`parse_action`), and `<zip turn=K level=N/>` to
-choose the compression level of an earlier turn (`zip_tags`, read by `compression/context.py`). Parsing is a
+`<answer>...</answer>` or `\\boxed{...}` for the final answer (`parse_action`), and `<zip level=N/>` (the turn
+just before this one) or `<zip turn=K level=N/>` to choose the compression level of an earlier turn (`zip_tags`,
+read by `compression/context.py`). Parsing is a
 single pass of compiled regular expressions; it never raises, and reports what it could not read as
 `ParseError`s.
 """
@@ -23,7 +24,8 @@ MAX_CALLS_PER_TURN = 16
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|(?=<tool_call>)|\Z)", re.DOTALL)
 _PYTHON_FENCE = re.compile(r"```(?:python|py)[ \t]*\n")
 _EXECUTE = re.compile(r"<execute\s*/>")
-ZIP_TAG = re.compile(r"<zip\s+turn\s*=\s*\"?(\d{1,6})\"?\s+level\s*=\s*\"?(\d{1,2})\"?\s*/>")
+ZIP_TAG = re.compile(r"<zip(?:\s+turn\s*=\s*\"?(\d{1,6})\"?)?\s+level\s*=\s*\"?(\d{1,2})\"?\s*/>")
+_ZIP_LIKE = re.compile(r"<zip\b[^<>]{0,200}>?")  # anything that starts like a zip tag: the malformed ones are reported
 
 
 @dataclass(frozen=True)
@@ -186,8 +188,18 @@ def final_answer(messages: Sequence[dict]) -> str | None:
     return None
 
 
-def zip_tags(text: str) -> list[tuple[int, int, tuple[int, int], str]]:
-    """The `<zip turn=K level=N/>` tags of `text`: (turn K, level N, character span, tag text) each, in order."""
+def zip_tags(text: str) -> list[tuple[int | None, int | None, tuple[int, int], str]]:
+    """The zip tags of `text`, in order: (turn K, level N, character span, tag text) each. K is None for
+    `<zip level=N/>` (the turn before the one the text is in); K and N are both None for something that starts
+    like a zip tag but is not one (`<zip level=high/>`, `<zip turn=3>`), so a caller can report it instead
+    of silently acting on half of it."""
     if "<zip" not in text:
         return []
-    return [(int(m.group(1)), int(m.group(2)), m.span(), m.group(0)) for m in ZIP_TAG.finditer(text)]
+    out: list[tuple[int | None, int | None, tuple[int, int], str]] = []
+    for m in _ZIP_LIKE.finditer(text):
+        tag = ZIP_TAG.match(text, m.start())
+        if tag is not None:
+            out.append((int(tag.group(1)) if tag.group(1) else None, int(tag.group(2)), tag.span(), tag.group(0)))
+        else:
+            out.append((None, None, m.span(), m.group(0)))
+    return out

@@ -7,7 +7,10 @@ an exact answer: the agent answers it with the `answer` tool and reads on; the f
 `<answer>...</answer>`, which ends the episode. Reward: the fraction of probes answered correctly.
 
 Made for context compression (`gym.make("agentenv/Ledger-v0", compressor="zip", budget_tokens=2048)`):
-at 256 pages the full history is about 65k tokens. `env.unwrapped.stream` holds the generator's state
+at 256 pages the full history is about 65k tokens. With `compressor_options={"mode": "agent"}` the agent
+compresses its own context (`<zip level=N/>` after each page, `AGENT_ZIP_NOTE`) and Q_com scores each of those
+decisions in hindsight, against the facts later probes ask about (`_needed_lines`);
+`{"mode": "uniform", "level": N}` is the uniform baseline (every page at level N). `env.unwrapped.stream` holds the generator's state
 (`state_facts(page)`, `needed_facts(page)`) so that a harness can measure retention exactly; nothing of it
 is in the observation or in `info`.
 """
@@ -22,12 +25,21 @@ from agentenv.envs.ledger.stream import PROBE_KINDS, LedgerConfig, LedgerStream,
 from agentenv.tools.base import Tool
 from agentenv.tools.parsing import ParsedAction
 
-__all__ = ["LedgerEnv", "canonical_value"]
+__all__ = ["LedgerEnv", "canonical_value", "AGENT_ZIP_NOTE"]
 
 SYSTEM = "You are a careful agent that tracks facts in a long stream of log pages and answers questions about them exactly."
 ZIP_NOTE = (
     "Older turns may be compressed into notes tagged [tK Ln] (turn K at level n: 1 = dropped, 5 = verbatim); "
     "write <zip turn=K level=N/> in a reply to choose the level of turn K."
+)
+# With agent-driven compression (zip mode "agent") the agent alone decides what its context keeps. The levels
+# are zip's thresholds (compression/zip.py) in the terms of this task; the scripted reader acts on this note.
+AGENT_ZIP_NOTE = (
+    "You compress your own context: start each reply with <zip level=N/> to keep the page you just read at level N "
+    "(1 = drop it; 2 = keep its facts about tracked keys; 3 = also its other lines that name a tracked key, such as "
+    "events; 4 = also lines about look-alike keys; 5 = verbatim). A page you do not level stays verbatim until the "
+    "context budget pushes the oldest pages out. <zip turn=K level=N/> re-levels turn K if it is still kept; "
+    "kept pages appear as notes tagged [tK Ln]."
 )
 _NUMBER = re.compile(r"-?\d+(?:\.0+)?")
 
@@ -120,10 +132,15 @@ class LedgerEnv(ChatEnv):
         self._answers = {}
         self._asked = []
         self._shown = 0
-        brief = self.stream.brief
-        if self.context_window is not None and self.context_window.compressor.controllable:
+        brief, system = self.stream.brief, self._system
+        compressor = self.context_window.compressor if self.context_window is not None else None
+        if compressor is not None and getattr(compressor, "mode", None) == "agent":
+            # in the system message, not the brief: the brief's words are the task terms that line relevance
+            # (and so what each level keeps) is computed from, and the note's words are not about the task
+            system = f"{system}\n\n{AGENT_ZIP_NOTE}"
+        elif compressor is not None and compressor.controllable:
             brief = f"{brief}\n{ZIP_NOTE}"
-        return [{"role": "system", "content": self._system}, {"role": "user", "content": brief}]
+        return [{"role": "system", "content": system}, {"role": "user", "content": brief}]
 
     def _env_turn(self, parsed: ParsedAction) -> list[Message]:
         """The probes that came with the pages read this turn."""
@@ -150,6 +167,14 @@ class LedgerEnv(ChatEnv):
             if asked:
                 components[f"accuracy_{kind}"] = sum(correct[n] for n in asked) / len(asked)
         return Score(accuracy, accuracy == 1.0, components)
+
+    def _needed_lines(self) -> frozenset[str]:
+        """The lines of the pages read so far that a probe at or after the current page asks about (Live_t):
+        Q_com's hindsight retention. A probe that came with the current page is answered by the next action,
+        from the context compressed now, so its facts count; those of earlier probes no longer do."""
+        if self.stream is None or self._done:  # after the last turn nothing is needed
+            return frozenset()
+        return frozenset(f.line for f in self.stream.needed_facts(self.page))
 
     def _info(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         info = super()._info(*args, **kwargs)

@@ -430,6 +430,11 @@ class LedgerStream:
         """Live_t of §1.3: facts shown by `page` (inclusive) that a probe at or after `page` needs."""
         return [fact for fact, until in self._needed if fact.page <= page <= until]
 
+    def needed_after(self, page: int) -> list[Fact]:
+        """The facts shown by `page` (inclusive) that a probe after `page` needs: what a context compressed
+        after `page` should still hold."""
+        return [fact for fact, until in self._needed if fact.page <= page < until]
+
     def state_facts(self, page: int) -> list[Fact]:
         """Everything a probe could ask about after `page`: the latest fact of every tracked key shown by
         then, and the tracked events of the last `aggregation_window` pages."""

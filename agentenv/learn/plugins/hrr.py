@@ -13,8 +13,11 @@ with A_i the sequence-level GRPO advantage (`objectives.grpo_advantages`) and β
 GRPO; in the additive form the reshaping sums to zero over each trajectory's turns.
 
 Shapes: B trajectories, J turns (padded; `turn_mask` [B, J] is 1 on turns that have a Q_com), T tokens.
-Q_com per turn comes from the environment: `info["compression"]["q_com"]` of each step (`q_com_rows`): the
-quality of the context the turn's action led to (a `<zip .../>` tag in the action chooses levels).
+Q_com per turn comes from the environment: `info["compression"]["q_com"]` of each step (`q_com_rows`). With
+agent-driven compression (zip mode "agent", which the plug-in requires: `required_env_kwargs`) that is the
+score of the compression decision the turn's action made (`<zip level=N/>` for the turn it answers),
+judged in hindsight where the env knows what later turns need (compression/context.py): so the per-turn
+credit is the policy's own doing. Steps that decided nothing have no Q_com and keep A_i.
 
 As a plug-in (`--learner.plugins=hrr`, settings `beta`, `mode`, `group_norm`), `token_advantages` maps Â_ij onto the generated tokens of turn
 j of episode i, in the rows `learner.make_batch` builds (one per Sample; a turn's tokens are the range
@@ -167,6 +170,9 @@ class Hrr(Plugin):
 
     name = "hrr"
     Config = HrrConfig
+    # the agent compresses its own context, so Q_com scores its decisions (with the env's rule-based levels
+    # it would score the env's; that baseline is compressor_options.mode=rule without this plug-in)
+    required_env_kwargs = {"compressor": "zip", "compressor_options": {"mode": "agent"}}
 
     def prepare_batch(self, batch: Any, episodes: Sequence[Any], advantages: Tensor, ctx: StepContext) -> None:
         c = self.config
