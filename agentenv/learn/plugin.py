@@ -18,6 +18,12 @@ unless a plug-in overrides it:
 | 4. loss          | `token_advantages(adv, logp, micro, ctx)`      | token weights                       |
 |                  | `token_loss(terms, micro, ctx)`                | loss form, auxiliary losses         |
 | checkpoint       | `state_dict()` / `load_state_dict(state)`      | a probe's weights and buffer        |
+| warm start (SFT) | `sft_loss(model, hidden, micro, ctx)`          | train an added head on the demos    |
+
+Two declarations complete a plug-in as shipped: `env_options()`, the env settings its method needs
+(`train` merges them into `env_kwargs`; a run that sets one differently is an error, never a silent
+override), and `presets`, named variants of it (a paper's baselines, each one config:
+`--learner.preset=NAME`, `presets.py`).
 
 Plug-ins run in the order they were registered (`agentenv/learn/plugins/__init__.py`: the pipeline order of
 docs/anchors-learner.md Part 3), whatever order a config names them in. Adding one: a new module with its
@@ -38,7 +44,8 @@ from torch import Tensor
 from agentenv.config import apply_overrides, did_you_mean, validate_choices
 from agentenv.errors import UserError
 
-__all__ = ["Plugin", "StepContext", "LossTerms", "register", "registry", "plugin_configs", "build_plugins"]
+__all__ = ["Plugin", "StepContext", "LossTerms", "register", "registry", "plugin_configs", "build_plugins",
+           "with_env_options"]
 
 
 @dataclass
@@ -79,9 +86,16 @@ class Plugin:
     Config: ClassVar[type]  # a dataclass of the plug-in's settings
     off_policy: ClassVar[bool] = False  # acts only when π_θ ≠ π_old: its preset uses 4 mini-batches
     needs_ref_model: ClassVar[bool] = False  # the run keeps a reference policy for it
+    # Named variants (a paper's baselines): preset name -> LearnerConfig overrides applied on top of this
+    # plug-in's own preset (`dapo` + it); `{"plugins": {NAME: {...}}}` sets its settings.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
+
+    def env_options(self) -> dict[str, Any]:
+        """Env settings (`TrainConfig.env_kwargs` keys) the method needs to act at all; `train` adds them."""
+        return {}
 
     def setup(self, model: torch.nn.Module, tokenizer: Any, *, group_size: int, seed: int) -> None:
         """Once per run, before the optimizer is built (so parameters added here are trained)."""
@@ -110,6 +124,11 @@ class Plugin:
 
     def token_loss(self, terms: LossTerms, micro: Any, ctx: StepContext) -> None:
         """Change `terms.per_token` / `terms.clipped` in place."""
+
+    def sft_loss(self, model: torch.nn.Module, hidden: Tensor, micro: Any, ctx: StepContext) -> Tensor | None:
+        """Warm start: an extra per-token loss `[B, T]` on a demonstration micro-batch (zero off its own mask),
+        added to the NLL and normalised by the same token count; `hidden` are the final hidden states."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -167,3 +186,16 @@ def build_plugins(cfg: Any) -> list[Plugin]:
     """One instance per plug-in named in `cfg.plugins` (a `LearnerConfig`), in pipeline order."""
     known = registry()
     return [known[name](config) for name, config in plugin_configs(cfg.plugins).items()]
+
+
+def with_env_options(env_kwargs: dict[str, Any], plugins: Sequence[Plugin]) -> dict[str, Any]:
+    """`env_kwargs` plus every plug-in's `env_options()`. A key the run already sets to another value is a
+    `UserError`: a method's env requirement is never overridden silently, either way."""
+    merged = dict(env_kwargs)
+    for plugin in plugins:
+        for key, value in plugin.env_options().items():
+            if key in merged and merged[key] != value:
+                raise UserError(f"plug-in {plugin.name!r} needs env_kwargs.{key}={value!r}, but the run sets "
+                                f"{merged[key]!r}; drop that setting or the plug-in")
+            merged[key] = value
+    return merged

@@ -32,7 +32,7 @@ from agentenv.core import qualified_env_id
 from agentenv.errors import UserError
 from agentenv.learn import distributed as D
 from agentenv.learn.learner import LearnerConfig, episode_advantages, make_batch, sft_update, update
-from agentenv.learn.plugin import StepContext, build_plugins
+from agentenv.learn.plugin import StepContext, build_plugins, with_env_options
 from agentenv.learn.sampler import AsyncRollouts, Sampler
 from agentenv.rollout import collect, demonstrations
 
@@ -286,8 +286,9 @@ def _mean(values: Sequence[float]) -> float:
     return D.global_sum(sum(values)) / max(D.global_sum(len(values)), 1.0)
 
 
-def warm_start(cfg: TrainConfig, policy, model, log) -> None:
-    """Supervised steps on scripted demonstrations (tokenized once; env tokens masked out)."""
+def warm_start(cfg: TrainConfig, policy, model, log, plugins: Sequence[Any] = ()) -> None:
+    """Supervised steps on scripted demonstrations (tokenized once; env tokens masked out); `plugins` may add
+    their own supervised terms (`Plugin.sft_loss`)."""
     from agentenv.registration import scripted_policy
 
     env_id = qualified_env_id(cfg.env_id)
@@ -303,7 +304,7 @@ def warm_start(cfg: TrainConfig, policy, model, log) -> None:
     for step in range(cfg.sft_steps):
         pick = torch.randperm(len(demos), generator=gen)[: cfg.sft_batch_size].tolist()
         batch = make_batch([demos[i] for i in pick], zeros[: len(pick)], policy.chat.pad_id)
-        loss = sft_update(model, optimizer, batch, cfg.learner)
+        loss = sft_update(model, optimizer, batch, cfg.learner, plugins=plugins)
         if step % 10 == 0 or step == cfg.sft_steps - 1:
             log(f"sft step {step + 1}/{cfg.sft_steps} loss {loss:.3f}")
 
@@ -327,6 +328,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     policy, model = _build(cfg, rank)
     policy_keys = set(model.state_dict())  # what a rollout engine needs (not a plug-in's extra head)
     plugins = build_plugins(cfg.learner)
+    # the env settings the plug-ins' methods need (a clash with the run's own is an error), for every env this
+    # run makes: demonstrations, training rollouts and held-out evaluation alike
+    cfg = dataclasses.replace(cfg, env_kwargs=with_env_options(cfg.env_kwargs, plugins))
     for plugin in plugins:  # before the optimizer: a plug-in may add trained parameters (a head)
         plugin.setup(model, policy.tokenizer, group_size=cfg.group_size, seed=cfg.seed)
     engine = Sampler(cfg, policy, model, policy_keys)
@@ -348,7 +352,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         if main:
             _atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
             if cfg.sft_steps > 0:
-                warm_start(cfg, policy, model, log)
+                warm_start(cfg, policy, model, log, plugins)
         D.broadcast_model(model)  # every rank starts RL from rank 0's warm start
         engine.sync(model)
         extra["success_before"] = evaluate(cfg, engine.policy, cfg.eval_tasks) if cfg.eval_tasks else None
