@@ -340,3 +340,27 @@ def test_owpo_kl_preset_is_owpos_reference_with_a_kl_term(warm, episodes, dapo):
     owpo, _ = _update_delta(warm, episodes, _learner("owpo"))
     kl, stats = _update_delta(warm, episodes, cfg)
     assert stats["kl"] > 0 and _relative(kl, dapo[1]) > 0.05 and _relative(kl, owpo) > 0.05
+
+
+# -- the ablation's arms: each method against its paper's baseline, one config apart ---------------------------
+
+
+def test_every_paper_comparison_is_one_config():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from arms import PAPER_COMPARISONS, comparison_configs, warm_start_key
+
+    base = TrainConfig()
+    for name, comparison in PAPER_COMPARISONS.items():
+        method, baseline = comparison_configs(base, name)
+        assert (method.learner, method.env_kwargs) != (baseline.learner, baseline.env_kwargs), name
+        assert comparison.paper_sign in (-1, 0, 1) and comparison.claim
+    assert {c.method.preset for c in PAPER_COMPARISONS.values()} == set(registry()) - {"hrr"}
+    assert {"care_pseudo_label", "care_random", "occ_detach", "occ_ce", "occ_fixed", "nsr_decay", "owpo_kl"} <= {
+        c.baseline.preset for c in PAPER_COMPARISONS.values()}
+    occ, detach = comparison_configs(base, "occ_vs_detach")  # one warm start, which trains the MTP head
+    assert warm_start_key(occ) == warm_start_key(detach) and warm_start_key(occ)[1] == ("occ",)
+    ih, immediate = comparison_configs(base, "ih_grpo")  # the paper's baseline executes at once: its own demos
+    assert warm_start_key(ih) != warm_start_key(immediate) and immediate.env_kwargs["execution"] == "immediate"
