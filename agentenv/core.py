@@ -16,6 +16,7 @@ errors) comes back in the observation and in that call's `info["tool_results"][i
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Collection, Iterable, Sequence
@@ -29,12 +30,13 @@ from agentenv.tools.parsing import ParsedAction, parse_action
 from agentenv.tools.registry import ToolSpec, resolve_tools
 from agentenv.types import Message, StepInfo
 
-__all__ = ["qualified_env_id", "ChatEnv", "ChatHistory", "Utterance", "Message", "Score", "ROLES"]
+__all__ = ["qualified_env_id", "repeated_code_blocks", "ChatEnv", "ChatHistory", "Utterance", "Message", "Score", "ROLES"]
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_ACTION_CHARS = 1 << 22  # 4 MiB of text: anything longer is cut (and said so) before parsing
 
 EXECUTION_MODES = ("immediate", "delayed")
+PYTHON_SEMANTICS = ("fresh", "session")
 DEFAULT_STEP_TIMEOUT_S = 30.0
 
 
@@ -107,6 +109,13 @@ class ChatEnv(gym.Env[list, str]):
         tools: tools the agent may call: `@agentenv.tool` functions or registered names ("python", ...).
         execution: "immediate" runs calls when `step` returns; "delayed" queues them until the action holds
             `<execute/>` or an answer (IH-GRPO).
+        python_semantics: "fresh" runs each python call in fresh globals; "session" is IH-GRPO's turn semantics
+            (its SimpleTIR code): the python calls run together (those of a turn, or under delayed execution
+            those of one `<execute/>`) are joined with newlines into one program, run in a namespace that lives
+            for the episode (in the episode's own sandbox worker: `reset()` kills it, no other episode sees it);
+            a program that fails leaves the names bound as they were. Under delayed execution a run whose
+            queued code trips the paper's reward-hacking check (`repeated_code_blocks`) adds no delayed calls
+            to `delay_call_rate`.
         max_turns: `step` returns `truncated=True` after this many assistant turns without an answer.
         seed: seed used by the first `reset()` that is given none.
         render_mode: None or "ansi" (the transcript as text).
@@ -139,6 +148,7 @@ class ChatEnv(gym.Env[list, str]):
         self,
         tools: Iterable[ToolSpec] = (),
         execution: str = "immediate",
+        python_semantics: str = "fresh",
         max_turns: int = 8,
         seed: int | None = None,
         render_mode: str | None = None,
@@ -152,11 +162,15 @@ class ChatEnv(gym.Env[list, str]):
             raise ValueError("step_timeout_s must be > 0 or None")
         if execution not in EXECUTION_MODES:
             raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {execution!r}")
+        if python_semantics not in PYTHON_SEMANTICS:
+            raise ValueError(f"python_semantics must be one of {PYTHON_SEMANTICS}, got {python_semantics!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}")
         if max_turns < 1:
             raise ValueError("max_turns must be at least 1")
-        self.tools: dict[str, Tool] = {name: t.fresh() for name, t in resolve_tools(tools).items()}
+        self.python_semantics = python_semantics
+        session = python_semantics == "session"
+        self.tools: dict[str, Tool] = {name: _own_tool(name, t, session) for name, t in resolve_tools(tools).items()}
         self.step_timeout_s = step_timeout_s
         self.context_window = _context_window(compressor, budget_tokens, compressor_options)
         if self.context_window is not None and type(self)._needed_lines is not ChatEnv._needed_lines:
@@ -173,6 +187,7 @@ class ChatEnv(gym.Env[list, str]):
         self._pending: list[ToolCall] = []
         self._turn = 0
         self._delayed_calls = 0
+        self._pending_repeats = False  # a queued turn tripped the reward-hacking check (session semantics)
         self._done = False
         self._python_blocks = "python" in self.tools
         self._has_env_turn = type(self)._env_turn is not ChatEnv._env_turn  # skip a no-op call per step
@@ -220,6 +235,7 @@ class ChatEnv(gym.Env[list, str]):
         self._pending = []
         self._turn = 0
         self._delayed_calls = 0
+        self._pending_repeats = False
         self._done = False
         for t in self.tools.values():
             t.reset()
@@ -250,7 +266,7 @@ class ChatEnv(gym.Env[list, str]):
 
         results: list[ToolResult] = []
         if parsed.calls or parsed.execute or parsed.answer is not None:
-            results = self._handle_calls(parsed, errors, messages)
+            results = self._handle_calls(parsed, errors, messages, action)
 
         reward, terminated, components = 0.0, False, {}
         if parsed.answer is not None:
@@ -305,15 +321,19 @@ class ChatEnv(gym.Env[list, str]):
 
     # -- tool calls --------------------------------------------------------------------------------
 
-    def _handle_calls(self, parsed: ParsedAction, errors: list[str], messages: list[Message]) -> list[ToolResult]:
+    def _handle_calls(self, parsed: ParsedAction, errors: list[str], messages: list[Message], action: str = "") -> list[ToolResult]:
         """Run or queue this turn's calls, appending acknowledgements and results to `messages`.
 
         Returns the results delivered this step.
         """
         deadline = None if self.step_timeout_s is None else time.monotonic() + self.step_timeout_s
+        session = self.python_semantics == "session" and "python" in self.tools
         if self.execution == "immediate":
-            results = [self._run(call, deadline, errors) for call in parsed.calls]
+            calls = self._session_programs(parsed.calls) if session else parsed.calls
+            results = [self._run(call, deadline, errors) for call in calls]
         else:
+            if session and parsed.calls:
+                self._pending_repeats |= repeated_code_blocks(action, [c for c in parsed.calls if c.name == "python"])
             for call in parsed.calls:
                 if call.name not in self.tools:  # rejected at once: queueing a call that can never run helps no one
                     errors.append(self._unknown_tool(call.name))
@@ -324,12 +344,29 @@ class ChatEnv(gym.Env[list, str]):
             results = []
             if (parsed.execute or parsed.answer is not None) and self._pending:
                 batch, self._pending = self._pending, []
-                self._delayed_calls += len(batch) - 1
+                if not self._pending_repeats:  # IH-GRPO counts no delay for code that repeats itself
+                    self._delayed_calls += len(batch) - 1
+                self._pending_repeats = False
+                if session:
+                    batch = self._session_programs(batch)
                 results = [self._run(call, deadline, errors) for call in batch]
             elif parsed.execute and not parsed.calls:
                 errors.append("<execute/> with no queued tool calls")
         messages.extend({"role": "tool", "name": r.name, "content": r.content} for r in results)
         return results
+
+    def _session_programs(self, calls: Sequence[ToolCall]) -> list[ToolCall]:
+        """The calls to run under session semantics: every well-formed python call joined with newlines (empty
+        blocks dropped, as the paper's code does) into one program, in the first one's place; other calls
+        as they are."""
+        python = self.tools["python"]
+        code_calls = [i for i, c in enumerate(calls) if c.name == "python" and python.check_arguments(c.arguments) is None]
+        if len(code_calls) < 2:
+            return list(calls)
+        program = "\n".join(calls[i].arguments["code"] for i in code_calls if calls[i].arguments["code"])
+        first = calls[code_calls[0]]
+        joined = ToolCall("python", {"code": program}, first.span)
+        return [joined if i == code_calls[0] else c for i, c in enumerate(calls) if i == code_calls[0] or i not in code_calls]
 
     def _run(self, call: ToolCall, deadline: float | None, errors: list[str]) -> ToolResult:
         """Run one call. What is wrong with the call as written (an unknown tool, arguments that do not fit
@@ -396,6 +433,77 @@ class ChatEnv(gym.Env[list, str]):
             "delay_call_rate": self.delay_call_rate if self._delayed_calls else 0.0,
             "control_spans": spans,
         }
+
+
+def _own_tool(name: str, tool: Tool, python_session: bool) -> Tool:
+    """The env's own instance of `tool` (`Tool.fresh`); the python tool runs a session when asked to."""
+    if name != "python" or not python_session:
+        return tool.fresh()
+    from agentenv.tools.python_tool import PythonTool
+
+    if not isinstance(tool, PythonTool):
+        raise ValueError("python_semantics='session' needs agentenv's sandboxed python tool (PythonTool), "
+                         f"got {type(tool).__name__}")
+    return tool.fresh(session=True)
+
+
+_PRINT_LINE = ("print(", "display(", "pprint(")
+_ASSIGNMENT_LOOKALIKES = ("==", "!=", "<=", ">=", "+=", "-=", "*=", "/=", "//=", "%=", "**=", "&=", "|=", "^=", ">>=", "<<=", "@=")
+
+
+def _shown_by_auto_print(line: str) -> bool:
+    """Whether the paper's sandbox would wrap this last line in print(): a bare expression, not an assignment."""
+    import ast
+
+    line = line.strip()
+    if "=" in line and not any(op in line for op in _ASSIGNMENT_LOOKALIKES):
+        return False
+    try:
+        ast.parse(line, mode="eval")
+    except SyntaxError:
+        return False
+    return True
+
+
+def _code_logic(code: str) -> set[str]:
+    """A block's logic lines: comments cut, all whitespace removed, print lines and the auto-printed last
+    expression left out (they show values; they compute nothing new)."""
+    lines = [line for line in code.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if lines and _shown_by_auto_print(lines[-1]):
+        lines = lines[:-1]
+    logic = set()
+    for line in lines:
+        clean = "".join(re.sub(r"#.*", "", line).split())
+        if clean and not clean.startswith(_PRINT_LINE):
+            logic.add(clean)
+    return logic
+
+
+def repeated_code_blocks(action: str, calls: Sequence[ToolCall]) -> bool:
+    """IH-GRPO's reward-hacking check on one turn's python calls (its SimpleTIR `check_reward_hacking`): a
+    turn that splits code into several blocks only to look like delayed calls. True when, with two or
+    more blocks: two blocks have nothing but whitespace between them; a block is empty; a block's logic
+    lines (`_code_logic`) are all in earlier blocks; or they hold every logic line of the earlier blocks;
+    or a block with no logic line follows blocks that had some."""
+    if len(calls) < 2:
+        return False
+    for before, after in zip(calls, calls[1:]):
+        if not action[before.span[1] : after.span[0]].strip():
+            return True
+    seen: set[str] = set()
+    for call in calls:
+        code = call.arguments.get("code")
+        if not isinstance(code, str) or not code.strip():
+            return True
+        logic = _code_logic(code)
+        if not logic:
+            if seen:
+                return True
+            continue
+        if logic <= seen or (seen and seen <= logic):
+            return True
+        seen |= logic
+    return False
 
 
 def _context_window(compressor: Any, budget_tokens: int | None, options: dict[str, Any] | None = None) -> Any:

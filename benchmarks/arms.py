@@ -1,19 +1,117 @@
-"""Arms of a comparison that all start from one shared warm start (`ablation.py`, `hrr_ledger.py`).
+"""Arms of a comparison that all start from one shared warm start (`ablation.py`, `hrr_ledger.py`), and the
+table of each seed method against the baseline its paper compares it with (`PAPER_COMPARISONS`).
 
 The warm start (SFT + held-out evaluation, a `train` run with `steps=0`) is trained once; each arm resumes
 from a copy of its step-0 checkpoint, so every arm starts from the same weights, optimizer and RNG state.
+Two arms can share a warm start only if it trains the same things on the same demonstrations:
+`warm_start_key` says when (same env options after the plug-ins' own, same plug-ins with a warm-start loss,
+such as OCC's MTP head).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from agentenv.config import apply_overrides
+from agentenv.learn.plugin import Plugin, build_plugins, with_env_options
+from agentenv.learn.presets import learner_preset
 from agentenv.learn.train import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: a learner preset (`presets.py`), learner overrides on top of it, and env options on top of the
+    run's `env_kwargs` (the preset's plug-ins add their own at train time, `Plugin.env_options`)."""
+
+    preset: str
+    learner: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A method's arm against its paper's baseline arm, the sign of the difference the paper reports on its main
+    metric (+1: the method is better; OCC's claim against Detach is "matches or exceeds"), and the claim."""
+
+    method: Arm
+    baseline: Arm
+    paper_sign: int
+    claim: str
+
+
+IH_ENV = {"execution": "delayed", "python_semantics": "session"}  # what the ih_grpo plug-in asks for
+MB4 = {"mini_batches": 4}  # the schedule of the plug-ins that act only when π_θ ≠ π_old (their presets' own)
+
+# Each method against its paper's baseline, one config apart (the baselines are presets: `Plugin.presets`).
+# hrr (ZipRL) is compared in benchmarks/hrr_ledger.py, with its compression baselines.
+PAPER_COMPARISONS: dict[str, Comparison] = {
+    "ih_grpo": Comparison(Arm("ih_grpo"), Arm("dapo", env={**IH_ENV, "execution": "immediate"}), +1,
+                          "IH-GRPO (2605.18500): +1.87/2.16/2.53 points on six math benchmarks (Qwen3-1.7B/4B/8B) over "
+                          "the strongest baseline, tool calls executed immediately"),
+    "ih_grpo_surrogate": Comparison(Arm("ih_grpo"), Arm("dapo", env=IH_ENV), +1,
+                                    "IH-GRPO: the hierarchical surrogate (c-loss) on top of delayed execution; same env"),
+    "occ_vs_detach": Comparison(Arm("occ"), Arm("occ_detach"), +1,
+                                "OCC (2605.28184): matches or exceeds the Detach baseline on six math benchmarks"),
+    "occ_vs_ce": Comparison(Arm("occ"), Arm("occ_ce"), +1,
+                            "OCC: joint MTP training with cross-entropy degrades RL (why practice detaches)"),
+    "occ_vs_fixed": Comparison(Arm("occ"), Arm("occ_fixed"), +1,
+                               "OCC: a policy loss with a fixed coefficient still degrades (the correlation decays)"),
+    "care_vs_pseudo_label": Comparison(Arm("care"), Arm("care_pseudo_label"), +1,
+                                       "CARE (2605.25864): pseudo-label-only RLVR is prone to collapse"),
+    "care_vs_random": Comparison(Arm("care"), Arm("care_random"), +1,
+                                 "CARE: its acquisition beats a random choice of the same label budget"),
+    "nsr_vs_decay": Comparison(Arm("nsr"), Arm("nsr_decay"), +1,
+                               "NSR (2605.22703): stochastic rescue beats deterministic gradient decay"),
+    "nsr_vs_dapo": Comparison(Arm("nsr"), Arm("dapo", MB4), +1, "NSR: consistent gains over DAPO and GSPO"),
+    "owpo_vs_kl": Comparison(Arm("owpo"), Arm("owpo_kl"), +1,
+                             "OWPO (2605.22156): token-level reference constraints can flip the verifier's direction"),
+    "owpo_vs_dapo": Comparison(Arm("owpo"), Arm("dapo"), +1, "OWPO: outperforms DAPO, OPD and MOPD"),
+    "fipo_vs_dapo": Comparison(Arm("fipo"), Arm("dapo", MB4), +1,
+                               "FIPO (2603.19835): AIME24 50.0% → 58.0% peak over its DAPO baseline (Qwen2.5-32B)"),
+    "divergence_vs_dapo": Comparison(Arm("divergence"), Arm("dapo", MB4), +1,
+                                     "Sparse but Critical (2603.22446): divergence-weighted advantages improve on DAPO"),
+    "direction_vs_dapo": Comparison(Arm("direction"), Arm("dapo"), +1,
+                                    "RLVR directions (2603.22117): reweighting low-probability tokens improves reasoning"),
+    "amr_sd_vs_dapo": Comparison(Arm("amr_sd"), Arm("dapo"), +1,
+                                 "AMR-SD (2605.18529): outperforms existing baselines, no late-stage collapse"),
+}
+
+
+def arm_config(base: TrainConfig, arm: Arm, out_dir: str | Path | None = None) -> TrainConfig:
+    """`base` with the arm's learner (its preset, then its overrides, keeping `base.learner`'s other fields such as
+    lr and micro-batch size) and env options; `out_dir` if given."""
+    learner = copy.deepcopy(base.learner)
+    apply_overrides(learner, {**learner_preset(arm.preset), **arm.learner})
+    return dataclasses.replace(base, learner=learner, env_kwargs={**base.env_kwargs, **arm.env},
+                               out_dir=str(out_dir) if out_dir is not None else base.out_dir)
+
+
+def warm_start_key(cfg: TrainConfig) -> tuple:
+    """Equal for two arm configs that can share one warm start: the env its demonstrations come from (after the
+    plug-ins' env options) and the plug-ins that add a warm-start loss (`Plugin.sft_loss`, e.g. an MTP head)."""
+    plugins = build_plugins(cfg.learner)
+    env = with_env_options(cfg.env_kwargs, plugins)
+    sft = sorted(p.name for p in plugins if type(p).sft_loss is not Plugin.sft_loss)
+    return json.dumps(env, sort_keys=True, default=str), tuple(sft)
+
+
+def comparison_configs(base: TrainConfig, name: str) -> tuple[TrainConfig, TrainConfig]:
+    """(method, baseline) configs of comparison `name`, on top of `base`; they differ only as the table says and
+    share the update schedule (checked). Whether they can share a warm start is `warm_start_key`'s to say:
+    OCC's arms all train the MTP head in theirs; IH-GRPO's immediate-execution baseline needs its own."""
+    comparison = PAPER_COMPARISONS[name]
+    method, baseline = arm_config(base, comparison.method), arm_config(base, comparison.baseline)
+    schedule = ("ppo_epochs", "mini_batches", "lr", "micro_batch_size")
+    if any(getattr(method.learner, k) != getattr(baseline.learner, k) for k in schedule):
+        raise ValueError(f"{name}: the two arms must share the update schedule {schedule}")
+    return method, baseline
 
 
 def run_arm(warm_dir: Path, cfg: TrainConfig, log: Callable[[str], None],

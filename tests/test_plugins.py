@@ -678,7 +678,9 @@ def test_presets_load_from_the_train_config(tmp_path):
     assert cfg.learner.loss == "ppo_clip" and cfg.learner.scale_rewards == "none"  # a preset sets every algorithm field
     with pytest.raises(UserError):
         load_config(None, ["--learner.preset=grpo2"])
-    assert set(P.PLUGINS) | set(PRESETS) == set(preset_names()) and set(PRESETS) == {"grpo", "dr_grpo", "dapo", "gspo", "cispo"}
+    variants = {name for plugin in P.BUILTIN for name in plugin.presets}
+    assert set(P.PLUGINS) | set(PRESETS) | variants == set(preset_names()) and set(PRESETS) == {"grpo", "dr_grpo", "dapo", "gspo", "cispo"}
+    assert {"care_pseudo_label", "care_random", "nsr_decay", "occ_detach", "occ_ce", "occ_fixed", "owpo_kl"} <= variants
     preset = learner_preset("dapo")
     preset["plugins"].append("nsr")
     assert PRESETS["dapo"]["plugins"] == []  # callers get copies

@@ -512,17 +512,26 @@ def recompute_logprobs(model: torch.nn.Module, batch: Batch, cfg: LearnerConfig)
     return out
 
 
-def sft_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, cfg: LearnerConfig) -> float:
-    """One supervised step on demonstration tokens: token-mean NLL over the loss mask."""
+def sft_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, cfg: LearnerConfig, *,
+               plugins: Sequence[Plugin] = ()) -> float:
+    """One supervised step on demonstration tokens: token-mean NLL over the loss mask, plus the plug-ins'
+    `sft_loss` terms (e.g. a head a plug-in added), normalised by the same token count."""
     device = next(model.parameters()).device
     batch = batch.to(device)
     num_tokens = float(batch.loss_mask.sum().clamp(min=1))
+    ctx = StepContext(cfg, model=model)
     total = 0.0
     for _, micro in _micro_batches(batch, torch.arange(len(batch), device=device), cfg):
         with autocast(device, cfg):
-            logp, _ = token_logprobs(model, micro, 1.0, cfg.logprob_chunk, hidden=final_hidden(model, micro, cfg.share_prefix),
-                                     mask=micro.loss_mask)
-        loss = F.aggregate(-logp, micro.loss_mask, "token-mean", num_tokens_global=num_tokens)
+            hidden = final_hidden(model, micro, cfg.share_prefix)
+            logp, _ = token_logprobs(model, micro, 1.0, cfg.logprob_chunk, hidden=hidden, mask=micro.loss_mask)
+            per_token = -logp
+            for plugin in plugins:
+                extra = plugin.sft_loss(model, hidden, micro, ctx)
+                if extra is not None:
+                    per_token = per_token + extra
+        # a plug-in's term is zero off its own mask, which lies within the loss mask
+        loss = F.aggregate(per_token, micro.loss_mask, "token-mean", num_tokens_global=num_tokens)
         loss.backward()
         total += float(loss.detach())
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)

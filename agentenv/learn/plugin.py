@@ -18,6 +18,12 @@ unless a plug-in overrides it:
 | 4. loss          | `token_advantages(adv, logp, micro, ctx)`      | token weights                       |
 |                  | `token_loss(terms, micro, ctx)`                | loss form, auxiliary losses         |
 | checkpoint       | `state_dict()` / `load_state_dict(state)`      | a probe's weights and buffer        |
+| warm start (SFT) | `sft_loss(model, hidden, micro, ctx)`          | train an added head on the demos    |
+
+Two declarations complete a plug-in as shipped: `env_options()`, the env settings its method needs
+(`train` merges them into `env_kwargs`; a run that sets one differently is an error, never a silent
+override), and `presets`, named variants of it (a paper's baselines, each one config:
+`--learner.preset=NAME`, `presets.py`).
 
 Plug-ins run in the order they were registered (`agentenv/learn/plugins/__init__.py`: the pipeline order of
 docs/anchors-learner.md Part 3), whatever order a config names them in. Adding one: a new module with its
@@ -27,6 +33,7 @@ code, as tests/test_plugin_api.py does).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 from dataclasses import dataclass, field
@@ -38,7 +45,8 @@ from torch import Tensor
 from agentenv.config import apply_overrides, did_you_mean, validate_choices
 from agentenv.errors import UserError
 
-__all__ = ["Plugin", "StepContext", "LossTerms", "register", "registry", "plugin_configs", "build_plugins"]
+__all__ = ["Plugin", "StepContext", "LossTerms", "register", "registry", "plugin_configs", "build_plugins",
+           "with_env_options"]
 
 
 @dataclass
@@ -79,12 +87,16 @@ class Plugin:
     Config: ClassVar[type]  # a dataclass of the plug-in's settings
     off_policy: ClassVar[bool] = False  # acts only when π_θ ≠ π_old: its preset uses 4 mini-batches
     needs_ref_model: ClassVar[bool] = False  # the run keeps a reference policy for it
-    # env options the method needs to be active (merged into TrainConfig.env_kwargs by train.py, a conflicting
-    # user value is an error), e.g. HRR: the agent's own compression actions, {"compressor_options": {"mode": "agent"}}
-    required_env_kwargs: ClassVar[dict[str, Any]] = {}
+    # Named variants (a paper's baselines): preset name -> LearnerConfig overrides applied on top of this
+    # plug-in's own preset (`dapo` + it); `{"plugins": {NAME: {...}}}` sets its settings.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
+
+    def env_options(self) -> dict[str, Any]:
+        """Env settings (`TrainConfig.env_kwargs` keys) the method needs to act at all; `train` adds them."""
+        return {}
 
     def setup(self, model: torch.nn.Module, tokenizer: Any, *, group_size: int, seed: int) -> None:
         """Once per run, before the optimizer is built (so parameters added here are trained)."""
@@ -113,6 +125,11 @@ class Plugin:
 
     def token_loss(self, terms: LossTerms, micro: Any, ctx: StepContext) -> None:
         """Change `terms.per_token` / `terms.clipped` in place."""
+
+    def sft_loss(self, model: torch.nn.Module, hidden: Tensor, micro: Any, ctx: StepContext) -> Tensor | None:
+        """Warm start: an extra per-token loss `[B, T]` on a demonstration micro-batch (zero off its own mask),
+        added to the NLL and normalised by the same token count; `hidden` are the final hidden states."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -170,3 +187,23 @@ def build_plugins(cfg: Any) -> list[Plugin]:
     """One instance per plug-in named in `cfg.plugins` (a `LearnerConfig`), in pipeline order."""
     known = registry()
     return [known[name](config) for name, config in plugin_configs(cfg.plugins).items()]
+
+
+def with_env_options(env_kwargs: dict[str, Any], plugins: Sequence[Plugin]) -> dict[str, Any]:
+    """`env_kwargs` plus every plug-in's `env_options()`; nested dicts merge key by key. A key the run already
+    sets to another value is a `UserError`: a method's env requirement is never overridden silently, either way."""
+
+    def merge(target: dict[str, Any], needed: dict[str, Any], where: str, plugin: str) -> None:
+        for key, value in needed.items():
+            if key not in target:
+                target[key] = copy.deepcopy(value)
+            elif isinstance(value, dict) and isinstance(target[key], dict):
+                merge(target[key], value, f"{where}{key}.", plugin)
+            elif target[key] != value:
+                raise UserError(f"plug-in {plugin!r} needs {where}{key}={value!r}, but the config sets {target[key]!r}: "
+                                f"drop that setting, or the plug-in")
+
+    merged = copy.deepcopy(env_kwargs)
+    for plugin in plugins:
+        merge(merged, plugin.env_options(), "env_kwargs.", plugin.name)
+    return merged

@@ -14,6 +14,9 @@ algorithm whatever came before it.
   defaults. The plug-ins that act only when π_θ ≠ π_old (`Plugin.off_policy`: divergence, fipo, nsr, occ)
   also get 4 mini-batches per rollout batch. Compare them against `dapo` with the same
   `--learner.mini_batches`. To stack plug-ins, name them: `--learner.plugins=fipo,owpo`.
+- each plug-in's named variants (`Plugin.presets`: the baselines its paper compares against, e.g.
+  `nsr_decay`, `care_random`, `occ_detach`, `owpo_kl`): that plug-in's preset plus the variant's overrides,
+  so a method and its baseline differ in exactly those settings.
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset_names() -> list[str]:
-    """The algorithm presets, then one per registered plug-in."""
-    return [*PRESETS, *registry()]
+    """The algorithm presets, then one per registered plug-in, then the plug-ins' named variants."""
+    plugins = registry()
+    return [*PRESETS, *plugins, *(name for cls in plugins.values() for name in cls.presets)]
 
 
 def learner_preset(name: str) -> dict[str, Any]:
@@ -53,4 +57,8 @@ def learner_preset(name: str) -> dict[str, Any]:
     plugins = registry()
     if name in plugins:
         return {**copy.deepcopy(DAPO), "plugins": [name], "mini_batches": 4 if plugins[name].off_policy else 1}
+    for cls in plugins.values():
+        if name in cls.presets:
+            variant = copy.deepcopy(cls.presets[name])
+            return {**learner_preset(cls.name), "plugins": variant.pop("plugins", [cls.name]), **variant}
     raise ValueError(f"unknown learner preset {name!r}{did_you_mean(name, preset_names())}; known: {', '.join(preset_names())}")

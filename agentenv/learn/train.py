@@ -33,11 +33,11 @@ from agentenv.core import qualified_env_id
 from agentenv.errors import UserError
 from agentenv.learn import distributed as D
 from agentenv.learn.learner import LearnerConfig, episode_advantages, make_batch, sft_update, update
-from agentenv.learn.plugin import StepContext, build_plugins, registry
+from agentenv.learn.plugin import StepContext, build_plugins, with_env_options
 from agentenv.learn.sampler import AsyncRollouts, Sampler
 from agentenv.rollout import collect, demonstrations
 
-__all__ = ["TrainConfig", "RolloutConfig", "load_config", "apply_required_env_kwargs", "train"]
+__all__ = ["TrainConfig", "RolloutConfig", "load_config", "train"]
 
 HELD_OUT_SEED_BASE = 1_000_000_000  # evaluation seeds start here; training seeds are always below it
 
@@ -118,28 +118,9 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Train
             raise UserError(f"expected --key=value, got {item!r}")
         apply_overrides(cfg, {key: value})
     validate_choices(cfg)
-    apply_required_env_kwargs(cfg)
+    # the env settings the plug-ins' methods need, so config.yaml and every env of the run show them
+    cfg.env_kwargs = with_env_options(cfg.env_kwargs, build_plugins(cfg.learner))
     return cfg
-
-
-def apply_required_env_kwargs(cfg: TrainConfig) -> None:
-    """Merge the env options the configured plug-ins need (`Plugin.required_env_kwargs`, e.g. agent-driven
-    compression) into `cfg.env_kwargs`, so a preset is a complete method; nested dicts merge key by key. A value
-    the config sets differently is a `UserError` (the method would silently not be what it claims). Idempotent."""
-
-    def merge(target: dict[str, Any], required: dict[str, Any], where: str, plugin: str) -> None:
-        for key, value in required.items():
-            if key not in target:
-                target[key] = copy.deepcopy(value)
-            elif isinstance(value, dict) and isinstance(target[key], dict):
-                merge(target[key], value, f"{where}{key}.", plugin)
-            elif target[key] != value:
-                raise UserError(f"plug-in {plugin!r} needs {where}{key}={value!r}, but the config sets {target[key]!r}: "
-                                f"drop that setting, or the plug-in")
-
-    known = registry()
-    for name in cfg.learner.plugins:
-        merge(cfg.env_kwargs, known[name].required_env_kwargs, "env_kwargs.", name)
 
 
 # -- small utilities -------------------------------------------------------------------------------
@@ -326,8 +307,9 @@ def _mean(values: Sequence[float]) -> float:
     return D.global_sum(sum(values)) / max(D.global_sum(len(values)), 1.0)
 
 
-def warm_start(cfg: TrainConfig, policy, model, log) -> None:
-    """Supervised steps on scripted demonstrations (tokenized once; env tokens masked out)."""
+def warm_start(cfg: TrainConfig, policy, model, log, plugins: Sequence[Any] = ()) -> None:
+    """Supervised steps on scripted demonstrations (tokenized once; env tokens masked out); `plugins` may add
+    their own supervised terms (`Plugin.sft_loss`)."""
     from agentenv.registration import scripted_policy
 
     env_id = qualified_env_id(cfg.env_id)
@@ -345,7 +327,7 @@ def warm_start(cfg: TrainConfig, policy, model, log) -> None:
     for step in range(cfg.sft_steps):
         pick = torch.randperm(len(demos), generator=gen)[: cfg.sft_batch_size].tolist()
         batch = make_batch([demos[i] for i in pick], zeros[: len(pick)], policy.chat.pad_id)
-        loss = sft_update(model, optimizer, batch, cfg.learner)
+        loss = sft_update(model, optimizer, batch, cfg.learner, plugins=plugins)
         if step % 10 == 0 or step == cfg.sft_steps - 1:
             log(f"sft step {step + 1}/{cfg.sft_steps} loss {loss:.3f}")
 
@@ -356,7 +338,6 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     Under `torchrun` (WORLD_SIZE > 1) every rank runs this: each collects its share of the step's tasks
     (whole GRPO groups), the update sums gradients over ranks (`distributed.py`), and only rank 0 logs and
     writes files."""
-    apply_required_env_kwargs(cfg)  # a config built in Python skipped load_config
     rank, world = D.init_from_env(_device(cfg))
     main = rank == 0
     if not main:
@@ -370,6 +351,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     policy, model = _build(cfg, rank)
     policy_keys = set(model.state_dict())  # what a rollout engine needs (not a plug-in's extra head)
     plugins = build_plugins(cfg.learner)
+    # the env settings the plug-ins' methods need (a clash with the run's own is an error), for every env this
+    # run makes: demonstrations, training rollouts and held-out evaluation alike
+    cfg = dataclasses.replace(cfg, env_kwargs=with_env_options(cfg.env_kwargs, plugins))
     for plugin in plugins:  # before the optimizer: a plug-in may add trained parameters (a head)
         plugin.setup(model, policy.tokenizer, group_size=cfg.group_size, seed=cfg.seed)
     engine = Sampler(cfg, policy, model, policy_keys)
@@ -388,7 +372,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         if main:
             _atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
             if cfg.sft_steps > 0:
-                warm_start(cfg, policy, model, log)
+                warm_start(cfg, policy, model, log, plugins)
         D.broadcast_model(model)  # every rank starts RL from rank 0's warm start
     ref_model = None  # the reference policy: frozen for a KL term, or kept for a plug-in; saved in checkpoints
     if cfg.learner.kl_coef > 0 or any(plugin.needs_ref_model for plugin in plugins):

@@ -692,20 +692,28 @@ class Sandbox:
             cache.popitem(last=False)
         return compiled
 
-    def run(self, code: str, max_output_chars: int = 8192) -> tuple[bool, str | None, str]:
+    def new_namespace(self) -> dict[str, Any]:
+        """Fresh globals for a program: the guarded builtins (plain ones without the language layer)."""
+        return {"__builtins__": self.builtins if self.language_layer else builtins, "__name__": "__main__"}
+
+    def run(self, code: str, max_output_chars: int = 8192,
+            namespace: dict[str, Any] | None = None) -> tuple[bool, str | None, str]:
+        """Run `code` in fresh globals, or in a copy of `namespace` (a session's globals, from `new_namespace`)
+        that replaces it only if the program succeeds: a failed program leaves the session's names bound as
+        they were (objects it mutated in place stay mutated). The classes a session's programs define stay
+        writable for its later programs, as they would within one program."""
         out = self._out = _Output(max_output_chars)
         self._collector = _PrintCollector(out, self._guarded_getattr)
         if self.language_layer:
             compiled = self.compile(code)
-            scope: dict[str, Any] = {"__builtins__": self.builtins, "__name__": "__main__"}
         else:
             try:
                 compiled = compile(code, SANDBOX_FILENAME, "exec")
             except (SyntaxError, ValueError) as exc:
                 compiled = f"SyntaxError: {exc}"
-            scope = {"__builtins__": builtins, "__name__": "__main__"}
         if isinstance(compiled, str):
             return False, compiled, ""
+        scope = self.new_namespace() if namespace is None else dict(namespace)
         if self.freeze_before_run:
             gc.freeze()  # what exists now is not the program's: the collection after it skips all of it
         error = None
@@ -724,8 +732,12 @@ class Sandbox:
             error = _describe(exc)
         finally:
             sys.stdout = stdout
+            if namespace is not None and error is None:
+                namespace.clear()
+                namespace.update(scope)
             scope.clear()
-            self._user_types.clear()
+            if namespace is None:
+                self._user_types.clear()
             if self._used_decimal:
                 self._used_decimal = False
                 self._decimal.setcontext(self._decimal.Context())
@@ -801,7 +813,9 @@ def _describe(exc: BaseException) -> str:
 #   worker -> host: b"R" + JSON once ready (its layers), then one reply per program:
 #                   b"O" + output, or b"E" + error line + b"\0" + output (UTF-8)
 #   host -> worker: b"L" + JSON lease once (memory_mb, cpu_s, recursion_limit, language_layer; no reply),
-#                   then b"C" + REQUEST_HEADER (timeout s, max output characters) + UTF-8 source.
+#                   then b"C" + REQUEST_HEADER (timeout s, max output characters) + UTF-8 source (fresh
+#                   globals), or b"S" + the same (the worker's one session namespace, made at its first "S";
+#                   it lives as long as the worker, which serves one episode: the host kills it at reset).
 
 _WARM_UP = (
     "import math, cmath, statistics, fractions, decimal, random, itertools, functools, collections\n"
@@ -959,14 +973,18 @@ def _serve(sandbox: Sandbox, cpu_hard: int) -> None:
 
     getrusage, RUSAGE_SELF = resource.getrusage, resource.RUSAGE_SELF
     setrlimit, RLIMIT_CPU = resource.setrlimit, resource.RLIMIT_CPU
+    session: dict[str, Any] | None = None  # the episode's namespace, for "S" requests
     while True:
         try:
             request = _recv(0)
         except (EOFError, OSError):
             return
         try:
-            if request[:1] != b"C":
+            kind = request[:1]
+            if kind not in (b"C", b"S"):
                 raise ValueError("unexpected request")
+            if kind == b"S" and session is None:
+                session = sandbox.new_namespace()
             timeout, max_out = REQUEST_HEADER.unpack_from(request, 1)
             code = request[1 + REQUEST_HEADER.size :].decode("utf-8", "surrogatepass")
             # Backstop if the host dies mid-call: the kernel stops us after timeout + 3 s of CPU.
@@ -975,7 +993,7 @@ def _serve(sandbox: Sandbox, cpu_hard: int) -> None:
             setrlimit(RLIMIT_CPU, (soft, cpu_hard))
             gc.enable()
             try:
-                ok, error, output = sandbox.run(code, max_out)
+                ok, error, output = sandbox.run(code, max_out, session if kind == b"S" else None)
             finally:
                 gc.collect()  # run finalizers of the program's garbage now, inside the timed call
                 gc.disable()

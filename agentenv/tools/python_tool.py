@@ -21,7 +21,11 @@ Isolation: a worker serves one episode of one env. `ChatEnv.reset` calls `tool.r
 worker back (it is killed) and the next call leases a fresh one; envs get their own tool instance
 (`Tool.fresh`), so nothing one episode plants (module caches, ABC registries, `random` state, memory) is
 seen by another. `PythonTool(keep_worker=True)` opts in to reuse across episodes. Within an episode each
-call still starts from fresh globals.
+call still starts from fresh globals, unless the tool runs a session (`session=True`, IH-GRPO's turn
+semantics, `ChatEnv(python_semantics="session")`): then the episode's programs share one namespace, kept in
+its worker and nowhere else (never pickled to the host), and gone when `reset()` kills that worker. A session
+excludes `keep_worker`. If the worker dies mid-episode (a timeout, the memory limit), the next program starts
+from an empty namespace and the result says so.
 
 One pool per host process, shared by every tool and env: the zygote (started once, ~0.1-0.3 s) and a few
 pre-forked, already confined workers, so leasing one costs a pipe write. A timeout kills the worker
@@ -32,6 +36,7 @@ pidfd, SCM_RIGHTS); `benchmarks/bench_sandbox.py` measures it side by side with 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import math
 import os
@@ -471,6 +476,8 @@ class PythonTool(Tool):
         max_output_chars: output beyond this is cut, with a note saying how much was written.
         keep_worker: keep one worker across episodes (`reset()` then keeps it). Default: a fresh worker
             per episode, so nothing one episode leaves behind is visible to the next.
+        session: the episode's programs share one namespace (variables persist from call to call; a program
+            that fails leaves the names bound as they were). Needs keep_worker=False.
 
     `invoke({"code": ...})` and `run(code)` return a `ToolResult` and never raise for anything in `code`.
     Calls on one tool are serialised by a lock. `close()` hands the worker back (a later call leases a
@@ -485,11 +492,14 @@ class PythonTool(Tool):
         memory_mb: int = 256,
         max_output_chars: int = 8192,
         keep_worker: bool = False,
+        session: bool = False,
         *,
         _language_layer: bool = True,  # tests of the process layer only: run programs as plain Python
     ):
         if not timeout_s or timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
+        if session and keep_worker:
+            raise ValueError("a python session lives and dies with its episode's worker: session=True needs keep_worker=False")
         if memory_mb < 0:
             raise ValueError("memory_mb must be >= 0 (0 disables the memory limit)")
         if max_output_chars < 1:
@@ -497,13 +507,17 @@ class PythonTool(Tool):
         self.memory_mb = int(memory_mb)
         self.max_output_chars = int(max_output_chars)
         self.keep_worker = bool(keep_worker)
+        self.session = bool(session)
         self._language_layer = bool(_language_layer)
+        self._session_worker: _Worker | None = None  # the worker whose namespace this episode's programs built
         super().__init__(
             name="python",
             description=(
                 "Run Python 3 code in a sandbox and return what it printed with print(); if the last "
-                "statement is an expression, its value is shown too. Each call starts fresh (no variables "
-                "persist). Importable modules: " + ", ".join(ALLOWED_MODULES) + ". No files, network or "
+                "statement is an expression, its value is shown too. "
+                + ("Variables persist from call to call within the episode (a call that fails changes none). "
+                   if session else "Each call starts fresh (no variables persist). ")
+                + "Importable modules: " + ", ".join(ALLOWED_MODULES) + ". No files, network or "
                 "OS access; names starting with '_' are not allowed. Limits: "
                 f"{timeout_s:g} s, {memory_mb} MB, output cut at {max_output_chars} characters."
             ),
@@ -527,11 +541,11 @@ class PythonTool(Tool):
     def __repr__(self) -> str:
         return (
             f"PythonTool(timeout_s={self.timeout_s:g}, memory_mb={self.memory_mb}, "
-            f"max_output_chars={self.max_output_chars}, keep_worker={self.keep_worker})"
+            f"max_output_chars={self.max_output_chars}, keep_worker={self.keep_worker}, session={self.session})"
         )
 
     def __reduce__(self):
-        return (PythonTool, (self.timeout_s, self.memory_mb, self.max_output_chars, self.keep_worker))
+        return (PythonTool, (self.timeout_s, self.memory_mb, self.max_output_chars, self.keep_worker, self.session))
 
     def __enter__(self) -> PythonTool:
         return self
@@ -540,12 +554,14 @@ class PythonTool(Tool):
         self.close()
 
     # -- public API ------------------------------------------------------------------------------
-    def fresh(self) -> PythonTool:
-        """The same tool with a worker of its own (an env never shares its sandbox with another env).
+    def fresh(self, session: bool | None = None) -> PythonTool:
+        """The same tool with a worker of its own (an env never shares its sandbox with another env); `session`
+        overrides whether it runs one.
 
         The pool starts forking a worker for it now, in the background, and keeps one spare per such tool."""
         tool = PythonTool(
-            self.timeout_s, self.memory_mb, self.max_output_chars, self.keep_worker, _language_layer=self._language_layer
+            self.timeout_s, self.memory_mb, self.max_output_chars, self.keep_worker,
+            self.session if session is None else session, _language_layer=self._language_layer,
         )
         pool = _shared_pool()
         pool.expect(+1)
@@ -553,10 +569,12 @@ class PythonTool(Tool):
         return tool
 
     def reset(self) -> None:
-        """A new episode: hand the worker back, so the next call runs in a fresh one (unless keep_worker)."""
+        """A new episode: hand the worker back, so the next call runs in a fresh one (unless keep_worker).
+        A session's namespace dies with it: it exists in that worker only."""
         if not self.keep_worker:
             with self._lock:
                 self._lease.release()
+                self._session_worker = None
 
     def invoke(self, arguments: Any, timeout_s: float | None = None) -> ToolResult:
         """Validate `{"code": str}` and run it; every failure is a `ToolResult(ok=False)`."""
@@ -579,16 +597,29 @@ class PythonTool(Tool):
         if len(code) > MAX_CODE_CHARS:
             return self._error(f"ValueError: code is too long ({len(code)} > {MAX_CODE_CHARS} characters)", "", start)
         limit = float(self.timeout_s) if timeout_s is None else min(float(self.timeout_s), float(timeout_s))
-        payload = b"C" + REQUEST_HEADER.pack(limit, self.max_output_chars) + code.encode("utf-8", "surrogatepass")
+        kind = b"S" if self.session else b"C"
+        payload = kind + REQUEST_HEADER.pack(limit, self.max_output_chars) + code.encode("utf-8", "surrogatepass")
         with self._lock:
             try:
-                return self._run_locked(payload, limit, start)
+                result = self._run_locked(payload, limit, start)
             except Exception as exc:  # noqa: BLE001 - a bug mid-protocol: the worker's state is unknown
                 self._lease.release()
-                return self._error(f"SystemError: the python tool failed: {type(exc).__name__}: {exc}", "", start)
+                result = self._error(f"SystemError: the python tool failed: {type(exc).__name__}: {exc}", "", start)
             except BaseException:  # KeyboardInterrupt & co. propagate, but never leave a half-read worker
                 self._lease.release()
                 raise
+            return self._session_note(result) if self.session else result
+
+    def _session_note(self, result: ToolResult) -> ToolResult:
+        """Say so when the worker holding the session's namespace was lost (killed after a timeout or the
+        memory limit, or dead): the agent's variables are gone, and its next program starts from none."""
+        worker = self._lease.worker
+        lost = self._session_worker is not None and worker is not self._session_worker
+        self._session_worker = worker
+        if not lost:
+            return result
+        note = "Note: the python session was restarted; variables from earlier calls are gone."
+        return dataclasses.replace(result, content=f"{result.content}\n{note}")
 
     def start(self, wait: bool = True) -> None:
         """Start the shared pool and lease this tool's worker now (instead of at the first call).

@@ -16,6 +16,11 @@ preset (`--learner.preset=NAME`: `dapo` plus that plug-in); set its options with
 | `ih_grpo`    | IH-GRPO, 2605.18500                 | setup: token id; forward: control logit; c-loss    | no                |
 | `occ`        | OCC, 2605.28184                     | setup: MTP head; forward; token_loss: MTP loss     | yes               |
 
+Each paper's baselines are presets of the same plug-in (`Plugin.presets`): `care_pseudo_label`, `care_random`;
+`occ_fixed`, `occ_ce`, `occ_detach`; `nsr_decay`; `owpo_kl`. A plug-in's `env_options` are merged into the run's
+env (`ih_grpo`: delayed execution, python session semantics); `sft_loss` trains what it adds in the warm start
+(`occ`: the MTP head).
+
 [R] marks a reconstruction from the abstract or a third-party port, and [S] a rule from third-party notes.
 Re-check these against the PDFs before claiming a reproduction. The plug-ins that need π_θ ≠ π_old are
 no-ops on a fully on-policy update (one epoch, one mini-batch); their presets use 4 mini-batches.

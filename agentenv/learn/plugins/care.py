@@ -35,6 +35,14 @@ Selection, for N prompts a step, by `acquisition`:
 - "oracle": ground truth for the top ⌈top_pct·N⌉ prompts by the true CAG, pseudo-labels elsewhere, and
   every prompt trains. This is the paper's upper bound; it reads the gt of every prompt.
 
+The paper's two baselines (its code's `majority_voting` and `random_gt_zero_adv` estimators), each a
+preset, so CARE and each baseline are one config apart:
+- "pseudo_label" (preset `care_pseudo_label`; TTRL): no ground truth at all; every prompt trains on its
+  majority-vote label.
+- "random" (preset `care_random`): ground truth for ⌈top_pct·N⌉ prompts drawn uniformly (a generator keyed
+  by the run's seed and the step), pseudo-labels elsewhere; with `random_mask_non_gt` (the paper's
+  default, True) only the queried prompts train, as under CARE before its gate opens.
+
 For "probe" and "heuristic": after the warm-up, the top ⌈prob_gate·N⌉ prompts by P(majority correct)
 are gated as "majority correct". Ground truth goes to the top ⌈top_pct·N⌉ of the others by s. Then, per
 prompt:
@@ -102,7 +110,7 @@ __all__ = [
     "care_labels",
 ]
 
-ACQUISITIONS = ("probe", "heuristic", "oracle")
+ACQUISITIONS = ("probe", "heuristic", "oracle", "pseudo_label", "random")
 CORRECT_ABOVE = 0.5  # a response is correct when its verifier reward exceeds this (the paper's rewards are 0/1)
 PROBE_DIMS = {"prompt": 128, "head": 256, "response_hidden": 64, "response_out": 512}  # al-rule.sh
 CLASS_BALANCE = {"power": 0.5, "low": 0.25, "high": 4.0}  # al-rule.sh: weights ∝ count^−power, mean 1, clipped
@@ -473,13 +481,17 @@ def care_labels(
     gate: bool = True,
     probe: CareProbe | None = None,
     features: ProbeFeatures | None = None,
+    generator: torch.Generator | None = None,
+    mask_non_gt: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(rewards [B], advantage scale [B], queried [B] bool) for B rollouts of the batch's prompts.
 
     gt_rewards: [B], the verifier's rewards (read only for queried prompts, except by "oracle");
     answers: [B] ids (`answer_ids`); gate: False during CARE's warm-up (the paper: 20 steps).
     "probe" needs `probe` and `features` (`probe_features` of the same rollouts); it scores with the probe as
-    it is, selects, then trains the probe on the queried prompts (`CareProbe.learn`).
+    it is, selects, then trains the probe on the queried prompts (`CareProbe.learn`). "random" draws its
+    prompts with `generator` (`torch.randperm` over the prompts in group order) and, with `mask_non_gt`,
+    trains only them; "pseudo_label" queries none and trains all.
     Rewards are r^gt for queried prompts and 1[a ≡ â] elsewhere. Compute GRPO advantages from them, then
     multiply by the scale.
     """
@@ -489,7 +501,14 @@ def care_labels(
     first_row = torch.zeros(int(inverse.max()) + 1, dtype=torch.long).scatter_reduce(
         0, inverse, torch.arange(len(inverse)), "amin", include_self=False
     )
-    if acquisition == "oracle":
+    if acquisition == "pseudo_label":
+        query = torch.zeros(len(first_row), dtype=torch.bool)
+        coef = torch.ones(len(first_row), dtype=gt_rewards.dtype)
+    elif acquisition == "random":
+        query = torch.zeros(len(first_row), dtype=torch.bool)
+        query[torch.randperm(len(first_row), generator=generator)[: _count(top_pct, len(first_row))]] = True
+        coef = torch.where(query | (not mask_non_gt), 1.0, 0.0).to(gt_rewards.dtype)
+    elif acquisition == "oracle":
         true_gap = corrective_advantage_gap(gt_rewards, pseudo, group_ids)[first_row]
         query = _top(true_gap, _count(top_pct, len(first_row)), torch.ones(len(first_row), dtype=torch.bool))
         coef = torch.ones(len(first_row), dtype=gt_rewards.dtype)
@@ -568,7 +587,8 @@ def care_hidden_states(model: torch.nn.Module, episodes: Sequence[Any], cfg: Any
 
 @dataclass
 class CareConfig:
-    acquisition: Literal["probe", "heuristic", "oracle"] = "probe"  # probe (CARE's learned probe) | heuristic (cluster statistics for it) | oracle
+    acquisition: Literal["probe", "heuristic", "oracle", "pseudo_label", "random"] = "probe"  # probe (CARE's learned probe) | heuristic (cluster statistics for it) | oracle | pseudo_label | random (the paper's baselines)
+    random_mask_non_gt: bool = True  # random: the prompts left on pseudo-labels do not train (the paper's default)
     top_pct: float = 0.2  # label budget: ground truth for this fraction of each step's prompts
     prob_gate: float = 0.25  # fraction of prompts gated as "majority correct"
     soft_adv: float = 1.0
@@ -589,11 +609,16 @@ class Care(Plugin):
 
     name = "care"
     Config = CareConfig
+    presets = {  # the paper's baselines (module docstring)
+        "care_pseudo_label": {"plugins": {"care": {"acquisition": "pseudo_label"}}},
+        "care_random": {"plugins": {"care": {"acquisition": "random"}}},
+    }
 
     def __init__(self, config: CareConfig | None = None):
         super().__init__(config)
         self.probe: CareProbe | None = None
         self._scale: Tensor | None = None
+        self._seed = 0  # the run's seed (setup): "random" draws from a generator keyed by (seed, step)
 
     def make_probe(self, hidden_size: int, group_size: int, seed: int) -> CareProbe | None:
         """The probe for this policy's hidden size and `group_size` responses per prompt; None unless used."""
@@ -604,6 +629,7 @@ class Care(Plugin):
         return self.probe
 
     def setup(self, model: torch.nn.Module, tokenizer: Any, *, group_size: int, seed: int) -> None:
+        self._seed = seed
         self.make_probe(model.config.hidden_size, group_size, seed)
 
     def rewards(self, rewards: Tensor, episodes: Sequence[Any], ctx: StepContext) -> Tensor:
@@ -618,7 +644,8 @@ class Care(Plugin):
             features = probe_features(answers, groups, *care_hidden_states(ctx.model, episodes, ctx.cfg), len_norm=c.len_norm)
         rewards, self._scale, _ = care_labels(rewards, answers, groups, acquisition=c.acquisition, top_pct=c.top_pct,
                                               prob_gate=c.prob_gate, soft_adv=c.soft_adv, gate=ctx.step >= c.warmup,
-                                              probe=self.probe, features=features)
+                                              probe=self.probe, features=features, mask_non_gt=c.random_mask_non_gt,
+                                              generator=torch.Generator().manual_seed(self._seed * 1_000_003 + ctx.step))
         return rewards
 
     def advantages(self, adv: Tensor, episodes: Sequence[Any], ctx: StepContext) -> Tensor:

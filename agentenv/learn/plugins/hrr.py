@@ -14,7 +14,7 @@ GRPO; in the additive form the reshaping sums to zero over each trajectory's tur
 
 Shapes: B trajectories, J turns (padded; `turn_mask` [B, J] is 1 on turns that have a Q_com), T tokens.
 Q_com per turn comes from the environment: `info["compression"]["q_com"]` of each step (`q_com_rows`). With
-agent-driven compression (zip mode "agent", which the plug-in requires: `required_env_kwargs`) that is the
+agent-driven compression (zip mode "agent", which the plug-in requires: `env_options`) that is the
 score of the compression decision the turn's action made (`<zip level=N/>` for the turn it answers),
 judged in hindsight where the env knows what later turns need (compression/context.py): so the per-turn
 credit is the policy's own doing. Steps that decided nothing have no Q_com and keep A_i.
@@ -172,7 +172,8 @@ class Hrr(Plugin):
     Config = HrrConfig
     # the agent compresses its own context, so Q_com scores its decisions (with the env's rule-based levels
     # it would score the env's; that baseline is compressor_options.mode=rule without this plug-in)
-    required_env_kwargs = {"compressor": "zip", "compressor_options": {"mode": "agent"}}
+    def env_options(self) -> dict[str, Any]:
+        return {"compressor": "zip", "compressor_options": {"mode": "agent"}}
 
     def prepare_batch(self, batch: Any, episodes: Sequence[Any], advantages: Tensor, ctx: StepContext) -> None:
         c = self.config

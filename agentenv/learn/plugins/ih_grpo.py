@@ -12,6 +12,17 @@ the paper's Qwen setup. Let z_t be the logits divided by the temperature and p_v
 
 ∂logZ¬v/∂z_v = 0 and ∂logZ¬v/∂z_j = p_j/(1 − p_v) for j ≠ v. So the c-term moves only the non-control
 logits, all in the softmax-weighted direction, with the per-token weight λ·(γ − 1[y ≠ v])·ℓ.
+
+The method needs an environment where committing to run tools is a decision of its own: the plug-in asks
+for delayed execution (`env_options`: calls are queued until `<execute/>`, so the control token appears in
+rollouts and in the scripted demonstrations) and, by default, the paper's turn semantics for python
+(`python_semantics="session"`, `agentenv/core.py`: the queued code blocks run as one program in a
+namespace that lives for the episode). Under immediate execution v never appears and p_v ≈ 0 everywhere,
+so c ≈ 0 and the preset would be DAPO to within 1e−5.
+
+Even so the effect is small at the paper's λ: the c-term's gradient is large only where the policy hesitates
+over v (p_v·(1 − p_v) large). On a warm-started tiny policy with `<execute/>` in the batch, the preset moves
+the update by 0.7e-5–2.6e-5 of its size against DAPO's, linearly in λ (tests/test_method_presets.py).
 """
 
 from __future__ import annotations
@@ -58,12 +69,16 @@ def ih_grpo_c_loss(logp_v: Tensor, z_v: Tensor, is_control: Tensor, per_token_lo
     gamma = (1 - p_v).detach()
     return (gamma - (~is_control).to(gamma.dtype)) * log_z_not_v * per_token_loss.detach()
 
+
 @dataclass
 class IhGrpoConfig:
     lam: float = 0.001  # λ of the c-loss
     token_id: int | None = None  # the control token v; filled from the tokenizer's `control_token` at setup
     control_token: str = "<execute/>"
     mask: Literal["response", "control"] = "response"  # response (the paper's code) | control (control spans only)
+    # the env's python turn semantics: session (the paper's: a turn's blocks as one program, a namespace per
+    # episode) | fresh (each call in fresh globals)
+    python_semantics: Literal["session", "fresh"] = "session"
 
 
 class IhGrpo(Plugin):
@@ -71,6 +86,9 @@ class IhGrpo(Plugin):
 
     name = "ih_grpo"
     Config = IhGrpoConfig
+
+    def env_options(self) -> dict[str, Any]:
+        return {"execution": "delayed", "python_semantics": self.config.python_semantics}
 
     def setup(self, model: torch.nn.Module, tokenizer: Any, *, group_size: int, seed: int) -> None:
         if self.config.token_id is None:
@@ -92,3 +110,5 @@ class IhGrpo(Plugin):
         if self.config.mask == "control":
             c = c * micro.extras["control_mask"]
         terms.per_token = terms.per_token + self.config.lam * c
+        # the c-term's token mean (summed over micro-batches), as the paper's actor logs its c-loss
+        terms.metrics["ih_c_loss"] = float((c.detach() * micro.loss_mask).sum()) / terms.num_tokens

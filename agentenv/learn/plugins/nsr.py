@@ -13,18 +13,25 @@ instead of 0:
 m (the relative band width) and p (the rescue probability) are unknown; the paper's values need the PDF.
 p = 0 is DAPO. The draws are keyed by (seed, step, epoch), so a run is reproducible and does not depend on
 how the batch is cut into micro-batches.
+
+The paper's baseline, deterministic gradient decay (`mode="decay"`, preset `nsr_decay`), is NSR in
+expectation: every eligible token (clip_active & near) keeps a fraction p of the unclipped gradient, with
+no draw. Its loss there is p·(−A·r) + (1 − p)·ℓ_clip, the mean of NSR's over U, so the two have the same
+expected value and gradient on every token and differ only in NSR's randomness, which is the paper's claim
+("its stochastic, boundary-local rescue … is consistently more effective than deterministic gradient decay").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from agentenv.learn.plugin import LossTerms, Plugin, StepContext
 
-__all__ = ["Nsr", "nsr_uniforms", "nsr_rescue"]
+__all__ = ["Nsr", "nsr_uniforms", "nsr_rescue", "nsr_decay"]
 
 
 def nsr_uniforms(shape: torch.Size | tuple[int, ...], seed: int, epoch: int) -> Tensor:
@@ -34,6 +41,16 @@ def nsr_uniforms(shape: torch.Size | tuple[int, ...], seed: int, epoch: int) -> 
     """
     generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
     return torch.rand(shape, generator=generator, dtype=torch.float64)
+
+
+def _eligible(log_ratio: Tensor, adv: Tensor, eps_low: float, eps_high: float, band: float) -> tuple[Tensor, Tensor]:
+    """(−A·r, clip_active & near): the tokens NSR may rescue, and their unclipped loss."""
+    ratio = torch.exp(log_ratio)
+    high, low = 1 + eps_high, 1 - eps_low
+    unclipped = -adv * ratio
+    clip_active = -adv * ratio.clamp(low, high) > unclipped
+    near = ((ratio > high) & (ratio <= high * (1 + band))) | ((ratio < low) & (ratio >= low * (1 - band)))
+    return unclipped, clip_active & near
 
 
 def nsr_rescue(
@@ -51,18 +68,24 @@ def nsr_rescue(
     loss: [B, T], the PPO-clip loss of `objectives.ppo_clip_loss`; log_ratio: [B, T]; adv: broadcastable;
     uniform: [B, T] in [0, 1) (`nsr_uniforms`). Tokens outside the band are never rescued.
     """
-    ratio = torch.exp(log_ratio)
-    high, low = 1 + eps_high, 1 - eps_low
-    unclipped = -adv * ratio
-    clip_active = -adv * ratio.clamp(low, high) > unclipped
-    near = ((ratio > high) & (ratio <= high * (1 + band))) | ((ratio < low) & (ratio >= low * (1 - band)))
-    rescued = clip_active & near & (uniform < prob)
+    unclipped, eligible = _eligible(log_ratio, adv, eps_low, eps_high, band)
+    rescued = eligible & (uniform < prob)
     return torch.where(rescued, unclipped, loss), rescued
+
+
+def nsr_decay(loss: Tensor, log_ratio: Tensor, adv: Tensor, eps_low: float, eps_high: float, band: float,
+              prob: float) -> tuple[Tensor, Tensor]:
+    """Deterministic gradient decay, NSR's expectation: (loss [B, T], eligible [B, T]) with
+    loss = p·(−A·r) + (1 − p)·ℓ_clip on the eligible tokens (same band as `nsr_rescue`), ℓ_clip elsewhere."""
+    unclipped, eligible = _eligible(log_ratio, adv, eps_low, eps_high, band)
+    return torch.where(eligible, prob * unclipped + (1 - prob) * loss, loss), eligible
+
 
 @dataclass
 class NsrConfig:
     band: float = 0.1  # guess
     prob: float = 0.5  # guess
+    mode: Literal["stochastic", "decay"] = "stochastic"  # stochastic (NSR) | decay (its deterministic expectation)
 
 
 class Nsr(Plugin):
@@ -71,8 +94,11 @@ class Nsr(Plugin):
     name = "nsr"
     Config = NsrConfig
     off_policy = True
+    presets = {"nsr_decay": {"plugins": {"nsr": {"mode": "decay"}}}}  # the paper's deterministic baseline
 
     def start_epoch(self, batch, epoch: int, ctx: StepContext) -> None:
+        if self.config.mode == "decay":
+            return
         # one draw per token and epoch, independent of the micro-batch split
         seed = ctx.generator.initial_seed() if ctx.generator is not None else ctx.step
         batch.extras["nsr_uniform"] = nsr_uniforms(batch.loss_mask.shape, seed, epoch).to(batch.loss_mask.device)
@@ -81,6 +107,11 @@ class Nsr(Plugin):
         cfg = ctx.cfg
         if cfg.loss != "ppo_clip":
             raise ValueError("nsr rescues tokens of the clipped PPO loss: it needs loss=ppo_clip")
+        c = self.config
+        if c.mode == "decay":  # every eligible token keeps a fraction p of its gradient: still partly clipped
+            terms.per_token, _ = nsr_decay(terms.per_token, terms.log_ratio, terms.adv, cfg.eps_low, cfg.eps_high,
+                                           c.band, c.prob)
+            return
         terms.per_token, rescued = nsr_rescue(terms.per_token, terms.log_ratio, terms.adv, cfg.eps_low, cfg.eps_high,
-                                              self.config.band, self.config.prob, micro.extras["nsr_uniform"])
+                                              c.band, c.prob, micro.extras["nsr_uniform"])
         terms.clipped = terms.clipped & ~rescued

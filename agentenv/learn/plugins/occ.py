@@ -19,12 +19,28 @@ Choices here:
 
 On the first on-policy mini-batch b ≡ 0, so c = 0 and the head gets no gradient. OCC needs several
 mini-batches or epochs.
+
+The head is trained in the warm start (`sft_loss`: its NLL on the demonstrations, from the trunk's
+detached hidden states, so the policy's own warm start is untouched): the paper's MTP module is pretrained,
+and a random head has log q ≈ −log V everywhere, a ≫ b, and c ≈ s·b/a ≈ 1e−4, which changes nothing.
+
+The paper's three MTP regimes (its abstract; `mtp_loss_type` and `detach_encoder` in its code) are options,
+each a preset (`presets`), so OCC and each baseline are one config apart:
+
+    loss="occ"    (preset occ)        L_PPO(q/π_old; A·c_k), c_k calibrated as above
+    loss="fixed"  (preset occ_fixed)  L_PPO(q/π_old; A·s/K)   the policy-loss regime, a fixed coefficient
+    loss="ce"     (preset occ_ce)     (s/K)·(−log q(y))       cross-entropy on the sampled tokens (the
+                                                              code's `patch_postprocess`: scale s/K, token mean)
+    detach=True   (preset occ_detach: ce + detach) the head reads sg(h), sg(e) and a detached output layer,
+                  so its loss trains the head only and the policy's update is exactly DAPO's. The paper's
+                  `detach_encoder` detaches h and e but not the shared output layer; with this repo's tied
+                  embeddings that would leak the MTP loss into the policy, against the regime's intent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +48,7 @@ from torch import Tensor, nn
 from agentenv.learn.objectives import ppo_clip_loss, selective_log_probs, token_log_ratio
 from agentenv.learn.plugin import LossTerms, Plugin, StepContext
 
-__all__ = ["Occ", "MTPHead", "attach_mtp_head", "mtp_logprobs", "occ_coefficient"]
+__all__ = ["Occ", "OccConfig", "MTPHead", "attach_mtp_head", "mtp_logprobs", "mtp_mask", "occ_coefficient", "occ_mtp_loss"]
 
 
 class MTPHead(nn.Module):
@@ -74,15 +90,26 @@ def mtp_logprobs(
     targets: Tensor,
     temperature: float = 1.0,
     chunk: int = 1024,
+    detach: bool = False,
 ) -> Tensor:
     """log q(y) aligned with the main head's columns: column s holds log q(targets[s] | h_{s−1}, e(targets[s−1])).
 
     hidden: [B, T, H], the main head's inputs (column t predicts targets[t]); embed: the policy's input
-    embedding; targets: [B, T] -> [B, T]. Column 0 has no MTP prediction and holds 0; mask it out.
+    embedding; targets: [B, T] -> [B, T]. Column 0 has no MTP prediction and holds 0; mask it out
+    (`mtp_mask`). `detach`: the head's inputs and the output layer are stop-gradded, so only the head learns.
     """
-    out = head(hidden[:, :-1], embed(targets[:, :-1]).to(hidden.dtype))
-    logq = selective_log_probs(out, lm_head_weight, targets[:, 1:], temperature=temperature, chunk=chunk)
+    inputs, embeds = hidden[:, :-1], embed(targets[:, :-1]).to(hidden.dtype)
+    if detach:
+        inputs, embeds, lm_head_weight = inputs.detach(), embeds.detach(), lm_head_weight.detach()
+    logq = selective_log_probs(head(inputs, embeds), lm_head_weight, targets[:, 1:], temperature=temperature, chunk=chunk)
     return torch.nn.functional.pad(logq, (1, 0))
+
+
+def mtp_mask(loss_mask: Tensor) -> Tensor:
+    """The positions the MTP head predicts: the loss mask without column 0 (no MTP prediction there)."""
+    mask = loss_mask.clone()
+    mask[:, 0] = 0
+    return mask
 
 
 @torch.no_grad()
@@ -95,9 +122,33 @@ def occ_coefficient(
     mask = mask.to(a.dtype)
     return scale / num_heads * (a * b / (a**2 + 1e-8) * mask).sum() / mask.sum().clamp(min=1)
 
+
+def occ_mtp_loss(
+    loss: str, mtp_logp: Tensor, logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, *, scale: float,
+    eps_low: float, eps_high: float, dual_clip: float | None = None, num_heads: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """(the MTP head's per-token loss [B, T], zero off `mask`; its coefficient []) under regime `loss`:
+
+    "occ": the PPO-clip loss of ratio q/π_old with advantages A·c_k, c_k = `occ_coefficient`;
+    "fixed": the same with c = s/K; "ce": (s/K)·(−log q). `logp` is detached inside (only c reads it).
+    """
+    if loss == "occ":
+        coef = occ_coefficient(mtp_logp, logp.detach(), old_logp, mask, scale, num_heads)
+    elif loss in ("fixed", "ce"):
+        coef = torch.tensor(scale / num_heads, dtype=mtp_logp.dtype, device=mtp_logp.device)
+    else:
+        raise ValueError(f"occ loss must be occ | fixed | ce, got {loss!r}")
+    if loss == "ce":
+        return -coef * mtp_logp * mask, coef
+    per_token, _ = ppo_clip_loss(token_log_ratio(mtp_logp, old_logp), adv * coef, eps_low, eps_high, dual_clip=dual_clip)
+    return per_token * mask, coef
+
+
 @dataclass
 class OccConfig:
-    scale: float = 0.1
+    scale: float = 0.1  # s (`mtp_loss_scaling_factor`)
+    loss: Literal["occ", "fixed", "ce"] = "occ"  # occ (calibrated) | fixed (coefficient s) | ce (cross-entropy ×s)
+    detach: bool = False  # the head's loss trains the head only (the paper's Detach regime with loss=ce)
 
 
 class Occ(Plugin):
@@ -106,24 +157,36 @@ class Occ(Plugin):
     name = "occ"
     Config = OccConfig
     off_policy = True
+    presets = {  # the paper's regimes (module docstring), each against OCC with the same schedule
+        "occ_fixed": {"plugins": {"occ": {"loss": "fixed"}}},
+        "occ_ce": {"plugins": {"occ": {"loss": "ce"}}},
+        "occ_detach": {"plugins": {"occ": {"loss": "ce", "detach": True}}},
+    }
 
     def setup(self, model: nn.Module, tokenizer: Any, *, group_size: int, seed: int) -> None:
         if not hasattr(model, "mtp_head"):  # trained and checkpointed with the policy
             attach_mtp_head(model)
 
-    def forward(self, model: nn.Module, hidden: Tensor, logp: Tensor, micro, ctx: StepContext) -> None:
+    def _mtp_logp(self, model: nn.Module, hidden: Tensor, micro, temperature: float, chunk: int, detach: bool) -> Tensor:
         if not hasattr(model, "mtp_head"):
             raise ValueError("occ needs an MTP head: call attach_mtp_head(model) before building the optimizer")
-        micro.extras["mtp_logp"] = mtp_logprobs(model.mtp_head, hidden, model.get_input_embeddings(),
-                                                model.get_output_embeddings().weight, micro.targets,
-                                                ctx.cfg.temperature, ctx.cfg.logprob_chunk)
+        return mtp_logprobs(model.mtp_head, hidden, model.get_input_embeddings(), model.get_output_embeddings().weight,
+                            micro.targets, temperature, chunk, detach=detach)
+
+    def sft_loss(self, model: nn.Module, hidden: Tensor, micro, ctx: StepContext) -> Tensor:
+        """The head's NLL on the demonstrations, from the trunk's detached states: the warm start trains the
+        head to read the policy, and leaves the policy as it would be without it."""
+        logq = self._mtp_logp(model, hidden, micro, 1.0, ctx.cfg.logprob_chunk, detach=True)
+        return -logq * mtp_mask(micro.loss_mask)
+
+    def forward(self, model: nn.Module, hidden: Tensor, logp: Tensor, micro, ctx: StepContext) -> None:
+        micro.extras["mtp_logp"] = self._mtp_logp(model, hidden, micro, ctx.cfg.temperature, ctx.cfg.logprob_chunk,
+                                                  self.config.detach)
 
     def token_loss(self, terms: LossTerms, micro, ctx: StepContext) -> None:
-        cfg = ctx.cfg
-        mtp_mask = micro.loss_mask.clone()
-        mtp_mask[:, 0] = 0  # column 0 has no MTP prediction
-        coef = occ_coefficient(micro.extras["mtp_logp"], terms.logp, micro.old_logp, mtp_mask, self.config.scale)
-        mtp_loss, _ = ppo_clip_loss(token_log_ratio(micro.extras["mtp_logp"], micro.old_logp), terms.adv * coef,
-                                    cfg.eps_low, cfg.eps_high, dual_clip=cfg.dual_clip)
-        terms.per_token = terms.per_token + mtp_loss * mtp_mask
-        terms.metrics["occ_coef"] = float(coef) * float(mtp_mask.sum()) / terms.num_tokens  # summed over micro-batches
+        cfg, c = ctx.cfg, self.config
+        mask = mtp_mask(micro.loss_mask)
+        mtp_loss, coef = occ_mtp_loss(c.loss, micro.extras["mtp_logp"], terms.logp, micro.old_logp, terms.adv, mask,
+                                      scale=c.scale, eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip)
+        terms.per_token = terms.per_token + mtp_loss
+        terms.metrics["occ_coef"] = float(coef) * float(mask.sum()) / terms.num_tokens  # summed over micro-batches

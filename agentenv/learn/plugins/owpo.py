@@ -16,6 +16,12 @@ The reconstruction that satisfies all three:
 
 κ, δ_max and K are unknown hyperparameters. w ≥ 1 never flips a gradient's sign; κ = 0 (or π_ref = π_θ)
 is DAPO.
+
+The paper's baseline is the token-level reference constraint it argues against (preset `owpo_kl`): DAPO
+plus β·KL(π_θ‖π_ref) in the loss (k3, the GRPO/verl `low_var_kl` estimator; β = 0.04, DeepSeekMath's GRPO
+value, a guess: the paper's β is not public), against the same reference, ratcheted on the same schedule
+(this plug-in with κ = 0). So the two arms differ only in how π_ref enters: one-way reweighting, or a
+two-way pull that can flip the verifier's direction on a token where the policy is ahead of π_ref.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ def ratchet(reference: torch.nn.Module, policy: torch.nn.Module) -> None:
     """π_ref ← π_θ: copy every parameter and buffer of `policy` into `reference` (same architecture)."""
     reference.load_state_dict(policy.state_dict())
 
+
 @dataclass
 class OwpoConfig:
     kappa: float = 1.0  # guess
@@ -54,6 +61,7 @@ class Owpo(Plugin):
     name = "owpo"
     Config = OwpoConfig
     needs_ref_model = True
+    presets = {"owpo_kl": {"plugins": {"owpo": {"kappa": 0.0}}, "kl_coef": 0.04, "kl_estimator": "k3", "kl_in_reward": False}}
 
     def before_update(self, batch, ctx: StepContext) -> None:
         if ctx.step % self.config.ratchet_every == 0:
