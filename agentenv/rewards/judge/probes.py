@@ -5,8 +5,8 @@ Every probe judges each pair in both orders, so a preference is always measured 
 
 * accuracy: mean P(right preferred) over both orders (0.5 = chance).
 * position bias: P(the response shown first is preferred) − 0.5, over both orders (content cancels out);
-  > 0 favours A. Swap consistency: the share of pairs whose verdict follows the content in both orders
-  (both "right", both "wrong" or both ties).
+  > 0 favours A. Swap consistency: the share of pairs given the same decisive verdict on the content in
+  both orders (a tie in either order is not consistent: an unreadable judge scores 0, not 1).
 * verbosity shift: P(wrong preferred | wrong answer padded with filler) − P(wrong preferred | both terse),
   per question; > 0 means padding sells a wrong answer.
 * self-preference: P(judge's own answer preferred) − 0.5, on pairs of its own and another model's answers to
@@ -114,12 +114,12 @@ def _verdict_of_x(p: np.ndarray) -> np.ndarray:
 
 def position_stats(prefs: np.ndarray) -> dict[str, np.ndarray]:
     """Per-pair values from `preferences` of (right, wrong) pairs: `accuracy` (mean P(right) over both
-    orders), `first` (P(the first-shown response preferred) − 0.5) and `consistent` (1.0 when the verdict
-    follows the content in both orders)."""
+    orders), `first` (P(the first-shown response preferred) − 0.5) and `consistent` (1.0 when both orders
+    give the same decisive verdict on the content)."""
     return {
         "accuracy": prefs.mean(axis=1),
         "first": (prefs[:, 0] + (1.0 - prefs[:, 1])) / 2.0 - 0.5,
-        "consistent": (_verdict_of_x(prefs[:, 0]) == _verdict_of_x(prefs[:, 1])).astype(float),
+        "consistent": ((_verdict_of_x(prefs[:, 0]) == _verdict_of_x(prefs[:, 1])) & (prefs[:, 0] != 0.5)).astype(float),
     }
 
 
