@@ -167,9 +167,13 @@ count as a tie, the fallback 0.5).
 {table(rows)}
 Setup. Synthetic set `agentenv.rewards.judge.probes.arithmetic_items`: "What is a + b?" with an even sum in
 [10, 98]; the wrong answer is the sum ± 1 or ± 3. Right and wrong answers therefore differ in last-digit
-parity, and that is the cue the tiny judges learn: a 0.65 M-parameter model SFT'd on CPU did not learn
-digit equality (reference-guided judging) nor parity-of-a-sum in 500–2,000 steps, while one-token cues are
-learnt in ~100 steps. The judges are also trained to answer the questions (greedy solver accuracy on the
+parity, and that is the cue the tiny judges learn. What else was tried with the 0.65 M-parameter model (SFT,
+batch 32–64, lr 1e-3–1e-2, CPU): judging single-digit sums without a reference (600 steps), picking the
+answer equal to a shown reference (chat prompt, 1,200 steps; also mixed with the ToolReasoning warm-start
+demonstrations, 400 steps), and, in an 11-token prompt, which of two digits equals a third (1,000 steps) or
+the parity of two digits' sum (400 steps): all stayed at chance. The parity of one digit is learnt in
+about 150 steps. The probe questions are drawn from the same 2,385 possible questions as the judges'
+training questions (different draws), so accuracy is in-distribution. The judges are also trained to answer the questions (greedy solver accuracy on the
 probe questions: {solver}); their own answers are thus mostly wrong, and self-preference pairs are mostly
 both-wrong pairs. Panel judges were trained with two other judges' (noisy, 70% right) verdicts in some
 prompts, so a debate round and a meta-judge see a prompt format they know.

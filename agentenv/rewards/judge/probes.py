@@ -42,10 +42,10 @@ def arithmetic_items(n: int, seed: int = 0) -> list[ProbeItem]:
     """`n` questions "What is a + b?" (distinct (a, b), drawn with `seed`); the sum is even, in [10, 98], and
     the wrong answer is a near miss: the sum ± 1 or ± 3 (so odd).
 
-    Right and wrong answers differ in last-digit parity by construction: a cue that a tiny judge learns within a
-    CPU budget, where two-digit addition or even digit equality is not learnt in 2,000 steps (measured,
-    `benchmarks/judge_bias.md`). What the probes measure (order, padding, authorship) is independent of which
-    cue a judge uses."""
+    Right and wrong answers differ in last-digit parity by construction: a one-token cue that a tiny judge
+    learns within a CPU budget, where checking the sum (or even comparing two digits) was not learnt in the
+    budgets tried (`benchmarks/judge_bias.md`). What the probes measure (order, padding, authorship) does not
+    depend on which cue a judge uses."""
     rng = random.Random(seed)
     pairs = [(a, b) for a in range(1, 98) for b in range(1, 98) if 10 <= a + b <= 98 and (a + b) % 2 == 0]
     if n > len(pairs):
