@@ -14,7 +14,7 @@ Mitigations: swap-and-average (text verdicts, and log-prob verdicts = the order-
 a 3-judge panel (majority), the panel after one debate round, the panel with a meta-judge, and a debate
 whose first member is a swap-averaged judge (the seed paper's "bias-free agent" in a debate).
 
-Writes `benchmarks/judge_bias.md`. Flags: --questions N, --steps S (trained judges), --out PATH.
+Writes `benchmarks/judge_bias.md` (its "Reading" section is written by hand from the run). Flags: --questions N, --steps S (trained judges), --out PATH.
 """
 
 from __future__ import annotations
@@ -125,14 +125,20 @@ def main() -> None:
         return equal_correctness_pairs(questions, own_answers(policy, questions), other, is_right)
 
     pairs_random, pairs_weak, pairs_trained = self_pairs(random_init), self_pairs(weak), self_pairs(trained[0])
-    solver_acc = {name: sum(is_right(k, a) for k, a in enumerate(own_answers(p, questions))) / len(items)
-                  for name, p in (("trained seed 0", trained[0]), ("trained seed 1", trained[1]), ("under-trained", weak))}
+    solvers = {name: own_answers(p, questions) for name, p in
+               (("trained seed 0", trained[0]), ("trained seed 1", trained[1]), ("under-trained", weak), ("random-init", random_init))}
+    solver = "; ".join(f"{name}: right {sum(is_right(k, a) for k, a in enumerate(answers)) / len(items):.2f}, ends in an even "
+                       f"digit {sum(bool(re.search(r'[02468]$', a)) for a in answers) / len(items):.2f}"
+                       for name, answers in solvers.items())
 
     text = [PairwiseJudge(p, "pairwise", method="text") for p in trained]
     logprob0 = PairwiseJudge(trained[0], "pairwise", method="logprob")
     rows = [measure("exact checker (reference, not an LLM)", ExactChecker(), items, pairs_trained)]
     for name, policy, pairs in (("random-init", random_init, pairs_random), ("under-trained (60 steps)", weak, pairs_weak)):
         rows.append(measure(f"{name}, text verdict", PairwiseJudge(policy, "pairwise", method="text"), items, pairs))
+        if name != "random-init":  # its text replies are never verdicts: swapping ties with ties shows nothing
+            rows.append(measure(f"{name}, text + swap-and-average", SwapAveraged(PairwiseJudge(policy, "pairwise", method="text")),
+                                items, pairs))
         rows.append(measure(f"{name}, log-prob verdict", PairwiseJudge(policy, "pairwise", method="logprob"), items, pairs))
         rows.append(measure(f"{name}, log-prob + swap-average (PINE-style)",
                             SwapAveraged(PairwiseJudge(policy, "pairwise", method="logprob")), items, pairs))
@@ -148,7 +154,6 @@ def main() -> None:
                 items, pairs_trained),
     ]
     wall = time.perf_counter() - started
-    solver = ", ".join(f"{k} {v:.2f}" for k, v in solver_acc.items())
     report = f"""# LLM-as-judge bias before and after mitigation
 
 `python benchmarks/judge_bias.py` ({args.questions} questions, each judged in both orders; judges trained
@@ -171,18 +176,17 @@ parity, and that is the cue the tiny judges learn. What else was tried with the 
 batch 32–64, lr 1e-3–1e-2, CPU): judging single-digit sums without a reference (600 steps), picking the
 answer equal to a shown reference (chat prompt, 1,200 steps; also mixed with the ToolReasoning warm-start
 demonstrations, 400 steps), and, in an 11-token prompt, which of two digits equals a third (1,000 steps) or
-the parity of two digits' sum (400 steps): all stayed at chance. The parity of one digit is learnt in
-about 150 steps. The probe questions are drawn from the same 2,385 possible questions as the judges'
-training questions (different draws), so accuracy is in-distribution. The judges are also trained to answer the questions (greedy solver accuracy on the
-probe questions: {solver}); their own answers are thus mostly wrong, and self-preference pairs are mostly
-both-wrong pairs. Panel judges were trained with two other judges' (noisy, 70% right) verdicts in some
-prompts, so a debate round and a meta-judge see a prompt format they know.
+the parity of two digits' sum (400 steps): all stayed at chance. The parity of one digit is learnt within
+200 steps. The probe questions are drawn from the same 2,385 possible questions as the judges'
+training questions (different draws), so accuracy is in-distribution.
 
-Reading the table. The random-init judge is degenerate: its text replies are never verdicts (every pair a
-tie at the fallback), and its log-prob verdict is one fixed lean towards A or B — pure position bias, which
-swap-averaging removes by construction (leaving chance accuracy). Mitigations can only remove order effects:
-swap-averaging sets position bias to exactly 0 (a judge's inconsistent pairs become ties, its consistent
-ones keep their verdict), and cannot correct verbosity or self-preference, which are not order effects.
+The judges are also trained to answer the questions. Their greedy answers on the probe questions ({solver})
+are mostly wrong, so the self-preference pairs are mostly both-wrong pairs. The judges were trained with two
+or three other judges' (noisy, 70% right) verdicts in some prompts, so a debate round (2 shown) and the
+meta-judge (3 shown) see a prompt format they have been trained on.
+
+The reading at the end is written by hand from this run (the run is deterministic: seeded data, init and
+sampling, one thread).
 """
     Path(args.out).write_text(report, encoding="utf-8")
     print(f"wrote {args.out} ({wall:.0f} s)")

@@ -4,8 +4,8 @@
 chat tasks built from `arithmetic_items` (a seed disjoint from the probe set's):
 
 * pairwise verdicts with the "pairwise" rubric (right vs wrong, terse, random order) → "[[A]]" / "[[B]]";
-* the same with two other judges' verdicts shown (each right with probability 0.7), so the model can sit
-  on a debate panel or act as meta-judge;
+* the same with two or three other judges' verdicts shown (each right with probability 0.7), so the model
+  can sit on a 3-judge debate panel (it sees 2) or act as its meta-judge (it sees 3);
 * pointwise scores with the "correctness" rubric: right → "Score: 10", wrong → "Score: 1";
 * answering the question itself (the right sum), so the judge has its own answers for self-preference.
 
@@ -53,7 +53,7 @@ def judge_examples(items: list[ProbeItem], rng: random.Random, n: int) -> list[t
             truth = "A" if first else "B"
             opinions = ""
             if task == "opinions":
-                opinions = ", ".join(truth if rng.random() < 0.7 else {"A": "B", "B": "A"}[truth] for _ in range(2))
+                opinions = ", ".join(truth if rng.random() < 0.7 else {"A": "B", "B": "A"}[truth] for _ in range(rng.choice((2, 3))))
             chat = pairwise.messages(opinions, question=pair.question, response_a=pair.response_a,
                                      response_b=pair.response_b, reference="")
             out.append((chat, f"[[{truth}]]"))

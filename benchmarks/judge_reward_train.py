@@ -65,7 +65,9 @@ def held_out(policy, kwargs, n: int) -> dict:
     return {"judge_reward": float(np.mean([e.reward for e in episodes])),
             "judge_score": float(np.mean([e.reward_components.get("judge", 0.0) for e in episodes])),
             "success": float(np.mean([e.success for e in episodes])),
-            "unparsed": float(np.mean([e.reward_components.get("judge_unparsed", 0.0) for e in episodes]))}
+            "unparsed": float(np.mean([e.reward_components.get("judge_unparsed", 0.0) for e in episodes])),
+            "even": float(np.mean([bool(re.search(r"<answer>\s*-?\d*[02468]\s*</answer>", e.messages[-1]["content"]))
+                                   for e in episodes]))}
 
 
 def main() -> None:
@@ -139,13 +141,12 @@ success = the exact check (the sum), which the judge never sees.
 | judge score | {before['judge_score']:.3f} | {after['judge_score']:.3f} |
 | exact success | {before['success']:.3f} | {after['success']:.3f} |
 | unparsed judge replies | {before['unparsed']:.3f} | {after['unparsed']:.3f} |
+| answers ending in an even digit | {before['even']:.3f} | {after['even']:.3f} |
 
 Training rollouts: mean reward {np.mean([r['reward_mean'] for r in first]):.3f} over the first 5 steps, {np.mean([r['reward_mean'] for r in last]):.3f}
 over the last 5; exact success {np.mean([r['success_rate'] for r in first]):.3f} → {np.mean([r['success_rate'] for r in last]):.3f}.
 
-What it shows: the judge reward is wired end to end (spec string → judge policy → reward → GRPO). The judge
-learnt a shortcut (last-digit parity separates right from wrong in its training set; `judge_bias.md`), so
-what GRPO can raise is the judge's score, not the exact success: a measured case of optimising a proxy judge.
+The reading below is written by hand from this run (deterministic: seeded data, init and sampling, one thread).
 """
     Path(args.report).write_text(report, encoding="utf-8")
     print(report)
