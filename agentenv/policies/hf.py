@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import torch
 
 from agentenv.errors import UserError
-from agentenv.policies.base import Generation, TokenPolicy
+from agentenv.policies.base import Generation, Messages, TokenPolicy
 from agentenv.policies.chat_tokens import ChatTokens
 from agentenv.policies.kv_cache import LayerKV, PrefixStore, cache_from_layers, cache_kwargs, cache_layers, weights_version
 
@@ -243,6 +243,42 @@ class HFPolicy(TokenPolicy):
             text = self.chat.decode(ids[:-1] if stopped else ids)
             generations.append(Generation(text, ids, lps, list(prompts[row]), "stop" if stopped else "length"))
         return generations
+
+    @torch.no_grad()
+    def choice_logprobs(self, contexts: Sequence[Messages], choices: Sequence[str], batch_size: int = 32) -> list[list[float]]:
+        """log p(choice as the whole assistant reply | chat), for each chat and each choice: `[C][K]` floats.
+
+        A choice's log-prob sums its tokens and the end-of-turn id after them, so "Score: 1" is not favoured
+        for being a prefix of "Score: 10". Each prompt runs once (`batch_size` chats per forward); its keys and
+        values are repeated for the K choices, which run together in a second forward. Used by LLM-as-judge
+        rewards (`agentenv.rewards.judge`) to read a verdict without sampling one."""
+        if not contexts:
+            return []
+        if not choices:
+            raise ValueError("choice_logprobs needs at least one choice")
+        choice_ids = [self.chat.encode(c) + [self.chat.end_id] for c in choices]
+        k, width = len(choice_ids), max(len(c) for c in choice_ids)
+        ids = torch.full((k, width), self.chat.pad_id, dtype=torch.long)
+        mask = torch.zeros((k, width), dtype=torch.long)
+        for row, choice in enumerate(choice_ids):
+            ids[row, : len(choice)] = torch.tensor(choice)
+            mask[row, : len(choice)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        out: list[list[float]] = []
+        for start in range(0, len(contexts), batch_size):
+            prompts = [self.chat.prompt(m) for m in contexts[start : start + batch_size]]
+            b = len(prompts)
+            cache, last_logits, attention, next_position, _, _ = self._prefill_plain(prompts)
+            cache.batch_repeat_interleave(k)  # row r·K + j: prompt r followed by choice j
+            rows_ids, rows_mask = ids.repeat(b, 1), mask.repeat(b, 1)
+            logits = self.model(input_ids=rows_ids, attention_mask=torch.cat([attention.repeat_interleave(k, 0), rows_mask], 1),
+                                position_ids=next_position.repeat_interleave(k, 0) + torch.arange(width, device=self.device),
+                                **cache_kwargs(self.model, cache), use_cache=True).logits
+            # token t of a choice is predicted by the prompt's last position (t = 0) or by choice token t − 1
+            predicting = torch.cat([last_logits.repeat_interleave(k, 0)[:, None], logits[:, :-1]], 1).float().log_softmax(-1)
+            token_logp = predicting.gather(-1, rows_ids[..., None]).squeeze(-1) * rows_mask
+            out.extend(token_logp.sum(-1).view(b, k).tolist())
+        return out
 
     # -- prefill ------------------------------------------------------------------------------------
 
