@@ -26,12 +26,14 @@ class Sampler:
         self.stale_steps, self.keys, self.history = cfg.rollout.stale_steps, keys, []
         if cfg.rollout.engines > 0:  # N engines in Ray actors, built from the run's model spec, then synced
             from agentenv.distributed import RayEngines
+            from agentenv.learn.distributed import rank_and_world
 
             parameter = next(model.parameters())
+            rank_seed = cfg.seed + 1_000_003 * rank_and_world()[0]  # each data-parallel rank samples its own, as train._build
             options = {"dtype": str(parameter.dtype).removeprefix("torch."),
                        **(cfg.rollout.vllm if cfg.rollout.engine == "vllm" else {})}
             self.policy = RayEngines(cfg.rollout.engine, cfg.model, learner_policy.tokenizer, engines=cfg.rollout.engines,
-                                     seed=cfg.seed, temperature=cfg.temperature, top_p=cfg.top_p,
+                                     seed=rank_seed, temperature=cfg.temperature, top_p=cfg.top_p,
                                      max_new_tokens=cfg.max_new_tokens, device=parameter.device.type, options=options,
                                      address=cfg.rollout.address)
         elif cfg.rollout.engine == "vllm":
