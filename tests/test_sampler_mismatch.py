@@ -132,7 +132,9 @@ def test_async_rollouts_never_exceed_the_staleness_bound_and_reach_it_when_the_l
 
     model = tiny_model("tiny", seed=0)
     learner_policy = HFPolicy(model, tiny_tokenizer(), max_new_tokens=4)
-    cfg = SimpleNamespace(rollout=SimpleNamespace(engine="hf", stale_steps=0, max_staleness=2), temperature=1.0, top_p=1.0,
+    from agentenv.learn.train import RolloutConfig
+
+    cfg = SimpleNamespace(rollout=RolloutConfig(engine="hf", stale_steps=0, max_staleness=2), temperature=1.0, top_p=1.0,
                           max_new_tokens=4, seed=0)
     for k in (1, 2):
         sampler = Sampler(cfg, learner_policy, model, set(model.state_dict()))

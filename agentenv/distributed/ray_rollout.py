@@ -90,12 +90,6 @@ class EnvWorker(LocalEnvs):
 
         return os.getpid()
 
-    def _kill(self, worker: Any) -> None:
-        try:
-            self._ray.kill(worker, no_restart=True)  # a no-op on a dead actor
-        except Exception:  # best effort: its node may be gone with it
-            pass
-
 
 def _make(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
     return gym.make(env_id, **env_kwargs)

@@ -1,4 +1,5 @@
-"""Where rollouts are sampled: the engine (`Sampler`: the learner's own HF policy, an HF copy, or vLLM) and,
+"""Where rollouts are sampled: the engine (`Sampler`: the learner's own HF policy, an HF copy, or vLLM; or N
+HF/vLLM engines in Ray actors) and,
 with `rollout.max_staleness` k > 0, a background thread that generates the next steps' rollouts while the
 learner updates (`AsyncRollouts`), off-policy by at most k updates, as verl/AReaL/PipelineRL do."""
 
@@ -18,13 +19,26 @@ __all__ = ["Sampler", "AsyncRollouts"]
 
 class Sampler:
     """The rollout engine and its weights. With the HF engine and no staleness it is the learner's own policy
-    (nothing to copy); otherwise a separate engine — an HF copy or a vLLM engine — that `sync` feeds the
+    (nothing to copy); otherwise a separate engine — an HF copy, a vLLM engine, or `rollout.engines` HF/vLLM
+    engines in Ray actors (`agentenv.distributed.RayEngines`) — that `sync` feeds the
     learner's weights of `stale_steps` updates ago (with a lag, the lagging copies are kept in `history`,
     checkpointed for an exact resume)."""
 
     def __init__(self, cfg: Any, learner_policy: Any, model: torch.nn.Module, keys: set[str]):
         self.stale_steps, self.keys, self.history = cfg.rollout.stale_steps, keys, []
-        if cfg.rollout.engine == "vllm":
+        if cfg.rollout.engines > 0:  # N engines in Ray actors, built from the run's model spec, then synced
+            from agentenv.distributed import RayEngines
+            from agentenv.learn.distributed import rank_and_world
+
+            parameter = next(model.parameters())
+            rank_seed = cfg.seed + 1_000_003 * rank_and_world()[0]  # each data-parallel rank samples its own, as train._build
+            options = {"dtype": str(parameter.dtype).removeprefix("torch."),
+                       **(cfg.rollout.vllm if cfg.rollout.engine == "vllm" else {})}
+            self.policy = RayEngines(cfg.rollout.engine, cfg.model, learner_policy.tokenizer, engines=cfg.rollout.engines,
+                                     seed=rank_seed, temperature=cfg.temperature, top_p=cfg.top_p,
+                                     max_new_tokens=cfg.max_new_tokens, device=parameter.device.type, options=options,
+                                     address=cfg.rollout.address)
+        elif cfg.rollout.engine == "vllm":
             from agentenv.policies.vllm import VLLMPolicy
 
             options = {"dtype": str(next(model.parameters()).dtype).removeprefix("torch."), **cfg.rollout.vllm}  # the learner's
@@ -67,6 +81,12 @@ class Sampler:
     def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The model's state dict, whole (an FSDP2-sharded model's gathered on every rank: a collective)."""
         return D.whole(model.state_dict(), on_every_rank=True)
+
+    def close(self) -> None:
+        """End a separate engine (vLLM's engine, the Ray engine actors); the learner's own policy stays."""
+        close = getattr(self.policy, "close", None)
+        if self.separate and callable(close):
+            close()
 
     def push(self, weights: dict[str, torch.Tensor]) -> None:
         """The engine takes `weights` (a `snapshot`, or live tensors it copies in)."""

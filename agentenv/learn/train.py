@@ -55,6 +55,7 @@ class RolloutConfig:
     engine: Literal["hf", "vllm"] = "hf"  # hf (the learner's own model) | vllm (an engine, weights pushed each step)
     backend: Literal["local", "ray"] = "local"  # local: envs in this process | ray: envs in Ray actors (extra `ray`)
     workers: int = 2  # ray: env worker actors
+    engines: int = 0  # ray: generation engine actors (`engine` in each, one per GPU on CUDA); 0: generate in this process
     envs_per_worker: int | None = None  # ray: at most workers × this many episodes live at once (None: all)
     address: str | None = None  # ray: the cluster to join ("auto", "ray://head:10001"); None: a local one
     stale_steps: int = 0  # the sampler's weights lag the learner's by exactly this many steps (0: always current)
@@ -64,6 +65,10 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise UserError(f"rollout.workers must be >= 1, got {self.workers}")
+        if self.engines < 0:
+            raise UserError(f"rollout.engines must be >= 0, got {self.engines}")
+        if self.engines and self.backend != "ray":
+            raise UserError("rollout.engines (generation in Ray actors) needs --rollout.backend=ray")
         if self.stale_steps < 0 or self.max_staleness < 0:
             raise UserError("rollout.stale_steps and rollout.max_staleness must be >= 0")
         if self.stale_steps and self.max_staleness:
@@ -476,12 +481,15 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             metrics.close()
         if board is not None:
             board.close()
-    if engine.separate:  # evaluate the learner's final weights, not a lagging copy
-        engine.push(engine.snapshot(model))
-    with _whole_weights(model, policy):
-        success_after = evaluate(cfg, engine.policy, cfg.eval_tasks) if cfg.eval_tasks else None
-    summary = {"success_before": extra.get("success_before"), "success_after": success_after,
-               "steps": cfg.steps, "eval_tasks": cfg.eval_tasks, "wall_s_this_process": time.perf_counter() - started}
+    try:
+        if engine.separate:  # evaluate the learner's final weights, not a lagging copy
+            engine.push(engine.snapshot(model))
+        with _whole_weights(model, policy):
+            success_after = evaluate(cfg, engine.policy, cfg.eval_tasks) if cfg.eval_tasks else None
+        summary = {"success_before": extra.get("success_before"), "success_after": success_after,
+                   "steps": cfg.steps, "eval_tasks": cfg.eval_tasks, "wall_s_this_process": time.perf_counter() - started}
+    finally:
+        engine.close()
     if summary["success_before"] is not None and summary["success_after"] is not None:
         summary["gain"] = summary["success_after"] - summary["success_before"]
         if main:
