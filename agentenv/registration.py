@@ -45,11 +45,11 @@ def list_envs() -> list[str]:
     return sorted(env_id for env_id in gym.registry if env_id.startswith("agentenv/"))
 
 
-def scripted_policy(env_id: str):
-    """A fresh instance of the scripted (deterministic) agent written for `env_id`."""
+def scripted_policy(env_id: str, **options):
+    """A fresh instance of the scripted (deterministic) agent written for `env_id` (`options`: its constructor's)."""
     import importlib
 
     if env_id not in _SCRIPTED_POLICIES:
         raise ValueError(f"no scripted policy for {env_id}; envs with one: {', '.join(sorted(_SCRIPTED_POLICIES))}")
     module, _, name = _SCRIPTED_POLICIES[env_id].partition(":")
-    return getattr(importlib.import_module(module), name)()
+    return getattr(importlib.import_module(module), name)(**options)
