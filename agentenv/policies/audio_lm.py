@@ -128,9 +128,9 @@ def _load_processor(path: Path, config: Any):
     """The processor saved in `path`: its tokenizer exactly as saved (`hf._load_tokenizer`) and feature extractor."""
     from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
-    if not (path / "preprocessor_config.json").exists():
-        raise FileNotFoundError(f"{path} holds no feature extractor (preprocessor_config.json): save the processor there "
-                                "with processor.save_pretrained(path)")
+    if not any((path / name).exists() for name in ("preprocessor_config.json", "processor_config.json")):
+        raise FileNotFoundError(f"{path} holds no feature extractor (preprocessor_config.json or processor_config.json): "
+                                "save the processor there with processor.save_pretrained(path)")
     extractor = WhisperFeatureExtractor.from_pretrained(str(path), local_files_only=True)
     return Qwen2AudioProcessor(feature_extractor=extractor, tokenizer=_load_tokenizer(path))
 
