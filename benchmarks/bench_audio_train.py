@@ -111,9 +111,11 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="overrides for every config, KEY=VALUE")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = [run(config, [f"--{item}" for item in args.set], args.per_kind) for config in args.configs]
-    Path(f"{args.out}.json").write_text(json.dumps(results, indent=1))
-    plot(results, Path(f"{args.out}.png"))
+    results = []
+    for config in args.configs:  # written after each run: a later failure keeps the earlier figures
+        results.append(run(config, [f"--{item}" for item in args.set], args.per_kind))
+        Path(f"{args.out}.json").write_text(json.dumps(results, indent=1))
+        plot(results, Path(f"{args.out}.png"))
     for result in results:
         print(json.dumps({k: result[k] for k in ("config", "summary", "wall_s", "load_avg_1m_5m_15m")} | {"per_kind": result.get("per_kind")}))
 

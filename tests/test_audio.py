@@ -1,5 +1,6 @@
 """AudioReasoning-v0: the env contract, labels checked independently of the generators, the audio tools, the
-corrected SoundMind reward, the ALR loader, reference agents, and GRPO on waveform observations."""
+corrected SoundMind reward, the ALR loader and reference agents (an audio-language policy trained on it by the
+learner: tests/test_audio_lm.py)."""
 
 import itertools
 import json
@@ -11,7 +12,6 @@ from collections import Counter
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium.utils.env_checker import check_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,8 +24,6 @@ from agentenv.envs.audio.scripted import ChanceAgent, ScriptedAudioAgent
 from agentenv.envs.audio.signals import SAMPLE_RATE, Tone, read_wav, render_tones, resample, wav_to_array, write_wav
 from agentenv.envs.audio.speech import Voice, speak, speech_available
 from agentenv.envs.audio.tasks import LEVELS, TONE_KINDS, Difficulty, generate_task
-from agentenv.envs.audio.tiny_policy import TinyAudioConfig, TinyAudioPolicy
-from agentenv.learn.objectives import aggregate, grpo_advantages, ppo_clip_loss, token_log_ratio
 from agentenv.runner import run_episodes
 
 ENV_ID = "agentenv/AudioReasoning-v0"
@@ -636,59 +634,3 @@ def test_chance_agent_is_at_chance_on_binary_tasks():
     logs = list(run_episodes(ENV_ID, ChanceAgent(seed=0), 600, seed=0, batch_size=50,
                              env_kwargs={"kinds": TONE_KINDS, "difficulty": None}))
     assert 0.44 < np.mean([log.success for log in logs]) < 0.56
-
-
-# -- GRPO on waveform observations ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def one_torch_thread():
-    """One intra-op thread: the model is tiny, and on a busy 2-core machine two threads spin-wait (≈30× slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_grpo_steps_on_waveforms_raise_reward_and_accuracy(one_torch_thread):
-    """A tiny log-mel transformer picks "higher"/"lower" for 16 fixed two-tone clips; 25 GRPO steps
-    (group advantages, PPO clip, token-mean) with rewards from env.step raise its reward and accuracy."""
-    torch.manual_seed(0)
-    env = make(kinds=["compare"], answer_format="open")
-    seeds = list(range(16))
-    observations = [env.reset(seed=s)[0] for s in seeds]
-    policy = TinyAudioPolicy(TinyAudioConfig(answers=("higher", "lower"), d_model=32, n_layers=1, max_text_bytes=32))
-    batch = policy.encode(observations)
-    rewards = {}
-
-    def reward(i, answer):
-        if (i, answer) not in rewards:
-            env.reset(seed=seeds[i])
-            rewards[i, answer] = env.step(policy.action(answer))[1]
-        return rewards[i, answer]
-
-    def greedy_accuracy():
-        with torch.no_grad():
-            picks = policy(*batch).argmax(-1).tolist()
-        return np.mean([reward(i, a) > 2.0 for i, a in enumerate(picks)])
-
-    before = greedy_accuracy()
-    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
-    group = 8
-    group_ids = torch.arange(len(seeds)).repeat_interleave(group)
-    mean_rewards = []
-    for _ in range(25):
-        logits = policy(*batch)  # [N, 2]
-        samples = torch.distributions.Categorical(logits=logits).sample((group,)).T  # [N, G]
-        r = torch.tensor([[reward(i, int(a)) for a in row] for i, row in enumerate(samples)])
-        logp = torch.log_softmax(logits, -1).gather(1, samples).reshape(-1, 1)  # [N·G, 1]: one answer token each
-        advantages = grpo_advantages(r.reshape(-1), group_ids)
-        loss, _ = ppo_clip_loss(token_log_ratio(logp, logp.detach()), advantages[:, None])
-        loss = aggregate(loss, torch.ones_like(logp), "token-mean")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        mean_rewards.append(r.mean().item())
-    after = greedy_accuracy()
-    assert after >= 0.8 and after > before + 0.25, (before, after)
-    assert np.mean(mean_rewards[-5:]) > np.mean(mean_rewards[:5]) + 0.3, mean_rewards

@@ -124,7 +124,7 @@ def audio_processor(config: Any, tokenizer: Any):
     return Qwen2AudioProcessor(feature_extractor=extractor, tokenizer=tokenizer)
 
 
-def _load_processor(path: Path, config: Any):
+def _load_processor(path: Path):
     """The processor saved in `path`: its tokenizer exactly as saved (`hf._load_tokenizer`) and feature extractor."""
     from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
@@ -263,7 +263,8 @@ class AudioLMPolicy(HFPolicy):
         processor: a `Qwen2AudioProcessor` (tokenizer with the audio tokens + `WhisperFeatureExtractor`); default:
             built for the tiny sizes, loaded from the directory.
         freeze_audio_encoder: keep the encoder's weights fixed (no gradients; the projector and LM still train).
-        device, temperature, top_p, max_new_tokens, seed, dtype: as `HFPolicy`.
+        model_seed, max_seq_len: the random init's seed and position range (the tiny sizes).
+        device, temperature, top_p, max_new_tokens, seed, dtype: as `HFPolicy` (`seed` seeds the sampling).
 
     The prefix cache is off: ids alone do not say which audio a prompt holds.
     """
@@ -273,6 +274,8 @@ class AudioLMPolicy(HFPolicy):
     def __init__(self, model_or_path: Any = "audio-tiny", processor: Any = None, device: str = "cpu", temperature: float = 1.0,
                  top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0, dtype: torch.dtype | str | None = None,
                  freeze_audio_encoder: bool = False, model_seed: int = 0, max_seq_len: int = 4096):
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
         if isinstance(model_or_path, (str, Path)) and str(model_or_path) in AUDIO_SIZES:
             tokenizer = processor.tokenizer if processor is not None else audio_tokenizer()
             model = audio_lm_model(str(model_or_path), seed=model_seed, tokenizer=tokenizer, max_seq_len=max_seq_len)
@@ -286,9 +289,8 @@ class AudioLMPolicy(HFPolicy):
                                         f"nor one of {sorted(AUDIO_SIZES)}")
             if dtype is None:
                 dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-            model = Qwen2AudioForConditionalGeneration.from_pretrained(str(path), dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype,
-                                                                       local_files_only=True)
-            processor = processor if processor is not None else _load_processor(path, model.config)
+            model = Qwen2AudioForConditionalGeneration.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+            processor = processor if processor is not None else _load_processor(path)
         else:
             model = model_or_path
             if processor is None:
@@ -296,8 +298,7 @@ class AudioLMPolicy(HFPolicy):
         super().__init__(model, processor.tokenizer, device=device, temperature=temperature, top_p=top_p,
                          max_new_tokens=max_new_tokens, seed=seed, dtype=dtype, prefix_cache=False)
         self.processor = processor
-        self.chat = AudioChatTokens(processor.tokenizer, processor.feature_extractor,
-                                    _audio_tokens_of(processor))
+        self.chat = AudioChatTokens(processor.tokenizer, processor.feature_extractor, _audio_tokens_of(processor))
         audio = self.model.config.audio_config
         if self.model.config.audio_token_id != self.chat.audio_id:
             raise ValueError(f"the model fills id {self.model.config.audio_token_id} with audio; the tokenizer's {self.chat.audio_token} "
