@@ -46,6 +46,10 @@ def _make_policy(spec: str, env_id: str, model: str | None = None, tools: list |
             if base_kind != "hf" or not base:
                 raise UserError(f"--extrapolate-from {extrapolate_from!r}: expected hf:PATH (the base model the RL model started from)")
         try:  # a saved model directory, or "tiny"/"small" (random tiny models)
+            from agentenv.policies.audio_lm import AudioLMPolicy, is_audio_model
+
+            if is_audio_model(path) and base is None:  # "audio-tiny", or a directory with an audio encoder: it hears
+                return AudioLMPolicy(path)
             return HFPolicy(path, extrapolate_from=base, extrapolate_alpha=alpha)
         except (FileNotFoundError, ValueError) as exc:
             raise UserError(f"cannot load policy {spec!r}: {exc}") from None
