@@ -107,6 +107,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     policy = _make_policy(args.policy, env_id, model=args.model, tools=tools, extrapolate_from=args.extrapolate_from,
                           alpha=args.alpha)
     console = Console(stderr=True)
+    from agentenv.rollout import input_path
+
+    probe = gym.make(env_id, **env_kwargs)
+    try:  # which way the env's non-text observations reach the policy (a UserError when none does)
+        path = input_path(probe, policy)
+    finally:
+        probe.close()
+    if path is not None:
+        console.print(f"{env_id} reaches the policy by: {path}")
     out = args.out or f"runs/{env_id.split('/')[-1]}-{args.policy.split(':')[0]}-episodes.jsonl"
     logs = []
 

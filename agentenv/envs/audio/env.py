@@ -112,8 +112,8 @@ class AudioReasoningEnv(ChatEnv):
             return f"tools only: {', '.join(self.audio_tools)} (the policy reads text; the waveform reaches it through these tools)"
         raise UserError(
             "AudioReasoning-v0 with no audio tool is audio-only, and this policy reads text only: the waveform would "
-            f"never reach it. Use an audio-language policy (`--model=audio-tiny`, `AudioLMPolicy`) or offer the audio "
-            f"tools (env_kwargs tools: {list(AUDIO_TOOL_NAMES)}).")
+            "never reach it. Use an audio-language policy (`AudioLMPolicy`: `agentenv train --model=audio-tiny`, "
+            f"`agentenv run --policy hf:audio-tiny`) or offer the audio tools (env_kwargs tools: {list(AUDIO_TOOL_NAMES)}).")
 
     @staticmethod
     def _check_kinds(kinds: Sequence[str] | None) -> tuple[str, ...]:
