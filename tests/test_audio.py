@@ -517,9 +517,13 @@ def test_broken_formats_get_no_format_credit(text):
 def test_answer_must_be_inside_the_answer_tags():
     assert score_response("entailed", "entailed").components["answer"] == 0.0
     assert score_response("<think>entailed</think><answer>not-entailed</answer>", "entailed").components["answer"] == 0.0
-    # the last answer counts (as the env parses it), but two answers break the format
-    score = score_response("<answer>not-entailed</answer><answer>entailed</answer>", "entailed")
-    assert score.components["answer"] == 1.0 and score.components["format"] == 0.0
+    # the last answer counts (as the env parses it), but two answers break the format: right, yet unpaid as in
+    # SoundMind (the answer term needs a valid structure) unless answer_needs_format=False
+    text = "<answer>not-entailed</answer><answer>entailed</answer>"
+    score = score_response(text, "entailed")
+    assert score.success and score.components == {"format": 0.0, "answer": 0.0, "length": 0.0} and score.reward == 0.0
+    lenient = score_response(text, "entailed", weights=RewardWeights(answer_needs_format=False))
+    assert lenient.success and lenient.components["answer"] == 1.0 and lenient.reward == pytest.approx(2.0)
 
 
 def test_require_think_false_accepts_bare_answers_and_weights_apply():
@@ -555,8 +559,9 @@ def test_env_reward_components_and_success():
     assert info["reward_components"]["format"] == 1.0 and info["reward_components"]["answer"] == 1.0
     assert reward == pytest.approx(3.0 + 5 / 50)  # format + 2·answer + 5 think words of 50
     env.reset(seed=0)
-    _, reward, terminated, _, info = env.step(r"\boxed{" + label + "}")  # the env's other answer form
-    assert terminated and info["reward_components"] == {"format": 0.0, "answer": 1.0, "length": 0.0, "success": 1.0}
+    _, reward, terminated, _, info = env.step(r"\boxed{" + label + "}")  # the env's other answer form: right, no format
+    assert terminated and info["reward_components"] == {"format": 0.0, "answer": 0.0, "length": 0.0, "success": 1.0}
+    assert reward == 0.0
 
 
 # -- ALR layout -------------------------------------------------------------------------------------------
