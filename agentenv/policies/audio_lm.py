@@ -222,7 +222,10 @@ class AudioChatTokens(ChatTokens):
             array, rate = audio.get("array", ()), audio.get("sampling_rate", self.sampling_rate)
         else:
             array, rate = audio, self.sampling_rate
-        x = np.nan_to_num(np.asarray(array, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        try:
+            x = np.nan_to_num(np.atleast_1d(np.asarray(array, dtype=np.float32)), nan=0.0, posinf=0.0, neginf=0.0)
+        except (TypeError, ValueError):  # not numbers at all: heard as silence rather than a crashed episode
+            x = np.zeros(0, dtype=np.float32)
         if x.ndim > 1:  # channels: average them (the axis with fewer entries is the channel axis)
             x = x.mean(axis=int(np.argmin(x.shape))).reshape(-1) if x.ndim == 2 else x.reshape(-1)
         try:
