@@ -4,6 +4,7 @@ the input path an env/policy pairing states, long and malformed clips, save/load
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from agentenv.policies.audio_lm import AudioLMPolicy
 from agentenv.rollout import collect, demonstrations
 
 ENV_ID = "agentenv/AudioReasoning-v0"
+AUDIO_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "audio.yaml")
 AUDIO_ONLY = dict(kinds=["compare", "count"], answer_format="open", tools=[], max_turns=1)
 SPEECH_REQUIRED = bool(os.environ.get("AGENTENV_REQUIRE_SPEECH"))  # CI: a missing espeak-ng fails, never skips
 
@@ -186,7 +188,7 @@ def test_the_audio_policy_hears_spoken_tasks_whole(policy):
 def test_agentenv_train_on_audio_reasoning(tmp_path):
     from agentenv.learn.train import load_config, train
 
-    cfg = load_config("configs/audio.yaml", ["--steps=1", "--sft_steps=1", "--sft_episodes=4", "--tasks_per_step=2",
+    cfg = load_config(AUDIO_CONFIG, ["--steps=1", "--sft_steps=1", "--sft_episodes=4", "--tasks_per_step=2",
                                              "--group_size=2", "--eval_tasks=2", "--max_new_tokens=8", f"--out_dir={tmp_path}"])
     lines = []
     summary = train(cfg, log=lines.append)
@@ -194,4 +196,4 @@ def test_agentenv_train_on_audio_reasoning(tmp_path):
     assert any("reaches the policy by: audio input" in line for line in lines)
     assert json.loads((tmp_path / "eval.json").read_text())["input_path"] == "audio input"
     with pytest.raises(UserError, match="audio-only"):  # the text model on the same audio-only config
-        train(load_config("configs/audio.yaml", ["--model=tiny", f"--out_dir={tmp_path / 'text'}"]), log=lines.append)
+        train(load_config(AUDIO_CONFIG, ["--model=tiny", f"--out_dir={tmp_path / 'text'}"]), log=lines.append)

@@ -239,7 +239,7 @@ def make_batch(episodes: Sequence[Episode], advantages: torch.Tensor, pad_id: in
     adv = torch.tensor([a for _, a in samples], dtype=torch.float32)
     # the sampler's own log-probs stay here: old_logp becomes the learner's π_old in `update`
     extras = {"control_mask": control[:, 1:].contiguous(), "sampler_logp": old_logp[:, 1:].contiguous()}
-    inputs, input_rows = stack_inputs([s.inputs for s, _ in samples])
+    inputs, input_rows = stack_inputs([getattr(s, "inputs", ()) for s, _ in samples])  # duck-typed samples may have none
     batch = Batch(input_ids, attention, input_ids[:, 1:].clone(), loss_mask[:, 1:].contiguous(),
                   old_logp[:, 1:].contiguous(), adv, extras, inputs, torch.tensor(input_rows, dtype=torch.long))
     for plugin in plugins:
