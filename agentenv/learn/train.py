@@ -272,6 +272,9 @@ def _build(cfg: TrainConfig, rank: int = 0):
     if is_audio_model(cfg.model):  # hears the waveforms: audio features beside the ids, through the same learner
         if cfg.rollout.engine == "vllm":
             raise UserError(AUDIO_VLLM)
+        if cfg.rollout.stale_steps or cfg.rollout.max_staleness:  # the Sampler's lagging copy is a text HFPolicy
+            raise UserError("rollout.stale_steps / rollout.max_staleness sample with a separate HF copy of the model, which "
+                            "is not built for audio-language models yet: leave both at 0")
         policy = AudioLMPolicy(cfg.model, device=_device(cfg), temperature=cfg.temperature, top_p=cfg.top_p,
                                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1_000_003 * rank, model_seed=cfg.seed,
                                freeze_audio_encoder=cfg.freeze_audio_encoder)
