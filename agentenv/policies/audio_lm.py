@@ -5,7 +5,8 @@ transformer layers over 2·max_source_positions log-mel frames, average pooling:
 a linear projector, and a Qwen2 language model whose `<|AUDIO|>` placeholder ids take the projected audio
 embeddings. "audio-tiny" builds one with random weights from a small config, with the shipped tiny tokenizer
 plus Qwen2-Audio's three audio tokens and a `WhisperFeatureExtractor`, all locally; a directory saved by
-`save_pretrained` (or a real Qwen2-Audio checkpoint) loads the same way, without the network.
+`save_pretrained` loads without the network (tested), and so should a Qwen2-Audio checkpoint directory
+(transformers renames its weights on load; not run here, there are no such weights offline).
 
 Token in, token out, with the audio beside the ids. `AudioChatTokens` renders a message that carries
 `"audio"` as `<|audio_bos|><|AUDIO|>×N<|audio_eos|>` per chunk of the clip (N = the encoder's output length
