@@ -46,6 +46,10 @@ def _make_policy(spec: str, env_id: str, model: str | None = None, tools: list |
             if base_kind != "hf" or not base:
                 raise UserError(f"--extrapolate-from {extrapolate_from!r}: expected hf:PATH (the base model the RL model started from)")
         try:  # a saved model directory, or "tiny"/"small" (random tiny models)
+            from agentenv.policies.audio_lm import AudioLMPolicy, is_audio_model
+
+            if is_audio_model(path) and base is None:  # "audio-tiny", or a directory with an audio encoder: it hears
+                return AudioLMPolicy(path)
             return HFPolicy(path, extrapolate_from=base, extrapolate_alpha=alpha)
         except (FileNotFoundError, ValueError) as exc:
             raise UserError(f"cannot load policy {spec!r}: {exc}") from None
@@ -103,6 +107,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     policy = _make_policy(args.policy, env_id, model=args.model, tools=tools, extrapolate_from=args.extrapolate_from,
                           alpha=args.alpha)
     console = Console(stderr=True)
+    from agentenv.rollout import input_path
+
+    probe = gym.make(env_id, **env_kwargs)
+    try:  # which way the env's non-text observations reach the policy (a UserError when none does)
+        path = input_path(probe, policy)
+    finally:
+        probe.close()
+    if path is not None:
+        console.print(f"{env_id} reaches the policy by: {path}")
     out = args.out or f"runs/{env_id.split('/')[-1]}-{args.policy.split(':')[0]}-episodes.jsonl"
     logs = []
 

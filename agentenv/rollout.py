@@ -10,10 +10,15 @@ all its samples.
 Policies:
 * token policies (`HFPolicy`, anything with `generate_ids(prompts, max_new_tokens)` and a `chat`
   `ChatTokens`): the stored ids and `old_logprobs` are exactly what the model sampled.
-* text-only policies (`ScriptedPolicy`, anything with just `generate(contexts)`): with `tokenizer=`, each
-  turn's text is tokenized (plus the end-of-turn id) and `old_logprobs` are 0.0 — how `demonstrations`
-  records scripted episodes for warm-start SFT; without one, episodes carry messages, turns and rewards
-  only — how `agentenv run` (`runner.py`, a summary view of these episodes) runs any policy.
+* text-only policies (`ScriptedPolicy`, anything with just `generate(contexts)`): with `tokenizer=` (or a
+  `ChatTokens`), each turn's text is tokenized (plus the end-of-turn id) and `old_logprobs` are 0.0 — how
+  `demonstrations` records scripted episodes for warm-start SFT; without one, episodes carry messages, turns
+  and rewards only — how `agentenv run` (`runner.py`, a summary view of these episodes) runs any policy.
+
+Non-text observations (AudioReasoning-v0's waveforms): the chat renders them as placeholder ids plus model
+inputs (`ChatTokens.prompt_and_inputs`), stored beside the ids in `Sample.inputs` and handed to the policy's
+`generate_ids(..., inputs=)`. A text chat renders none; before any episode, `input_path` asks the env whether
+the policy can still reach them (its tools) and fails with a `UserError` if not, so nothing is dropped silently.
 
 This is the one rollout loop: training, evaluation, demonstrations and `agentenv run` all go through it.
 """
@@ -26,10 +31,12 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import gymnasium as gym
 
 from agentenv.core import qualified_env_id
+from agentenv.errors import UserError
 from agentenv.policies.chat_tokens import ChatTokens
 from agentenv.types import Episode, Generation, Messages, Policy, Sample
 
-__all__ = ["Sample", "Episode", "collect", "iter_episodes", "demonstrations", "drive", "EnvPool", "LocalEnvs", "Slot"]
+__all__ = ["Sample", "Episode", "collect", "iter_episodes", "demonstrations", "drive", "input_path", "EnvPool", "LocalEnvs",
+           "Slot"]
 
 StepResult = tuple[Messages, float, bool, bool, dict[str, Any]]
 
@@ -71,8 +78,9 @@ def iter_episodes(
         policy: a token policy (`generate_ids`) or a text-only one (`generate`).
         tasks: one reset seed per task; task i is group i and its G episodes all reset with `tasks[i]`.
         env_kwargs: keyword arguments of `gym.make` when `env` is an id.
-        tokenizer: tokenizes a text-only policy's turns into token records (ignored for token policies);
-            without it a text-only policy's episodes have messages, turns and rewards but no samples.
+        tokenizer: tokenizes a text-only policy's turns into token records (ignored for token policies); a
+            `ChatTokens` is used as it is (an audio one records the waveforms beside the ids); without it a
+            text-only policy's episodes have messages, turns and rewards but no samples.
         max_turns: stop an episode (truncated) after this many turns, on top of the env's own limit.
         max_seq_len: a sample never grows past this many ids: a turn gets at most the room left, and an
             episode whose next env delta would not leave room for one generated token ends truncated.
@@ -85,10 +93,37 @@ def iter_episodes(
         build = env
     envs = LocalEnvs(build)
     try:
+        input_path(envs.env(0), policy, _chat_of(policy, tokenizer))
         yield from drive(envs, policy, tasks, group_size, tokenizer=tokenizer, max_turns=max_turns,
                          max_seq_len=max_seq_len, batch_size=batch_size)
     finally:
         envs.close()
+
+
+def input_path(env: gym.Env, policy: Any, chat: ChatTokens | None = None) -> str | None:
+    """How `policy` reaches the non-text part of `env`'s observations, as the env states it (its
+    `input_path(hears_audio)`, e.g. "audio input" or "tools only: …"); None for a text env. The env raises a
+    `UserError` when the policy cannot reach it (an audio-only task for a policy that reads text only).
+
+    A policy hears audio when it says so (`hears_audio`) and, when its turns are recorded as tokens, the chat
+    that records them keeps the audio too (a listening teacher recorded by a text chat would be dropped)."""
+    decide = getattr(env.unwrapped, "input_path", None)
+    if decide is None:
+        return None
+    hears = bool(getattr(policy, "hears_audio", False))
+    if hears and chat is not None and not getattr(chat, "hears_audio", False):
+        raise UserError(f"{type(policy).__name__} hears the audio, but its turns are recorded by a text chat that would drop "
+                        "it: record them with the audio policy's chat (demonstrations(..., tokenizer=policy.chat))")
+    return decide(hears_audio=hears)
+
+
+def _chat_of(policy: Any, tokenizer: Any) -> ChatTokens | None:
+    """The renderer of the token records: a token policy's own, else one over `tokenizer` (None: text records only)."""
+    if hasattr(policy, "generate_ids"):
+        return policy.chat
+    if tokenizer is None or isinstance(tokenizer, ChatTokens):
+        return tokenizer
+    return ChatTokens(tokenizer)
 
 
 class LocalEnvs:
@@ -149,7 +184,7 @@ def drive(pool: EnvPool, policy: Policy, tasks: Sequence[int], group_size: int =
     if group_size < 1:
         raise ValueError("group_size must be at least 1")
     token_policy = hasattr(policy, "generate_ids")
-    chat: ChatTokens | None = policy.chat if token_policy else (ChatTokens(tokenizer) if tokenizer is not None else None)
+    chat = _chat_of(policy, tokenizer)
     jobs = [(group, seed) for group, seed in enumerate(tasks) for _ in range(group_size)]
     episodes = [Episode(group, int(seed), index=i) for i, (group, seed) in enumerate(jobs)]
     next_job, done = 0, []
@@ -165,7 +200,7 @@ def drive(pool: EnvPool, policy: Policy, tasks: Sequence[int], group_size: int =
             slots, free = free[: len(batch)], free[len(batch) :]
             for slot, episode, obs in zip(slots, batch, pool.reset(slots, [e.seed for e in batch])):
                 episode.messages = obs
-                if chat is None or _new_sample(episode, chat.prompt(obs), max_seq_len):
+                if chat is None or _new_sample(episode, *chat.prompt_and_inputs(obs), max_seq_len):
                     slot.seed, slot.actions = episode.seed, []
                     started[waiting.pop(0)] = _Live(slot, episode, obs)
                 else:
@@ -223,12 +258,13 @@ def demonstrations(
     return collect(env, policy, list(range(seed, seed + n)), 1, env_kwargs=env_kwargs, tokenizer=tokenizer, max_seq_len=max_seq_len)
 
 
-def _new_sample(episode: Episode, prompt: list[int], max_seq_len: int) -> bool:
-    """Start a sample with `prompt`; False (episode truncated) when it leaves no room to generate."""
+def _new_sample(episode: Episode, prompt: list[int], inputs: list[dict[str, Any]], max_seq_len: int) -> bool:
+    """Start a sample with `prompt` (and the model inputs beside it); False (episode truncated) when it leaves
+    no room to generate."""
     if len(prompt) >= max_seq_len:
         episode.truncated = True
         return False
-    sample = Sample(prompt_len=len(prompt))
+    sample = Sample(prompt_len=len(prompt), inputs=list(inputs))
     sample.extend(prompt, generated=False)
     episode.samples.append(sample)
     return True
@@ -238,7 +274,9 @@ def _generate(policy: Any, chat: ChatTokens | None, token_policy: bool, live: li
     """One generation per live episode, in one batched policy call."""
     if token_policy:
         limits = [min(getattr(policy, "max_new_tokens", b), b) for b in budgets]
-        return policy.generate_ids([item.episode.samples[-1].token_ids for item in live], max_new_tokens=limits)
+        samples = [item.episode.samples[-1] for item in live]
+        inputs = [s.inputs for s in samples]  # only a policy whose chat rendered them gets any
+        return policy.generate_ids([s.token_ids for s in samples], max_new_tokens=limits, **({"inputs": inputs} if any(inputs) else {}))
     if chat is None:  # a text-only policy without a tokenizer: text records only
         return policy.generate([item.obs for item in live])
     generations = []
@@ -306,10 +344,12 @@ def _step(item: _Live, generation: Generation, chat: ChatTokens | None, max_turn
         return True
     sample = episode.samples[-1]
     if not _continues(previous, obs):
-        return _new_sample(episode, chat.prompt(obs), max_seq_len)
-    delta = ([] if ended else [chat.end_id]) + chat.delta(obs[len(previous) + 1 :])
+        return _new_sample(episode, *chat.prompt_and_inputs(obs), max_seq_len)
+    delta, inputs = chat.delta_and_inputs(obs[len(previous) + 1 :])
+    delta = ([] if ended else [chat.end_id]) + delta
     if len(sample) + len(delta) >= max_seq_len:
         episode.truncated = True
         return False
     sample.extend(delta, generated=False)
+    sample.inputs.extend(inputs)
     return True

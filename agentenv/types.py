@@ -99,6 +99,12 @@ class Sample:
     tokens; `old_logprobs` are the sampling log-probs (0.0 where the mask is 0); `control_mask` is 1 on
     generated tokens that overlap a control span (`<tool_call>…</tool_call>`, a python block, `<execute/>`,
     `<answer>…</answer>`); `prompt_len` is the number of ids before the first generated one.
+
+    `inputs` are the model inputs beside the ids: one dict per non-text item of the sequence (an audio
+    chunk), in the order of the item's placeholder ids in `token_ids` (never in the loss), each holding the
+    arrays the model's forward takes for it under their keyword names (for Qwen2-Audio `input_features`
+    `[M, F]`, `feature_attention_mask` `[F]`). The sampler conditioned on exactly these; the learner
+    forwards them again. Empty for text.
     """
 
     token_ids: list[int] = field(default_factory=list)
@@ -106,6 +112,7 @@ class Sample:
     old_logprobs: list[float] = field(default_factory=list)
     control_mask: list[int] = field(default_factory=list)
     prompt_len: int = 0
+    inputs: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.token_ids)

@@ -1,8 +1,10 @@
 """AudioReasoning-v0: the env contract, labels checked independently of the generators, the audio tools, the
-corrected SoundMind reward, the ALR loader, reference agents, and GRPO on waveform observations."""
+corrected SoundMind reward, the ALR loader and reference agents (an audio-language policy trained on it by the
+learner: tests/test_audio_lm.py)."""
 
 import itertools
 import json
+import os
 import re
 import wave
 from collections import Counter
@@ -10,7 +12,6 @@ from collections import Counter
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium.utils.env_checker import check_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,13 +24,15 @@ from agentenv.envs.audio.scripted import ChanceAgent, ScriptedAudioAgent
 from agentenv.envs.audio.signals import SAMPLE_RATE, Tone, read_wav, render_tones, resample, wav_to_array, write_wav
 from agentenv.envs.audio.speech import Voice, speak, speech_available
 from agentenv.envs.audio.tasks import LEVELS, TONE_KINDS, Difficulty, generate_task
-from agentenv.envs.audio.tiny_policy import TinyAudioConfig, TinyAudioPolicy
-from agentenv.learn.objectives import aggregate, grpo_advantages, ppo_clip_loss, token_log_ratio
 from agentenv.runner import run_episodes
 
 ENV_ID = "agentenv/AudioReasoning-v0"
 INFO_KEYS = {"turn", "tools", "tool_calls", "tool_results", "error", "pending", "delay_call_rate"}
-needs_speech = pytest.mark.skipif(not speech_available(), reason="espeak-ng is not installed (apt-get install -y espeak-ng)")
+# CI installs espeak-ng and sets AGENTENV_REQUIRE_SPEECH=1 (.ci/run): there a missing binary fails these tests
+# instead of skipping them, so the spoken task kinds are always generated and checked in CI.
+SPEECH_REQUIRED = bool(os.environ.get("AGENTENV_REQUIRE_SPEECH"))
+needs_speech = pytest.mark.skipif(not speech_available() and not SPEECH_REQUIRED,
+                                  reason="espeak-ng is not installed (apt-get install -y espeak-ng)")
 
 
 def call(name, **arguments):
@@ -514,9 +517,13 @@ def test_broken_formats_get_no_format_credit(text):
 def test_answer_must_be_inside_the_answer_tags():
     assert score_response("entailed", "entailed").components["answer"] == 0.0
     assert score_response("<think>entailed</think><answer>not-entailed</answer>", "entailed").components["answer"] == 0.0
-    # the last answer counts (as the env parses it), but two answers break the format
-    score = score_response("<answer>not-entailed</answer><answer>entailed</answer>", "entailed")
-    assert score.components["answer"] == 1.0 and score.components["format"] == 0.0
+    # the last answer counts (as the env parses it), but two answers break the format: right, yet unpaid as in
+    # SoundMind (the answer term needs a valid structure) unless answer_needs_format=False
+    text = "<answer>not-entailed</answer><answer>entailed</answer>"
+    score = score_response(text, "entailed")
+    assert score.success and score.components == {"format": 0.0, "answer": 0.0, "length": 0.0} and score.reward == 0.0
+    lenient = score_response(text, "entailed", weights=RewardWeights(answer_needs_format=False))
+    assert lenient.success and lenient.components["answer"] == 1.0 and lenient.reward == pytest.approx(2.0)
 
 
 def test_require_think_false_accepts_bare_answers_and_weights_apply():
@@ -552,8 +559,9 @@ def test_env_reward_components_and_success():
     assert info["reward_components"]["format"] == 1.0 and info["reward_components"]["answer"] == 1.0
     assert reward == pytest.approx(3.0 + 5 / 50)  # format + 2·answer + 5 think words of 50
     env.reset(seed=0)
-    _, reward, terminated, _, info = env.step(r"\boxed{" + label + "}")  # the env's other answer form
-    assert terminated and info["reward_components"] == {"format": 0.0, "answer": 1.0, "length": 0.0, "success": 1.0}
+    _, reward, terminated, _, info = env.step(r"\boxed{" + label + "}")  # the env's other answer form: right, no format
+    assert terminated and info["reward_components"] == {"format": 0.0, "answer": 0.0, "length": 0.0, "success": 1.0}
+    assert reward == 0.0
 
 
 # -- ALR layout -------------------------------------------------------------------------------------------
@@ -631,59 +639,3 @@ def test_chance_agent_is_at_chance_on_binary_tasks():
     logs = list(run_episodes(ENV_ID, ChanceAgent(seed=0), 600, seed=0, batch_size=50,
                              env_kwargs={"kinds": TONE_KINDS, "difficulty": None}))
     assert 0.44 < np.mean([log.success for log in logs]) < 0.56
-
-
-# -- GRPO on waveform observations ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def one_torch_thread():
-    """One intra-op thread: the model is tiny, and on a busy 2-core machine two threads spin-wait (≈30× slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_grpo_steps_on_waveforms_raise_reward_and_accuracy(one_torch_thread):
-    """A tiny log-mel transformer picks "higher"/"lower" for 16 fixed two-tone clips; 25 GRPO steps
-    (group advantages, PPO clip, token-mean) with rewards from env.step raise its reward and accuracy."""
-    torch.manual_seed(0)
-    env = make(kinds=["compare"], answer_format="open")
-    seeds = list(range(16))
-    observations = [env.reset(seed=s)[0] for s in seeds]
-    policy = TinyAudioPolicy(TinyAudioConfig(answers=("higher", "lower"), d_model=32, n_layers=1, max_text_bytes=32))
-    batch = policy.encode(observations)
-    rewards = {}
-
-    def reward(i, answer):
-        if (i, answer) not in rewards:
-            env.reset(seed=seeds[i])
-            rewards[i, answer] = env.step(policy.action(answer))[1]
-        return rewards[i, answer]
-
-    def greedy_accuracy():
-        with torch.no_grad():
-            picks = policy(*batch).argmax(-1).tolist()
-        return np.mean([reward(i, a) > 2.0 for i, a in enumerate(picks)])
-
-    before = greedy_accuracy()
-    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
-    group = 8
-    group_ids = torch.arange(len(seeds)).repeat_interleave(group)
-    mean_rewards = []
-    for _ in range(25):
-        logits = policy(*batch)  # [N, 2]
-        samples = torch.distributions.Categorical(logits=logits).sample((group,)).T  # [N, G]
-        r = torch.tensor([[reward(i, int(a)) for a in row] for i, row in enumerate(samples)])
-        logp = torch.log_softmax(logits, -1).gather(1, samples).reshape(-1, 1)  # [N·G, 1]: one answer token each
-        advantages = grpo_advantages(r.reshape(-1), group_ids)
-        loss, _ = ppo_clip_loss(token_log_ratio(logp, logp.detach()), advantages[:, None])
-        loss = aggregate(loss, torch.ones_like(logp), "token-mean")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        mean_rewards.append(r.mean().item())
-    after = greedy_accuracy()
-    assert after >= 0.8 and after > before + 0.25, (before, after)
-    assert np.mean(mean_rewards[-5:]) > np.mean(mean_rewards[:5]) + 0.3, mean_rewards

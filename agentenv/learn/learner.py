@@ -5,7 +5,8 @@ One update (`update`) does what verl's actor and TRL's GRPOTrainer do, split int
 1. `episode_advantages`: sequence rewards → one advantage per episode (GRPO/Dr.GRPO/RLOO/REINFORCE++),
    optionally zeroing groups with no reward variance (DAPO dynamic sampling) and truncated episodes.
 2. `make_batch`: every Sample becomes one padded row; loss masks drop prompt and env/tool tokens;
-   row t holds the target token t+1, so `logp[:, t]` lines up with `loss_mask[:, t]`.
+   row t holds the target token t+1, so `logp[:, t]` lines up with `loss_mask[:, t]`. Non-text model inputs
+   (a sample's audio features) ride along in `Batch.inputs` and go into every forward.
 3. `token_logprobs`: log π_θ of the targets from the last hidden state, chunked over the vocabulary
    (`objectives.selective_log_probs`): a [T, V] logits tensor is never materialised.
 4. `policy_loss`: ratio → loss form → aggregation, plus KL and entropy terms; all pure functions in
@@ -32,6 +33,7 @@ from agentenv.learn import distributed as D
 from agentenv.learn import objectives as F
 from agentenv.learn.plugin import LossTerms, Plugin, StepContext, build_plugins, plugin_configs
 from agentenv.learn.presets import learner_preset
+from agentenv.policies.base import stack_inputs
 from agentenv.policies.kv_cache import cache_kwargs
 from agentenv.types import Episode
 
@@ -168,6 +170,9 @@ class Batch:
     """Padded rows, one per Sample. Targets are shifted: column t holds token t+1 of the sample.
 
     input_ids, attention_mask: [B, L]; targets, loss_mask, old_logp: [B, L-1]; advantages: [B].
+    inputs: the samples' non-text model inputs (`Sample.inputs`), each key stacked over the A items of all rows
+    in row-major order (the order the forward fills placeholder ids in): [A, ...]; input_rows: [A], the row of
+    each item. Empty for text.
     """
 
     input_ids: torch.Tensor
@@ -177,24 +182,35 @@ class Batch:
     old_logp: torch.Tensor
     advantages: torch.Tensor
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    input_rows: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     def rows(self, index: torch.Tensor) -> "Batch":
-        """The sub-batch of rows `index`, trimmed to its longest row (less padding, less compute)."""
+        """The sub-batch of rows `index`, trimmed to its longest row (less padding, less compute); its items follow
+        the new row order."""
         length = int(self.attention_mask[index].sum(-1).max())
         cut = lambda t, n: t[index, :n]  # noqa: E731
+        inputs, input_rows = self.inputs, self.input_rows
+        if inputs:
+            new_row = torch.full((len(self),), -1, dtype=torch.long, device=index.device)
+            new_row[index] = torch.arange(len(index), device=index.device)
+            kept = (new_row[self.input_rows] >= 0).nonzero().squeeze(-1)
+            kept = kept[torch.sort(new_row[self.input_rows[kept]], stable=True).indices]  # by new row, in-row order kept
+            inputs, input_rows = {k: v[kept] for k, v in inputs.items()}, new_row[self.input_rows[kept]]
         return Batch(
             cut(self.input_ids, length), cut(self.attention_mask, length), cut(self.targets, length - 1),
             cut(self.loss_mask, length - 1), cut(self.old_logp, length - 1), self.advantages[index],
-            {k: cut(v, length - 1) if v.dim() == 2 else v[index] for k, v in self.extras.items()},
+            {k: cut(v, length - 1) if v.dim() == 2 else v[index] for k, v in self.extras.items()}, inputs, input_rows,
         )
 
     def to(self, device: torch.device | str) -> "Batch":
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.targets), move(self.loss_mask),
-                     move(self.old_logp), move(self.advantages), {k: move(v) for k, v in self.extras.items()})
+                     move(self.old_logp), move(self.advantages), {k: move(v) for k, v in self.extras.items()},
+                     {k: move(v) for k, v in self.inputs.items()}, move(self.input_rows))
 
 
 def make_batch(episodes: Sequence[Episode], advantages: torch.Tensor, pad_id: int, *, plugins: Sequence[Plugin] = (),
@@ -223,8 +239,9 @@ def make_batch(episodes: Sequence[Episode], advantages: torch.Tensor, pad_id: in
     adv = torch.tensor([a for _, a in samples], dtype=torch.float32)
     # the sampler's own log-probs stay here: old_logp becomes the learner's π_old in `update`
     extras = {"control_mask": control[:, 1:].contiguous(), "sampler_logp": old_logp[:, 1:].contiguous()}
+    inputs, input_rows = stack_inputs([getattr(s, "inputs", ()) for s, _ in samples])  # duck-typed samples may have none
     batch = Batch(input_ids, attention, input_ids[:, 1:].clone(), loss_mask[:, 1:].contiguous(),
-                  old_logp[:, 1:].contiguous(), adv, extras)
+                  old_logp[:, 1:].contiguous(), adv, extras, inputs, torch.tensor(input_rows, dtype=torch.long))
     for plugin in plugins:
         plugin.prepare_batch(batch, episodes, advantages, ctx)
     return batch
@@ -280,15 +297,18 @@ def final_hidden(model: torch.nn.Module, batch: Batch, share_prefix: int = 0) ->
     which autograd carries back to the shared forward. Same values and gradients up to float rounding, and
     the prompt's forward+backward is paid once per group instead of once per sample. A sharded model takes
     that path only when every rank can (it runs two forwards, each a collective).
+
+    Non-text inputs (`batch.inputs`, audio features) go into the forward by name, and such a batch is run
+    whole: a shared prefix's ids would not say which audio its placeholders hold.
     """
-    shared = _shared_prefix(batch, share_prefix)
+    shared = None if batch.inputs else _shared_prefix(batch, share_prefix)
     if not D.on_every_rank(model, shared is not None):
         shared = None
     if shared is None:
         # A right-padded batch needs no padding mask: padding sits after every real position, so the causal mask
         # alone gives the real positions the same values, and attention can take its plain causal kernel.
         mask = None if _right_padded(batch.attention_mask) else batch.attention_mask
-        return _last_hidden(model, input_ids=batch.input_ids, attention_mask=mask)[:, :-1]
+        return _last_hidden(model, input_ids=batch.input_ids, attention_mask=mask, **batch.inputs)[:, :-1]
     from transformers import DynamicCache
 
     length, prefixes, inverse = shared

@@ -35,10 +35,13 @@ from agentenv.learn import distributed as D
 from agentenv.learn.learner import LearnerConfig, episode_advantages, make_batch, sft_update, update
 from agentenv.learn.plugin import StepContext, build_plugins, with_env_options
 from agentenv.learn.sampler import AsyncRollouts, Sampler
-from agentenv.rollout import collect, demonstrations
+from agentenv.rollout import collect, demonstrations, input_path
 
 __all__ = ["TrainConfig", "RolloutConfig", "load_config", "train"]
 
+AUDIO_VLLM = ("rollout.engine=vllm does not take an audio-language model here: VLLMPolicy sends prompt ids only, and "
+              "vLLM would have to re-expand the audio placeholders and compute its own features (docs/vllm.md, audio); "
+              "use rollout.engine=hf")
 HELD_OUT_SEED_BASE = 1_000_000_000  # evaluation seeds start here; training seeds are always below it
 
 
@@ -83,7 +86,8 @@ class TrainConfig:
     env_kwargs: dict[str, Any] = field(
         default_factory=lambda: {"tools": ["calculator"], "kinds": ["counting"], "difficulty": 1, "max_turns": 3}
     )
-    model: str = "tiny"  # "tiny" | "small" (random init from a config) | a local HF model directory
+    model: str = "tiny"  # "tiny" | "small" | "audio-tiny" | "audio-small" (random init from a config) | a local HF model directory
+    freeze_audio_encoder: bool = False  # audio models: keep the audio encoder's weights fixed
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto | cpu | cuda
     seed: int = 0
     steps: int = 120  # GRPO steps (benchmarks/default_train.md)
@@ -289,13 +293,36 @@ def _whole_weights(model, policy) -> Iterator[None]:
 def _build(cfg: TrainConfig, rank: int = 0):
     """The learner's policy (its model is the one trained; its tokenizer renders every batch). Each data-parallel
     rank samples with its own seed (rank 0 with the run's)."""
+    from agentenv.policies.audio_lm import AudioLMPolicy, is_audio_model
     from agentenv.policies.hf import HFPolicy
     from agentenv.policies.tiny import TINY_SIZES, tiny_model
 
+    if is_audio_model(cfg.model):  # hears the waveforms: audio features beside the ids, through the same learner
+        if cfg.rollout.engine == "vllm":
+            raise UserError(AUDIO_VLLM)
+        if cfg.rollout.stale_steps or cfg.rollout.max_staleness:  # the Sampler's lagging copy is a text HFPolicy
+            raise UserError("rollout.stale_steps / rollout.max_staleness sample with a separate HF copy of the model, which "
+                            "is not built for audio-language models yet: leave both at 0")
+        policy = AudioLMPolicy(cfg.model, device=_device(cfg), temperature=cfg.temperature, top_p=cfg.top_p,
+                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1_000_003 * rank, model_seed=cfg.seed,
+                               freeze_audio_encoder=cfg.freeze_audio_encoder)
+        return policy, policy.model
     model = tiny_model(cfg.model, seed=cfg.seed) if cfg.model in TINY_SIZES else cfg.model  # the run's seed sets the init too
     policy = HFPolicy(model, device=_device(cfg), temperature=cfg.temperature, top_p=cfg.top_p,
                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1_000_003 * rank)
     return policy, policy.model
+
+
+def _input_path(cfg: TrainConfig, policy) -> str | None:
+    """How the env's non-text observations reach the policy ("audio input", "tools only: …"; None for text envs);
+    a `UserError` before anything runs when they cannot (an audio-only task for a text policy)."""
+    import gymnasium as gym
+
+    env = gym.make(qualified_env_id(cfg.env_id), **cfg.env_kwargs)
+    try:
+        return input_path(env, policy)
+    finally:
+        env.close()
 
 
 def evaluate(cfg: TrainConfig, policy, n_tasks: int) -> float:
@@ -326,7 +353,8 @@ def warm_start(cfg: TrainConfig, policy, model, log, plugins: Sequence[Any] = ()
         teacher = None
     except TypeError as err:
         raise UserError(f"sft_teacher {cfg.sft_teacher} does not fit the scripted agent of {env_id}: {err}") from None
-    demos = demonstrations(cfg.env_id, cfg.sft_episodes, policy.tokenizer, env_kwargs=cfg.env_kwargs, seed=cfg.seed + 7_000_000,
+    # recorded by the policy's own chat: an audio policy's demonstrations keep the audio beside the ids
+    demos = demonstrations(cfg.env_id, cfg.sft_episodes, policy.chat, env_kwargs=cfg.env_kwargs, seed=cfg.seed + 7_000_000,
                            policy=teacher)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -356,6 +384,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     np.random.seed(cfg.seed + rank)
     started = time.perf_counter()
     policy, model = _build(cfg, rank)
+    path = _input_path(cfg, policy)
+    if path is not None:
+        log(f"{qualified_env_id(cfg.env_id)} reaches the policy by: {path}")
     policy_keys = set(model.state_dict())  # what a rollout engine needs (not a plug-in's extra head)
     plugins = build_plugins(cfg.learner)
     # the env settings the plug-ins' methods need (a clash with the run's own is an error), for every env this
@@ -488,7 +519,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             engine.push(engine.snapshot(model))
         with _whole_weights(model, policy):
             success_after = evaluate(cfg, engine.policy, cfg.eval_tasks) if cfg.eval_tasks else None
-        summary = {"success_before": extra.get("success_before"), "success_after": success_after,
+        summary = {"input_path": path, "success_before": extra.get("success_before"), "success_after": success_after,
                    "steps": cfg.steps, "eval_tasks": cfg.eval_tasks, "wall_s_this_process": time.perf_counter() - started}
     finally:
         engine.close()

@@ -60,8 +60,12 @@ class ChatTokens:
         self._dummy_ids = self.encode(self._dummy_text)
 
     def _render(self, messages: Messages, generation_prompt: bool) -> str:
-        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+        plain = [{"role": m["role"], "content": self._content(m)} for m in messages]
         return self.tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def _content(self, message: dict[str, Any]) -> str:
+        """The text a message renders as: its content (a renderer that hears audio adds placeholders)."""
+        return message["content"]
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, special-token strings included, nothing added around it."""
@@ -84,6 +88,16 @@ class ChatTokens:
         if ids[: len(self._dummy_ids)] == self._dummy_ids:
             return ids[len(self._dummy_ids) :]
         return self.encode(text[self._dummy_cut :])
+
+    def prompt_and_inputs(self, messages: Messages) -> tuple[list[int], list[dict[str, Any]]]:
+        """`prompt(messages)` and the model inputs beside the ids (one dict per non-text item, in the order of
+        their placeholder ids; see `Sample.inputs`). Text renders none: non-text keys of a message (`"audio"`)
+        are left out, and the rollout checks first that the env offers another way to them (`input_path`)."""
+        return self.prompt(messages), []
+
+    def delta_and_inputs(self, messages: Messages) -> tuple[list[int], list[dict[str, Any]]]:
+        """`delta(messages)` and the model inputs beside the ids, as `prompt_and_inputs`."""
+        return self.delta(messages), []
 
     def turn(self, text: str) -> list[int]:
         """Ids of an assistant turn written as text (a scripted policy), closed with `end_id`: `[T + 1]`."""

@@ -139,6 +139,8 @@ class HFPolicy(TokenPolicy):
         self.max_new_tokens = max_new_tokens
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.stop_ids = {self.chat.end_id}
+        # ids the policy never emits (an audio model's input placeholders); sampled from the rest, renormalised
+        self.suppressed_ids: list[int] = []
         self.base_model = _load(extrapolate_from, tokenizer, device, dtype)[0] if extrapolate_from is not None else None
         self.extrapolate = (extrapolate_alpha, extrapolate_tau, extrapolate_top_k)
         self.prefix_cache = prefix_cache
@@ -158,13 +160,24 @@ class HFPolicy(TokenPolicy):
         self.stats = {"calls": 0, "prompt_tokens": 0, "prefill_tokens": 0, "prefill_padded_tokens": 0,
                       "reused_tokens": 0, "generated_tokens": 0}
 
+    def model_inputs(self, inputs: Sequence[Sequence[dict[str, Any]]]) -> dict[str, torch.Tensor]:
+        """The forward's keyword inputs for the non-text items of B prompts (`Sample.inputs` of each). A text
+        model takes none: it refuses them rather than drop them (`AudioLMPolicy` collates audio features)."""
+        raise UserError(f"{type(self).__name__} reads text only and was given non-text model inputs "
+                        f"({sorted({k for row in inputs for item in row for k in item})}); use a policy that takes them "
+                        "(AudioLMPolicy for audio)")
+
     @torch.no_grad()
-    def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int] | None = None) -> list[Generation]:
+    def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int] | None = None,
+                     inputs: Sequence[Sequence[dict[str, Any]]] | None = None) -> list[Generation]:
         """Continue each prompt (token ids) until the end-of-turn id or its token limit.
 
         Args:
             prompts: B lists of ids (any lengths ≥ 1).
             max_new_tokens: one limit for all, one per prompt, or None for the policy's default.
+            inputs: per prompt, the model inputs beside its ids (`Sample.inputs`: audio features for the
+                placeholder ids in it); such prompts run without the prefix cache (ids alone do not say which
+                audio they hold).
         Returns:
             B `Generation`s with `prompt_ids`, `token_ids` (end id included when emitted), `logprobs` (one per
             token id), `text` and `finish_reason` ("stop" or "length").
@@ -181,7 +194,8 @@ class HFPolicy(TokenPolicy):
         self.stats["calls"] += 1
         self.stats["prompt_tokens"] += sum(len(p) for p in prompts)
         base_cache = base_logits = None
-        caching = self.prefix_cache and self.base_model is None and _attention_only(self.model)
+        extra = self.model_inputs(inputs) if inputs is not None and any(inputs) else {}
+        caching = self.prefix_cache and not extra and self.base_model is None and _attention_only(self.model)
         if caching:
             version = weights_version(self.model)
             if version != self._store_version:  # the weights changed since the store was filled: it is stale
@@ -193,7 +207,7 @@ class HFPolicy(TokenPolicy):
                     store.add(prompts[row], [(k.clone(), v.clone()) for k, v in row_kv[row]])
             prompt_len = torch.tensor([len(p) for p in prompts], device=self.device)
         else:
-            cache, logits, attention, next_position, base_cache, base_logits = self._prefill_plain(prompts)
+            cache, logits, attention, next_position, base_cache, base_logits = self._prefill_plain(prompts, extra)
         stop = torch.tensor(sorted(self.stop_ids), device=self.device)
         steps = int(limits.max())
         tokens = torch.full((batch, max(steps, 0)), pad, dtype=torch.long, device=self.device)
@@ -209,6 +223,8 @@ class HFPolicy(TokenPolicy):
             if rows.numel() == 0:
                 break
             if base_cache is None:
+                if self.suppressed_ids:
+                    logits = logits.index_fill(-1, torch.tensor(self.suppressed_ids, device=logits.device), float("-inf"))
                 token, logprob = sample_tokens(logits, self.temperature, self.top_p, self.generator)
             else:
                 token, logprob = self._extrapolated_tokens(base_logits, logits)
@@ -282,9 +298,10 @@ class HFPolicy(TokenPolicy):
 
     # -- prefill ------------------------------------------------------------------------------------
 
-    def _prefill_plain(self, prompts: list[list[int]]):
-        """Every prompt from scratch, left-padded, one forward: (cache, last logits [B, V], attention [B, W],
-        next position [B, 1], base model's cache and logits or None)."""
+    def _prefill_plain(self, prompts: list[list[int]], extra: dict[str, torch.Tensor] | None = None):
+        """Every prompt from scratch, left-padded, one forward (with the non-text inputs `extra`, if any): (cache,
+        last logits [B, V], attention [B, W], next position [B, 1], base model's cache and logits or None)."""
+        extra = {k: v.to(self.device) for k, v in (extra or {}).items()}
         batch, width, pad = len(prompts), max(len(p) for p in prompts), self.chat.pad_id
         input_ids = torch.full((batch, width), pad, dtype=torch.long)
         attention = torch.zeros((batch, width), dtype=torch.long)
@@ -299,12 +316,13 @@ class HFPolicy(TokenPolicy):
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, **cache_kwargs(self.model, cache), use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, **cache_kwargs(self.model, cache),
+                         use_cache=True, logits_to_keep=1, **extra)
         base_cache = base_logits = None
         if self.base_model is not None:
             base_cache = DynamicCache()
             base_logits = self.base_model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                                          **cache_kwargs(self.base_model, base_cache), use_cache=True, logits_to_keep=1).logits[:, -1]
+                                          **cache_kwargs(self.base_model, base_cache), use_cache=True, logits_to_keep=1, **extra).logits[:, -1]
         return cache, out.logits[:, -1], attention, positions[:, -1:] + 1, base_cache, base_logits
 
     def _prefill_cached(self, prompts: list[list[int]], room: int):

@@ -3,8 +3,8 @@
 Modules, one stage each: `signals` (synthesis, WAV I/O, resampling), `speech` (espeak-ng), `logic`
 (syllogism rule engine), `tasks` (seeded task generators and difficulty), `alr` (loader for the real ALR
 layout), `analysis` (numpy signal analysis), `tools` (analysis as agent tools), `reward` (corrected
-SoundMind reward), `env` (the Gymnasium env), `scripted` (a tool-using reference agent) and `tiny_policy`
-(a small audio-conditioned torch policy for tests).
+SoundMind reward), `env` (the Gymnasium env) and `scripted` (reference agents: through the tools, or listening
+to the waveform itself). The policy that hears the clip is `agentenv.policies.audio_lm.AudioLMPolicy`.
 """
 
 from agentenv.envs.audio.env import AudioReasoningEnv

@@ -3,8 +3,14 @@
 Each episode is one task (see `tasks.py`): the user message carries the clip as
 `{"role": "user", "content": text, "audio": {"array": float32 [N], "sampling_rate": 16000}}`. A multimodal
 policy reads the array; a text-only one calls the audio tools (`spectrum`, `pitch_track`, `count_onsets`,
-`loudness`), which analyse the episode's clip. The episode ends at the first final answer, scored by the
-corrected SoundMind rule (`reward.py`): `info["reward_components"]` holds format, answer, length, success.
+`loudness`), which analyse the episode's clip. `input_path` states which of the two a policy uses, and
+refuses a text-only policy when no audio tool is offered (the task would be audio-only). The episode ends at
+the first final answer, scored by the corrected SoundMind rule (`reward.py`): `info["reward_components"]`
+holds format, answer, length, success.
+
+SoundMind's audio-output terms (audio format 0.5 for a `<speak>` block, audio length 0.75 × spoken seconds /
+reference seconds) score a model that answers in speech. No policy here speaks (they emit text tokens only),
+so those terms are out of scope: the reward is the text part, format + answer + length.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from agentenv.core import ChatEnv, Message, Score
+from agentenv.errors import UserError
 from agentenv.envs.audio.alr import load_alr
 from agentenv.envs.audio.reward import RewardWeights, score_response
 from agentenv.envs.audio.signals import SAMPLE_RATE
@@ -27,12 +34,11 @@ from agentenv.tools.registry import ToolSpec
 __all__ = ["AudioReasoningEnv"]
 
 
-def _instructions(require_think: bool) -> str:
+def _instructions(require_think: bool, audio_tools: bool) -> str:
     think = "Reason inside <think>...</think>, then give" if require_think else "Give"
-    return (
-        "You are given an audio clip and a question about it. Listen to the clip, or analyse it with the audio "
-        f"tools. {think} the final answer inside <answer></answer>, in the form the question asks for."
-    )
+    listen = "Listen to the clip, or analyse it with the audio tools." if audio_tools else "Listen to the clip."
+    return (f"You are given an audio clip and a question about it. {listen} {think} the final answer inside "
+            "<answer></answer>, in the form the question asks for.")
 
 
 class AudioReasoningEnv(ChatEnv):
@@ -88,7 +94,26 @@ class AudioReasoningEnv(ChatEnv):
         self.require_think = require_think
         self.length_target_words = length_target_words
         self.task: AudioTask | None = None
-        self._system = f"{_instructions(require_think)}\n\n{self.tools_prompt()}" if self.tools else _instructions(require_think)
+        instructions = _instructions(require_think, bool(self.audio_tools))
+        self._system = f"{instructions}\n\n{self.tools_prompt()}" if self.tools else instructions
+
+    @property
+    def audio_tools(self) -> list[str]:
+        """The offered tools that analyse the episode's clip."""
+        return [name for name in self.tools if name in AUDIO_TOOL_NAMES]
+
+    def input_path(self, hears_audio: bool) -> str:
+        """How a policy reaches the clip: "audio input" (it takes the waveform in), else "tools only: …" (the audio
+        tools offered). A policy that cannot hear, with no audio tool offered, would answer without the clip:
+        `UserError`."""
+        if hears_audio:
+            return "audio input"
+        if self.audio_tools:
+            return f"tools only: {', '.join(self.audio_tools)} (the policy reads text; the waveform reaches it through these tools)"
+        raise UserError(
+            "AudioReasoning-v0 with no audio tool is audio-only, and this policy reads text only: the waveform would "
+            "never reach it. Use an audio-language policy (`AudioLMPolicy`: `agentenv train --model=audio-tiny`, "
+            f"`agentenv run --policy hf:audio-tiny`) or offer the audio tools (env_kwargs tools: {list(AUDIO_TOOL_NAMES)}).")
 
     @staticmethod
     def _check_kinds(kinds: Sequence[str] | None) -> tuple[str, ...]:

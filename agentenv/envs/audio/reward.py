@@ -5,7 +5,9 @@
 - format: 1 when the turn is exactly `<think>…</think><answer>…</answer>` (whitespace around is fine), each
   tag once, in that order, both non-empty. With `require_think=False` the think block is optional
   (R1-AQA's `<answer>…</answer>`-only contract).
-- answer: 1 when the final answer (last `<answer>`, else `\\boxed{}`, as the env parses it) matches the label.
+- answer: 1 when the final answer (last `<answer>`, else `\\boxed{}`, as the env parses it) matches the label and,
+  as in SoundMind ("structure valid and parsed label == gold"), the format holds; `answer_needs_format=False`
+  pays a correct answer whatever the format. Success (`Score.success`, the accuracy) is the correct answer alone.
 - length: min(1, words in the think block / reference words), and 0 when the format is broken (a long
   ramble outside the contract earns nothing).
 
@@ -48,11 +50,13 @@ _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 @dataclass(frozen=True)
 class RewardWeights:
-    """Weights of the reward terms (SoundMind: format 1.0, answer 2.0, text length 1.0)."""
+    """Weights of the reward terms (SoundMind: format 1.0, answer 2.0, text length 1.0), and whether the answer term
+    is paid only on a well-formed turn (SoundMind: yes)."""
 
     format: float = 1.0
     answer: float = 2.0
     length: float = 1.0
+    answer_needs_format: bool = True
 
 
 def _normal(text: str) -> str:
@@ -135,12 +139,14 @@ def score_response(
     ref_words: int = 50,
     require_think: bool = True,
 ) -> Score:
-    """Score one final turn against the task's label. Components: format, answer, length (each in [0, 1])."""
+    """Score one final turn against the task's label. Components: format, answer, length (each in [0, 1]: the terms
+    paid); `success` is whether the answer is right."""
     well_formed, think = check_format(text, require_think)
     answer = parse_action(text, python_blocks=False).answer
     predicted = read_typed_answer(answer, answer_type, choices) if answer is not None else None
     correct = predicted is not None and predicted == label
     length = min(1.0, len(think.split()) / max(ref_words, 1)) if well_formed else 0.0
-    components = {"format": float(well_formed), "answer": float(correct), "length": length}
+    paid = correct and (well_formed or not weights.answer_needs_format)
+    components = {"format": float(well_formed), "answer": float(paid), "length": length}
     reward = weights.format * components["format"] + weights.answer * components["answer"] + weights.length * length
     return Score(reward, correct, components)

@@ -6,6 +6,12 @@ from the numbers (counts, argmax, gap clustering, arithmetic) and answers. It re
 and tool results, never the label or the waveform. It cannot transcribe speech, so on spoken items it
 answers "not-entailed" / 0 (a fixed guess). `ChanceAgent` picks uniformly among the answer options.
 Both are `Policy`s (`generate`) and have `act(messages) -> str`.
+
+`ScriptedAudioAgent(listen=True)` is the same analysis run on the waveform of the observation itself (the
+same functions the tools call), answering in one turn with what it heard in words ("The second tone sounds
+higher.") instead of the measurements: the warm-start teacher of an audio-language policy, which hears the
+clip and has no tools (`configs/audio.yaml`). It hears audio (`hears_audio`), so the rollout lets it act on
+audio-only tasks.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from agentenv.envs.audio import analysis
+from agentenv.envs.audio.signals import SAMPLE_RATE
 from agentenv.types import Generation, Messages
 
 __all__ = ["ScriptedAudioAgent", "ChanceAgent"]
@@ -102,6 +110,21 @@ def _hz(hz: list[float]) -> str:
     return ", ".join(f"{f:.0f}" for f in hz)
 
 
+# What a listener says it heard, per solver (no measurements: an audio model hears, it does not read numbers).
+def _heard(solve: Solver, value: Any, m: re.Match) -> str:
+    if solve is _count:
+        return f"I hear {value} high beeps."
+    if solve is _compare:
+        return f"The second tone sounds {value}."
+    if solve is _highest:
+        return f"Tone {value} sounds highest."
+    if solve is _longest:
+        return f"Tone {value} lasts longest."
+    if solve is _rhythm:
+        return f"The groups have {' '.join(map(str, value))} beeps."
+    return f"So {m['expr']} = {value}."
+
+
 _EXPR = r"(?P<expr>L \+ H|L \* H|\|L - H\|)"
 # (open question, nli claim with the claimed value as `v`, needs the pitch of each event?, solver)
 _SOLVERS: list[tuple[re.Pattern, re.Pattern, bool, Solver]] = [
@@ -129,12 +152,46 @@ def _claimed(text: str) -> Any:
 
 
 class ScriptedAudioAgent:
-    """Deterministic tool-using agent for the tone tasks of AudioReasoning-v0 (see the module docstring)."""
+    """Deterministic agent for the tone tasks of AudioReasoning-v0: through the tools, or with `listen=True` from
+    the waveform in the observation (see the module docstring)."""
+
+    def __init__(self, listen: bool = False):
+        self.listen = listen
+        self.hears_audio = listen
 
     def generate(self, contexts: Sequence[Messages]) -> list[Generation]:
         return [Generation(self.act(messages)) for messages in contexts]
 
     def act(self, messages: Messages) -> str:
+        return self._listen(messages) if self.listen else self._use_tools(messages)
+
+    def _listen(self, messages: Messages) -> str:
+        """One turn: the events and their pitches from the clip itself, what was heard, the answer."""
+        question = _question(messages)
+        solver = self._match(question)
+        clip = next((m["audio"] for m in reversed(messages) if m.get("audio") is not None), None)
+        if solver is None or clip is None:
+            fallback = "not-entailed" if "entailed" in question else "0"
+            return f"<think>I cannot make out the answer, so I guess.</think><answer>{fallback}</answer>"
+        match, nli, needs_pitch, solve = solver
+        x, rate = np.asarray(clip["array"], dtype=np.float32), int(clip.get("sampling_rate", SAMPLE_RATE))
+        events = analysis.onsets(x, rate)["events"]
+        hz = [analysis.spectrum(x, rate, e["start"], e["end"])["dominant_hz"] for e in events] if needs_pitch else []
+        value = solve(events, hz, match)[0] if events else 0
+        heard = _heard(solve, value, match) if events else "I hear no sound events."
+        return self._answer(value, heard, match, nli)
+
+    @staticmethod
+    def _answer(value: Any, reasoning: str, match: re.Match, nli: bool) -> str:
+        if nli:
+            entailed = _claimed(match["v"]) == value
+            reasoning += f" The claim says {match['v']}."
+            answer = "entailed" if entailed else "not-entailed"
+        else:
+            answer = " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        return f"<think>{reasoning}</think><answer>{answer}</answer>"
+
+    def _use_tools(self, messages: Messages) -> str:
         question = _question(messages)
         last = messages[-1]
         if last["role"] == "tool" and last["content"].startswith("queued #"):
