@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Mapping, Sequence
 
-from agentenv.distributed.ray_rollout import import_ray
+from agentenv.distributed.ray_rollout import close_actors, import_ray
 from agentenv.errors import UserError
 from agentenv.policies.base import TokenPolicy
 from agentenv.policies.chat_tokens import ChatTokens
@@ -176,15 +176,7 @@ class RayEngines(TokenPolicy):
     def close(self) -> None:
         """End the engines, and the Ray cluster if this object started it."""
         ray = self._ray
-        try:
-            ray.get([actor.close.remote() for actor in self.actors], timeout=60)
-        except (ray.exceptions.RayError, TimeoutError):  # a dead engine has nothing left to close
-            pass
-        for actor in self.actors:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # best effort: its node may be gone with it
-                pass
+        close_actors(ray, self.actors, timeout=60)
         self.actors = []
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()

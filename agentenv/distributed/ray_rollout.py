@@ -95,6 +95,23 @@ def _make(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
     return gym.make(env_id, **env_kwargs)
 
 
+def kill_actor(ray: Any, actor: Any) -> None:
+    try:
+        ray.kill(actor, no_restart=True)  # a no-op on a dead actor
+    except Exception:  # best effort: its node may be gone with it
+        pass
+
+
+def close_actors(ray: Any, actors: Sequence[Any], timeout: float) -> None:
+    """Call every actor's `close` (waiting at most `timeout` s), then kill each: a dead one has nothing to close."""
+    try:
+        ray.get([actor.close.remote() for actor in actors], timeout=timeout)
+    except (ray.exceptions.RayError, TimeoutError):
+        pass
+    for actor in actors:
+        kill_actor(ray, actor)
+
+
 class RayRollout:
     """The Ray backend: `workers` env actors for one env (id and kwargs, or a picklable builder), kept for
     the whole run; `collect` / `iter_episodes` take the local loop's arguments.
@@ -181,27 +198,15 @@ class RayRollout:
     def _replace(self, w: int) -> list[tuple[int, int, list[str]]]:
         """A new actor for worker `w`; returns what it must restore: the live episodes the old one held, with
         the actions they have taken (the turn being stepped is not logged until it comes back)."""
-        self._kill(self.workers[w])
+        kill_actor(self._ray, self.workers[w])
         self.workers[w] = self._actor.remote(self.build)
         self.restarts += 1
         n = len(self.workers)
         return [(s.index, s.seed, list(s.actions)) for s in self._slots.values() if s.index % n == w and s.seed is not None]
 
-    def _kill(self, worker: Any) -> None:
-        try:
-            self._ray.kill(worker, no_restart=True)  # a no-op on a dead actor
-        except Exception:  # best effort: its node may be gone with it
-            pass
-
     def close(self) -> None:
         """Close the workers' envs, end the workers, and shut down the Ray cluster this object started."""
-        ray = self._ray
-        try:
-            ray.get([worker.close.remote() for worker in self.workers], timeout=30)
-        except (ray.exceptions.RayError, TimeoutError):  # a dead worker has nothing left to close
-            pass
-        for worker in self.workers:
-            self._kill(worker)
+        close_actors(self._ray, self.workers, timeout=30)
         self.workers = []
         if self._owns_ray and self._ray.is_initialized():
             self._ray.shutdown()
