@@ -59,7 +59,7 @@ def trained():
     start = time.perf_counter()
     for _ in range(100):
         batch = make_batch(rng.sample(demos, 16), torch.zeros(16), tok.pad_token_id)
-        sft_update(model, optimizer, batch, LearnerConfig(micro_batch_size=16, micro_batch_tokens=0))
+        sft_update(model, optimizer, batch, LearnerConfig(micro_batch_size=16))
     print(f"warm-start: 100 SFT steps in {time.perf_counter() - start:.1f} s")
     return model.eval()
 
