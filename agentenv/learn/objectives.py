@@ -436,6 +436,9 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
 
     Forward and backward both recompute the logits one chunk of rows at a time (verl
     `FusedLinearForPPO`): dlogits = dlogp·(onehot − p) − dH·p·(log p + H), divided by the temperature.
+    Backward runs under the autocast state forward ran under (as `torch.amp.custom_bwd` does): autograd runs
+    backward outside autocast, which would make its three [chunk, V] products float32 under a bf16 forward
+    (on an H200, 0.5B model: the update at 0.6× a naive HF step's speed).
     """
 
     @staticmethod
@@ -457,6 +460,8 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
         # recomputed logits in place, without a second logsumexp.
         ctx.save_for_backward(hidden, weight, targets, lse_all, entropy)
         ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
+        device = hidden.device.type
+        ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
         ctx.set_materialize_grads(False)
         if not with_entropy:
             ctx.mark_non_differentiable(entropy)
@@ -464,6 +469,12 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
+        device, dtype, enabled = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            return _ChunkedLinearLogProbs._backward(ctx, grad_logp, grad_entropy)
+
+    @staticmethod
+    def _backward(ctx, grad_logp, grad_entropy):
         hidden, weight, targets, lse_all, entropy = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[:2]
         grad_hidden = torch.zeros_like(hidden) if need_hidden else None
