@@ -1,149 +1,235 @@
-"""Learner ablation: GRPO vs each preset and plug-in, same seed and budget, CPU, ToolReasoning-v0 (delayed execution).
+"""Ablation v2: each seed method against the baseline its paper compares it with, over several seeds, with paired
+bootstrap confidence intervals (`arms.PAPER_COMPARISONS`; hrr is compared in hrr_ledger.py).
 
-One shared warm start (`train()` with steps=0: SFT on the scripted demonstrations, held-out evaluation, step-0
-checkpoint), then one arm per learner preset, each resuming from its own copy of that checkpoint with
-`train(..., resume=True)`, so every arm starts from the same weights and RNG state and differs only in the learner
-config (the `--learner.preset=NAME` overrides of `agentenv/learn/presets.py`). Nothing is tuned per arm.
+Recipe: the embedded default (`agentenv train`, `TrainConfig`: tiny model, ToolReasoning-v0 counting tasks with the
+calculator, 800 SFT steps on the imperfect demonstrator, 8 tasks × 8 samples per step, lr 3e-4) with `--steps`
+GRPO steps per arm (the same budget for every arm) and `--eval-tasks` held-out tasks. Each arm is its preset on
+top of that recipe (`arms.arm_config`), nothing tuned per arm. Arms that can share a warm start (`warm_start_key`:
+same env after the plug-ins' options, same warm-start losses) resume from one step-0 checkpoint per seed, so within
+a seed they start from the same weights, optimizer and RNG state; an arm used by several comparisons (dapo) runs
+once per seed.
 
-The recipe is the embedded default's (`agentenv train`, `TrainConfig`): the same SFT warm start (demonstrations, batch size,
-lr) and the same GRPO batch (tasks × samples) and learner (lr, micro-batch size), with three differences: delayed
-execution (with one more turn, for the `<execute/>` step), as the issue asks; 400 SFT steps instead of 300 (at 300
-delayed execution's warm start solved 0.075 of the held-out tasks, too few to leave room both ways; ablation.md);
-and 30 GRPO steps per arm (the budget, the same for every arm) instead of the default's 60.
+Statistic: the held-out success after GRPO, method minus baseline, paired task by task (the same held-out seeds)
+and averaged over the seeds. 95% CI: a two-level bootstrap (seeds with replacement, then tasks within each seed),
+so it carries both the evaluation noise and the seed-to-seed spread of training.
 
-Arms: grpo, dapo, dapo_mb4 (dapo with mini_batches=4: the baseline for the plug-ins whose presets use 4
-mini-batches: divergence, fipo, nsr, occ), gspo, cispo, dr_grpo, and one per plug-in (dapo + that plug-in).
+    OMP_NUM_THREADS=1 python benchmarks/ablation.py [--seeds 0,1,2] [--steps 30] [--eval-tasks 200] [--jobs 2]
+    python benchmarks/ablation.py --from-json   # re-render ablation.{md,png} from ablation.json
 
-    OMP_NUM_THREADS=1 python benchmarks/ablation.py [--steps 30] [--budget-s 2100] [--arms grpo,dapo,...]
-    OMP_NUM_THREADS=1 python benchmarks/ablation.py --seed 1 --extra-seed --arms grpo,...   # a second seed, added
-    python benchmarks/ablation.py --from-json [--reading FILE]   # re-render; FILE's text becomes the "Reading"
-
-Writes benchmarks/ablation.{png,json,md} (after every arm, so a cut-off run still leaves its results); the runs
-themselves go to runs/ablation/seed{N}/ (ignored by git). `--extra-seed` runs its own warm start and arms with
-another seed and adds them to the existing ablation.json under "extra_seeds" (a separate table), leaving the main
-seed's results as they are. `--from-json` re-renders the plot and table only.
+Runs go to runs/ablation/seed{N}/ (ignored by git); a finished run (its eval.json) is not run again, so an
+interrupted ablation resumes where it stopped. Writes benchmarks/ablation.{json,md,png} after every finished run.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import multiprocessing
 import os
 import platform
-import shutil
 import sys
 import time
-import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from agentenv.learn.plugins import PLUGINS  # noqa: E402
-from agentenv.learn.presets import learner_preset  # noqa: E402
 from agentenv.learn.train import TrainConfig, train  # noqa: E402
-from arms import run_arm  # noqa: E402 - benchmarks/arms.py, beside this script
+from arms import PAPER_COMPARISONS, comparison_configs, run_arm, warm_start_key  # noqa: E402
 
-ENV_KWARGS = {"tools": ["calculator"], "kinds": ["counting"], "difficulty": 1, "max_turns": 4, "execution": "delayed"}
-# priority order: the baselines first, so a run cut short by --budget-s still has them
-ARMS = ["grpo", "dapo", "dapo_mb4", *PLUGINS, "gspo", "cispo", "dr_grpo"]
 OUT = ROOT / "benchmarks"
-DEFAULT = TrainConfig()  # the embedded default's recipe
-SFT_STEPS_DELAYED = 400  # the default's recipe but for this: see --sft-steps
+RUNS = ROOT / "runs" / "ablation"
 
 
-def arm_overrides(name: str) -> dict:
-    if name == "dapo_mb4":
-        return {**learner_preset("dapo"), "mini_batches": 4}
-    return learner_preset(name)
+def base_config(seed: int, steps: int, eval_tasks: int, sft_steps: int) -> TrainConfig:
+    """The embedded default's recipe at `seed`, with `steps` GRPO steps and `eval_tasks` held-out tasks."""
+    return dataclasses.replace(TrainConfig(), seed=seed, steps=steps, eval_tasks=eval_tasks, sft_steps=sft_steps,
+                               device="cpu", checkpoint_every=10_000)
 
 
-def add_mtp_head(checkpoint: Path, seed: int) -> None:
-    """OCC attaches an MTP head before the optimizer is built, so the shared (head-less) step-0 checkpoint gets one:
-    a freshly initialised head (seeded, outside the global RNG, which the checkpoint restores anyway) appended to
-    the model state and, as new parameters at the end of the optimizer's single group, with no Adam state yet."""
+def config_id(cfg: TrainConfig) -> str:
+    """A short name for everything that makes a run what it is (its directory excluded)."""
+    fields = dataclasses.asdict(cfg)
+    fields.pop("out_dir")
+    return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def plan(seeds: list[int], steps: int, eval_tasks: int, sft_steps: int, names: list[str]) -> tuple[dict, dict, dict]:
+    """(warm starts, arms, comparisons): warm id -> config; arm id -> (config, warm id, label); comparison name ->
+    seed -> (method arm id, baseline arm id)."""
+    warms: dict[str, TrainConfig] = {}
+    arms: dict[str, tuple[TrainConfig, str, str]] = {}
+    comparisons: dict[str, dict[int, tuple[str, str]]] = {}
+    for seed in seeds:
+        base = base_config(seed, steps, eval_tasks, sft_steps)
+        warm_of_key: dict[tuple, str] = {}
+        for name in names:
+            pair = []
+            for cfg, arm in zip(comparison_configs(base, name), (PAPER_COMPARISONS[name].method, PAPER_COMPARISONS[name].baseline)):
+                key = warm_start_key(cfg)
+                if key not in warm_of_key:
+                    warm = dataclasses.replace(cfg, steps=0)  # trains what every arm of this key needs (OCC's head)
+                    warm_id = hashlib.sha1(json.dumps([seed, key], default=str).encode()).hexdigest()[:10]
+                    warm_of_key[key] = warm_id
+                    warms[warm_id] = dataclasses.replace(warm, out_dir=str(RUNS / f"seed{seed}" / f"warm-{warm_id}"))
+                arm_id = config_id(cfg)
+                label = arm.preset + "".join(f" {k}={v}" for k, v in {**arm.learner, **arm.env}.items())
+                arms[arm_id] = (dataclasses.replace(cfg, out_dir=str(RUNS / f"seed{seed}" / f"arm-{arm_id}")),
+                                warm_of_key[key], label)
+                pair.append(arm_id)
+            comparisons.setdefault(name, {})[seed] = tuple(pair)
+    return warms, arms, comparisons
+
+
+def finished(out_dir: str) -> dict | None:
+    path = Path(out_dir) / "eval.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _job(kind: str, cfg: TrainConfig, warm_dir: str | None) -> dict:
+    """One warm start or arm, in a worker process (one torch thread); its log goes beside its run."""
     import torch
 
-    from agentenv.learn.plugins.occ import MTPHead
-
-    state = torch.load(checkpoint, weights_only=False)
-    hidden = state["model"]["model.embed_tokens.weight"].shape[1]
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        head = MTPHead(hidden).to(state["model"]["model.embed_tokens.weight"].dtype)
-    state["model"].update({f"mtp_head.{k}": v for k, v in head.state_dict().items()})
-    (group,) = state["optimizer"]["param_groups"]
-    start = max(group["params"]) + 1
-    group["params"] = list(group["params"]) + list(range(start, start + len(list(head.parameters()))))
-    torch.save(state, checkpoint)
-
-
-def base_config(args: argparse.Namespace, out_dir: Path) -> TrainConfig:
-    return TrainConfig(
-        env_id="agentenv/ToolReasoning-v0", env_kwargs=dict(ENV_KWARGS), model="tiny", device="cpu", seed=args.seed,
-        steps=args.steps, tasks_per_step=args.tasks, group_size=args.group, max_new_tokens=48, max_seq_len=1024,
-        sft_episodes=args.sft_episodes, sft_steps=args.sft_steps, sft_batch_size=DEFAULT.sft_batch_size,
-        sft_lr=DEFAULT.sft_lr, eval_tasks=args.eval_tasks, checkpoint_every=10_000, out_dir=str(out_dir),
-        learner=dataclasses.replace(DEFAULT.learner),  # the default's learner (lr, micro-batch size), a fresh copy
-    )
+    torch.set_num_threads(1)
+    Path(cfg.out_dir).parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(f"{cfg.out_dir}.log", "w") as fh:
+        log = lambda message: print(message, file=fh, flush=True)  # noqa: E731
+        if kind == "warm":
+            train(cfg, log=log)
+        else:
+            run_arm(Path(warm_dir), cfg, log)
+    summary = finished(cfg.out_dir)
+    summary["job_wall_s"] = time.perf_counter() - started
+    Path(cfg.out_dir, "eval.json").write_text(json.dumps(summary, indent=1))
+    return summary
 
 
-def run(args: argparse.Namespace) -> dict:
-    runs = ROOT / "runs" / "ablation" / f"seed{args.seed}"
-    t0 = time.perf_counter()
-    log = lambda message: print(f"[{time.perf_counter() - t0:7.1f}s] {message}", file=sys.stderr, flush=True)  # noqa: E731
-    config = {"env_id": "agentenv/ToolReasoning-v0", "env_kwargs": ENV_KWARGS, "model": "tiny", "seed": args.seed,
-              "steps": args.steps, "tasks_per_step": args.tasks, "group_size": args.group, "sft_steps": args.sft_steps,
-              "sft_episodes": args.sft_episodes, "sft_batch_size": DEFAULT.sft_batch_size, "sft_lr": DEFAULT.sft_lr,
-              "eval_tasks": args.eval_tasks, "lr": DEFAULT.learner.lr, "micro_batch_size": DEFAULT.learner.micro_batch_size}
-    result = {"config": config, "arms": {}, "not_run": [], "date": time.strftime("%Y-%m-%d")}
-    warm = base_config(args, runs / "warm_start")
-    warm.steps = 0
-    if args.reuse_warm and (runs / "warm_start" / "checkpoint" / "state.pt").exists():
-        log(f"reusing {runs / 'warm_start'}")
-        import torch
+def execute(warms: dict, arms: dict, jobs: int, on_result) -> None:
+    """Warm starts first, each arm as soon as its warm start is done; `jobs` processes at a time."""
+    pending_arms = {arm_id: spec for arm_id, spec in arms.items() if finished(spec[0].out_dir) is None}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        running: dict[Future, tuple[str, str]] = {}
 
-        state = torch.load(runs / "warm_start" / "checkpoint" / "state.pt", weights_only=False)
-        result["warm_start_s"] = state["extra"].get("seconds_before")  # measured when it was made
-        result["warm_start_success"] = state["extra"].get("success_before")
-    else:
-        shutil.rmtree(runs, ignore_errors=True)
-        summary = train(warm, log=log)
-        result["warm_start_s"] = time.perf_counter() - t0
-        result["warm_start_success"] = summary["success_before"]
-    if args.warm_only:
-        return result
-    arms = args.arms.split(",") if args.arms else ARMS
-    for i, name in enumerate(arms):
-        elapsed = time.perf_counter() - t0
-        if args.budget_s and elapsed > args.budget_s:
-            result["not_run"] += [{"arm": a, "why": f"time budget ({args.budget_s:.0f} s) spent"} for a in arms[i:]]
-            break
-        cfg = base_config(args, runs / name)
-        overrides = arm_overrides(name)
-        cfg.learner = dataclasses.replace(cfg.learner, **overrides)
-        prepare = (lambda out_dir: add_mtp_head(out_dir / "checkpoint" / "state.pt", args.seed)) if name == "occ" else None
-        try:
-            arm = run_arm(runs / "warm_start", cfg, log=lambda m, n=name: log(f"{n}: {m}"), prepare=prepare)
-        except Exception as err:  # an arm that cannot resume from the shared warm start is reported, not hidden
-            log(f"{name}: FAILED {err!r}")
-            result["not_run"].append({"arm": name, "why": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}",
-                                      "traceback": traceback.format_exc()[-1500:]})
-            write(result, args)
-            continue
-        result["arms"][name] = {"learner": overrides, **arm}
-        a = result["arms"][name]
-        log(f"{name}: reward {[round(r, 3) for r in a['reward']]} success {a['success_before']} -> {a['success_after']}")
-        result["total_s"] = time.perf_counter() - t0
-        write(result, args)
-    result["total_s"] = time.perf_counter() - t0
+        def submit_ready() -> None:
+            for arm_id, (cfg, warm_id, _) in list(pending_arms.items()):
+                if finished(warms[warm_id].out_dir) is not None:
+                    running[pool.submit(_job, "arm", cfg, warms[warm_id].out_dir)] = ("arm", arm_id)
+                    del pending_arms[arm_id]
+
+        for warm_id, cfg in warms.items():
+            if finished(cfg.out_dir) is None and any(spec[1] == warm_id for spec in pending_arms.values()):
+                running[pool.submit(_job, "warm", cfg, None)] = ("warm", warm_id)
+        submit_ready()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                kind, ident = running.pop(future)
+                try:
+                    future.result()
+                    print(f"[{time.strftime('%H:%M:%S')}] done {kind} {ident}", file=sys.stderr, flush=True)
+                except Exception as err:  # one broken run must not lose the others
+                    print(f"[{time.strftime('%H:%M:%S')}] FAILED {kind} {ident}: {err!r}", file=sys.stderr, flush=True)
+            submit_ready()
+            on_result()
+
+
+def paired_bootstrap(diffs: list[np.ndarray], resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean over seeds of the per-seed mean paired difference, and its 95% percentile CI from resampling seeds
+    with replacement and then tasks within each seed."""
+    rng = np.random.default_rng(seed)
+    per_seed = np.stack([d[rng.integers(0, len(d), (resamples, len(d)))].mean(1) for d in diffs])  # [S, B]
+    picks = rng.integers(0, len(diffs), (resamples, len(diffs)))
+    stats = per_seed[picks, np.arange(resamples)[:, None]].mean(1)
+    low, high = np.percentile(stats, [2.5, 97.5])
+    return float(np.mean([d.mean() for d in diffs])), float(low), float(high)
+
+
+def collect_results(args: argparse.Namespace, warms: dict, arms: dict, comparisons: dict) -> dict:
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "recipe": {"seeds": args.seeds, "steps": args.steps, "eval_tasks": args.eval_tasks,
+                         "tasks_per_step": TrainConfig().tasks_per_step, "group_size": TrainConfig().group_size,
+                         "sft_steps": args.sft_steps, "sft_teacher": TrainConfig().sft_teacher,
+                         "lr": TrainConfig().learner.lr, "jobs": args.jobs},
+              "arms": {}, "comparisons": {}}
+    for arm_id, (cfg, warm_id, label) in arms.items():
+        summary = finished(cfg.out_dir)
+        warm = finished(warms[warm_id].out_dir)
+        result["arms"][arm_id] = {"label": label, "seed": cfg.seed, "warm": warm_id,
+                                  "warm_wall_s": warm and warm.get("job_wall_s"),
+                                  **({k: summary.get(k) for k in ("success_before", "success_after", "job_wall_s",
+                                                                  "held_out_before", "held_out_after")} if summary else {})}
+    for name, by_seed in comparisons.items():
+        entry = {"claim": PAPER_COMPARISONS[name].claim, "paper_sign": PAPER_COMPARISONS[name].paper_sign, "seeds": {}}
+        diffs = []
+        for seed, (method, baseline) in by_seed.items():
+            a, b = result["arms"][method], result["arms"][baseline]
+            entry["method"], entry["baseline"] = a["label"], b["label"]
+            if a.get("held_out_after") and b.get("held_out_after"):
+                d = np.array(a["held_out_after"]) - np.array(b["held_out_after"])
+                diffs.append(d)
+                entry["seeds"][str(seed)] = {"method_after": a["success_after"], "baseline_after": b["success_after"],
+                                             "method_before": a["success_before"], "baseline_before": b["success_before"],
+                                             "diff": float(d.mean())}
+        if diffs:
+            entry["diff"], entry["ci_low"], entry["ci_high"] = paired_bootstrap(diffs)
+            entry["n_seeds"] = len(diffs)
+        result["comparisons"][name] = entry
     return result
 
 
-def last_half_mean(values: list) -> float:
-    tail = values[len(values) // 2:]
-    return sum(tail) / max(len(tail), 1)
+def verdict(entry: dict) -> str:
+    if "diff" not in entry:
+        return "not run"
+    if entry["ci_low"] > 0 or entry["ci_high"] < 0:
+        ours = 1 if entry["ci_low"] > 0 else -1
+        return "agrees" if ours == entry["paper_sign"] else "opposite"
+    return "no difference resolved"
+
+
+def markdown(result: dict) -> str:
+    r = result["recipe"]
+    lines = [
+        "# Ablation v2: each seed method against its paper's baseline",
+        "",
+        f"Measured {result['date']} on {result['machine']} (`benchmarks/ablation.py`, {r['jobs']} runs at a time, one "
+        f"torch thread each). Recipe: the embedded default (`agentenv train`: tiny model, ToolReasoning-v0 counting "
+        f"with the calculator, {r['sft_steps']} SFT steps on the imperfect demonstrator {r['sft_teacher']}, "
+        f"{r['tasks_per_step']} tasks × {r['group_size']} samples a step, lr {r['lr']}) with **{r['steps']} GRPO steps "
+        f"per arm** and **{r['eval_tasks']} held-out tasks**, seeds {', '.join(map(str, r['seeds']))}. Each arm is its "
+        "preset on that recipe; nothing is tuned per arm. Arms of one seed that can share a warm start resume from one "
+        "step-0 checkpoint.",
+        "",
+        "Δ = held-out success after GRPO, method − baseline, paired task by task and averaged over seeds; 95% CI from "
+        "a two-level bootstrap (seeds, then tasks). *Paper* is the sign the paper reports; *ours* says whether the CI "
+        "excludes 0 and on which side.",
+        "",
+        "| comparison | method | baseline | Δ per seed | Δ mean [95% CI] | paper | ours |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, e in result["comparisons"].items():
+        per_seed = " / ".join(f"{s['diff']:+.3f}" for s in e["seeds"].values()) or "—"
+        mean = f"{e['diff']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]" if "diff" in e else "—"
+        lines.append(f"| {name} | {e.get('method', '')} | {e.get('baseline', '')} | {per_seed} | {mean} | "
+                     f"{'+' if e['paper_sign'] > 0 else '−'} | {verdict(e)} |")
+    lines += ["", "## Arms", "", "| arm | seed | held-out before → after | gain | arm wall | warm start wall |",
+              "|---|---:|---|---:|---:|---:|"]
+    for arm in sorted(result["arms"].values(), key=lambda a: (a["label"], a["seed"])):
+        if arm.get("success_after") is None:
+            lines.append(f"| {arm['label']} | {arm['seed']} | not run | | | |")
+            continue
+        lines.append(f"| {arm['label']} | {arm['seed']} | {arm['success_before']:.3f} → {arm['success_after']:.3f} | "
+                     f"{arm['success_after'] - arm['success_before']:+.3f} | {arm['job_wall_s']:.0f} s | "
+                     f"{arm['warm_wall_s'] or 0:.0f} s |")
+    lines += ["", "## Claims", ""] + [f"- **{name}**: {e['claim']}" for name, e in result["comparisons"].items()]
+    return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path: Path) -> None:
@@ -152,174 +238,50 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = result["arms"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.6, 1]})
-    cmap = plt.get_cmap("tab20")
-    for i, (name, arm) in enumerate(arms.items()):
-        style = "-" if name in ("grpo", "dapo", "dapo_mb4") else "--"
-        left.plot(range(1, len(arm["reward"]) + 1), arm["reward"], style, marker="o", ms=3, color=cmap(i % 20),
-                  label=name, lw=2.2 if style == "-" else 1.2)
-    left.set_xlabel("GRPO step")
-    left.set_ylabel("mean reward of the step's rollouts")
-    c = result["config"]
-    left.set_title(f"ToolReasoning-v0 (delayed, counting, d={c['env_kwargs']['difficulty']}), tiny model, seed {c['seed']}",
-                   fontsize=9)
-    left.grid(alpha=0.3)
-    left.legend(fontsize=7, ncol=2)
-    names = list(arms)
-    before = [arms[n]["success_before"] for n in names]
-    after = [arms[n]["success_after"] for n in names]
-    right.barh(names, after, color=[cmap(i % 20) for i in range(len(names))])
-    if before:
-        right.axvline(before[0], color="k", ls=":", lw=1, label=f"after warm start ({before[0]:.3f})")
-    if "grpo" in arms:  # ± one binomial SE around grpo's final held-out success
-        p, n = arms["grpo"]["success_after"], c["eval_tasks"]
-        right.axvspan(p - se(p, n), p + se(p, n), color="k", alpha=0.08, label=f"grpo ± SE ({se(p, n):.3f})")
-    if before:
-        right.legend(fontsize=7, loc="center right")
-    right.invert_yaxis()
-    right.set_xlabel(f"held-out success after GRPO ({c['eval_tasks']} unseen tasks)")
-    right.set_xlim(0, min(1.0, max(0.1, 1.6 * max(after + before, default=0))))  # room for the legend
-    right.grid(alpha=0.3, axis="x")
+    entries = [(name, e) for name, e in result["comparisons"].items() if "diff" in e]
+    if not entries:
+        return
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(entries) + 1.5))
+    for y, (name, e) in enumerate(entries):
+        ax.errorbar(e["diff"], y, xerr=[[e["diff"] - e["ci_low"]], [e["ci_high"] - e["diff"]]], fmt="o",
+                    color="C0" if verdict(e) == "no difference resolved" else ("C2" if verdict(e) == "agrees" else "C3"))
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(range(len(entries)), [name for name, _ in entries])
+    ax.set_xlabel("held-out success, method − paper baseline (95% CI)")
+    ax.set_title(f"{result['recipe']['steps']} GRPO steps, seeds {result['recipe']['seeds']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def se(p: float, n: int) -> float:
-    """Binomial standard error of a held-out success rate p over n tasks."""
-    return (p * (1 - p) / max(n, 1)) ** 0.5
-
-
-def arms_table(arms: dict, n_eval: int) -> list[str]:
-    """One row per arm: held-out success (± its binomial SE), Δ vs the warm start and vs grpo, reward, wall."""
-    ref = arms.get("grpo", {}).get("success_after")
-    lines = [
-        "| arm | learner | held-out success before → after (± SE) | Δ vs warm start | Δ vs grpo | "
-        "mean reward, last half of steps | mean reward, all steps | wall (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, arm in arms.items():
-        lr = arm["learner"]
-        desc = f"plug-ins {lr['plugins']}, " if lr.get("plugins") else ""
-        desc += f"mb {lr['mini_batches']}"
-        r, after = arm["reward"], arm["success_after"]
-        vs = "—" if ref is None or name == "grpo" else f"{after - ref:+.3f}"
-        lines.append(f"| {name} | {desc} | {arm['success_before']:.3f} → {after:.3f} (± {se(after, n_eval):.3f}) | "
-                     f"{after - arm['success_before']:+.3f} | {vs} | {last_half_mean(r):.3f} | "
-                     f"{sum(r) / max(len(r), 1):.3f} | {arm['wall_s']:.0f} |")
-    return lines
-
-
-def markdown(result: dict) -> str:
-    c, arms = result["config"], result["arms"]
-    n = c["eval_tasks"]
-    ws_success = result.get("warm_start_success")
-    if ws_success is None and arms:
-        ws_success = next(iter(arms.values()))["success_before"]
-    lines = [
-        "# Learner ablation: GRPO vs presets and plug-ins on ToolReasoning-v0 (delayed execution), CPU", "",
-        f"Generated by `python benchmarks/ablation.py` on {result['date']} · {result.get('machine', '')}. "
-        "Plot: `ablation.png`; raw numbers (per-step rewards, losses, success): `ablation.json`.", "",
-        f"Setup: {c['env_id']} {c['env_kwargs']}; random-init `tiny` Qwen2 with the shipped tokenizer (one digit per "
-        f"token). The embedded default's recipe (`agentenv train`): one shared warm start ({c['sft_steps']} SFT steps "
-        f"of batch {c.get('sft_batch_size', '?')} at lr {c.get('sft_lr', '?')} on {c['sft_episodes']} scripted "
-        f"demonstrations, then held-out evaluation on {n} unseen tasks), after which every arm resumes from a copy of "
-        f"the same step-0 checkpoint (same weights, optimizer and RNG state) and runs {c['steps']} GRPO steps of "
-        f"{c['tasks_per_step']} tasks × {c['group_size']} samples, lr {c['lr']}, micro-batch "
-        f"{c.get('micro_batch_size', '?')}, seed {c['seed']}; then the same {n} held-out tasks again. Arms differ only "
-        "in the learner preset (`agentenv/learn/presets.py`), each at its defaults; nothing was tuned. `dapo_mb4` "
-        "is `dapo` with 4 mini-batches per rollout batch, the like-for-like baseline for divergence, fipo, nsr and occ "
-        "(whose presets use 4 mini-batches; they are no-ops at π_θ = π_old). Every plug-in preset is `dapo` + that "
-        "plug-in. SE is the binomial standard error sqrt(p(1−p)/n) of one held-out rate, n = "
-        f"{n}; a difference of two arms has an SE about √2 times that.", "",
-        f"Held-out success after the shared warm start: **{ws_success:.3f}**." if ws_success is not None else "", "",
-        *arms_table(arms, n),
-    ]
-    if result.get("not_run"):
-        lines += ["", "Not run / failed:", ""]
-        lines += [f"- `{x['arm']}`: {x['why']}" for x in result["not_run"]]
-        for x in result["not_run"]:
-            if x.get("traceback"):
-                lines += ["", f"`{x['arm']}` traceback (last lines):", "", "```", x["traceback"].rstrip(), "```"]
-    ws = result.get("warm_start_s")
-    lines += ["", f"Warm start (SFT + held-out evaluation, shared): {ws:.0f} s; total {result.get('total_s', 0):.0f} s."
-              if ws else ""]
-    for seed, extra in result.get("extra_seeds", {}).items():
-        ec = extra["config"]
-        lines += ["", f"## Second seed: seed {seed} (fewer arms)", "",
-                  f"Same recipe with seed {seed} (a new tiny-model init, new SFT order, new GRPO tasks; the same "
-                  f"{ec['eval_tasks']} held-out tasks), its own warm start: held-out success "
-                  f"{extra.get('warm_start_success', float('nan')):.3f} after it. Warm start {extra.get('warm_start_s', 0):.0f} s, "
-                  f"total {extra.get('total_s', 0):.0f} s.", "", *arms_table(extra["arms"], ec["eval_tasks"])]
-        if extra.get("not_run"):
-            lines += ["", "Not run / failed:", ""] + [f"- `{x['arm']}`: {x['why']}" for x in extra["not_run"]]
-    if result.get("notes"):
-        lines += ["", result["notes"]]
-    lines += ["", "## Reading", "", result.get("reading", "(see the table)")]
-    return "\n".join(lines) + "\n"
-
-
-def machine() -> str:
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
-            f"Python {platform.python_version()}, load average {' / '.join(f'{x:.2f}' for x in os.getloadavg())} at write")
-
-
-def render(result: dict) -> None:
-    (OUT / "ablation.json").write_text(json.dumps(result, indent=1))
-    if result["arms"]:
-        plot(result, OUT / "ablation.png")
+def write(result: dict) -> None:
+    tmp = OUT / "ablation.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(OUT / "ablation.json")
     (OUT / "ablation.md").write_text(markdown(result))
-
-
-def write(result: dict, args: argparse.Namespace) -> None:
-    if args.quick or args.warm_only:
-        return
-    result["machine"] = machine()
-    if args.extra_seed:  # added to the main run's results, which stay as they are
-        main_result = json.loads((OUT / "ablation.json").read_text())
-        if main_result["config"]["seed"] == args.seed:
-            raise SystemExit(f"--extra-seed: seed {args.seed} is the main run's seed")
-        main_result.setdefault("extra_seeds", {})[str(args.seed)] = result
-        render(main_result)
-        return
-    render(result)
+    plot(result, OUT / "ablation.png")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30, help="GRPO steps per arm (the budget, the same for every arm)")
-    parser.add_argument("--seed", type=int, default=DEFAULT.seed)
-    parser.add_argument("--tasks", type=int, default=DEFAULT.tasks_per_step)
-    parser.add_argument("--group", type=int, default=DEFAULT.group_size)
-    # The default's 300 SFT steps left delayed execution's warm start at 0.075 held-out success (seed 0), below the
-    # 0.1-0.6 that leaves room both ways; 400 was chosen once from {200, 250, 300, 350, 400} by that alone (ablation.md).
-    parser.add_argument("--sft-steps", type=int, default=SFT_STEPS_DELAYED)
-    parser.add_argument("--sft-episodes", type=int, default=DEFAULT.sft_episodes)
-    parser.add_argument("--eval-tasks", type=int, default=DEFAULT.eval_tasks)
-    parser.add_argument("--arms", default="", help=f"comma-separated subset of {','.join(ARMS)}")
-    parser.add_argument("--budget-s", type=float, default=0, help="start no new arm after this many seconds")
-    parser.add_argument("--reuse-warm", action="store_true", help="reuse runs/ablation/seed{N}/warm_start if present")
-    parser.add_argument("--warm-only", action="store_true", help="only build the warm start (results not written)")
-    parser.add_argument("--extra-seed", action="store_true", help="add this seed's arms to ablation.json as a second seed")
-    parser.add_argument("--quick", action="store_true", help="smoke run (2 steps, tiny SFT; results not written)")
-    parser.add_argument("--from-json", action="store_true", help="only re-render the plot and table from ablation.json")
-    parser.add_argument("--reading", default="", help="with --from-json: a text file whose text becomes the Reading")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--eval-tasks", type=int, default=200)
+    parser.add_argument("--comparisons", default="all", help="comma-separated names of arms.PAPER_COMPARISONS")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--sft-steps", type=int, default=TrainConfig().sft_steps, help="the recipe's; less only to check the script")
+    parser.add_argument("--from-json", action="store_true")
     args = parser.parse_args()
     if args.from_json:
-        result = json.loads((OUT / "ablation.json").read_text())
-        if args.reading:
-            result["reading"] = Path(args.reading).read_text().strip()
-        render(result)
+        write(json.loads((OUT / "ablation.json").read_text()))
         return
-    if args.quick:
-        args.steps, args.sft_steps, args.eval_tasks, args.tasks, args.sft_episodes = 2, 4, 4, 2, 16
-    result = run(args)
-    write(result, args)
-    if args.warm_only:
-        print(f"warm start: held-out success {result.get('warm_start_success')}", file=sys.stderr)
-    elif not args.quick:
-        print(f"written to {OUT}/ablation.{{json,png,md}}", file=sys.stderr)
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    names = list(PAPER_COMPARISONS) if args.comparisons == "all" else args.comparisons.split(",")
+    warms, arms, comparisons = plan(args.seeds, args.steps, args.eval_tasks, args.sft_steps, names)
+    print(f"{len(warms)} warm starts, {len(arms)} arms", file=sys.stderr, flush=True)
+    refresh = lambda: write(collect_results(args, warms, arms, comparisons))  # noqa: E731
+    execute(warms, arms, args.jobs, refresh)
+    refresh()
 
 
 if __name__ == "__main__":

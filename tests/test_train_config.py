@@ -86,3 +86,22 @@ def test_agentenv_run_extrapolates_an_rl_model_from_its_base(tmp_path, capsys):
     assert plain != extrapolated  # the base model's log-probs changed what was sampled
     assert main(["run", "ToolReasoning-v0", "--policy", "scripted", "--extrapolate-from", "hf:x"]) == 2
     assert "needs an HF policy" in capsys.readouterr().err
+
+
+def test_eval_json_keeps_each_held_out_task_in_seed_order(tmp_path, capsys):
+    """Per-task outcomes (0/1, held-out seed order) before and after, so two runs can be compared task by task
+    (benchmarks/ablation.py's paired bootstrap); their means are the reported success rates. The log line stays short."""
+    import json
+
+    from agentenv.learn.train import train
+
+    cfg = load_config(None, ["--steps=1", "--sft_steps=2", "--sft_episodes=8", "--eval_tasks=5", "--tasks_per_step=2",
+                             "--group_size=2", "--max_new_tokens=8", f"--out_dir={tmp_path}"])
+    logged = []
+    summary = train(cfg, log=logged.append)
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    for when in ("before", "after"):
+        outcomes = saved[f"held_out_{when}"]
+        assert len(outcomes) == 5 and set(outcomes) <= {0.0, 1.0}
+        assert saved[f"success_{when}"] == pytest.approx(sum(outcomes) / 5) == summary[f"success_{when}"]
+    assert "held_out" not in logged[-1]

@@ -325,13 +325,16 @@ def _input_path(cfg: TrainConfig, policy) -> str | None:
         env.close()
 
 
-def evaluate(cfg: TrainConfig, policy, n_tasks: int) -> float:
-    """Success rate on held-out seeds (never used for training), sampling as in training; data-parallel ranks
-    each take every world-th task."""
+def evaluate(cfg: TrainConfig, policy, n_tasks: int) -> list[float]:
+    """Success (0/1) on each of `n_tasks` held-out seeds (never used for training), in seed order, sampling as in
+    training; data-parallel ranks each run every world-th task and every rank gets them all. Paired comparisons
+    of two runs (benchmarks/ablation.py) match tasks by position."""
     rank, world = D.rank_and_world()
     seeds = [HELD_OUT_SEED_BASE + i for i in range(n_tasks)][rank::world]
     episodes = collect(cfg.env_id, policy, seeds, group_size=1, env_kwargs=cfg.env_kwargs, max_seq_len=cfg.max_seq_len)
-    return _mean([e.reward_components.get("success", 0.0) for e in episodes])
+    mine = {e.seed: float(e.reward_components.get("success", 0.0)) for e in episodes}
+    every = {seed: value for part in D.gather_objects(mine) for seed, value in part.items()}
+    return [every[HELD_OUT_SEED_BASE + i] for i in range(n_tasks)]
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -434,7 +437,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     else:
         engine.sync(model)
         with _whole_weights(model, policy):
-            extra["success_before"] = evaluate(cfg, engine.policy, cfg.eval_tasks) if cfg.eval_tasks else None
+            extra["held_out_before"] = evaluate(cfg, engine.policy, cfg.eval_tasks) if cfg.eval_tasks else None
+            extra["success_before"] = float(np.mean(extra["held_out_before"])) if cfg.eval_tasks else None
         extra["seconds_before"] = time.perf_counter() - started
         log(f"held-out success after warm start: {extra['success_before']}")
         _checkpoint(out_dir, 0, model, optimizer, engine, extra)
@@ -518,9 +522,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
         if engine.separate:  # evaluate the learner's final weights, not a lagging copy
             engine.push(engine.snapshot(model))
         with _whole_weights(model, policy):
-            success_after = evaluate(cfg, engine.policy, cfg.eval_tasks) if cfg.eval_tasks else None
+            held_out_after = evaluate(cfg, engine.policy, cfg.eval_tasks) if cfg.eval_tasks else None
+        success_after = float(np.mean(held_out_after)) if held_out_after else None
         summary = {"input_path": path, "success_before": extra.get("success_before"), "success_after": success_after,
-                   "steps": cfg.steps, "eval_tasks": cfg.eval_tasks, "wall_s_this_process": time.perf_counter() - started}
+                   "steps": cfg.steps, "eval_tasks": cfg.eval_tasks, "wall_s_this_process": time.perf_counter() - started,
+                   "held_out_before": extra.get("held_out_before"), "held_out_after": held_out_after}
     finally:
         engine.close()
     if summary["success_before"] is not None and summary["success_after"] is not None:
@@ -530,5 +536,5 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                         out_dir / "reward_curve.png")
     if main:
         _atomic_write_text(out_dir / "eval.json", json.dumps(summary, indent=1))
-    log(json.dumps(summary))
+    log(json.dumps({key: value for key, value in summary.items() if not key.startswith("held_out_")}))
     return summary
