@@ -197,3 +197,35 @@ def test_agentenv_train_on_audio_reasoning(tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["input_path"] == "audio input"
     with pytest.raises(UserError, match="audio-only"):  # the text model on the same audio-only config
         train(load_config(AUDIO_CONFIG, ["--model=tiny", f"--out_dir={tmp_path / 'text'}"]), log=lines.append)
+
+
+def test_embedder_and_vllm_checkpoint_match_the_model(policy, episodes, tmp_path):
+    """What VLLMPolicy feeds vLLM: `AudioEmbedder` gives the embeddings the model's own forward scatters into the
+    placeholders, and `save_for_vllm` writes the published names (no transformers-5 `model.` prefix, never the
+    `language_model.model.model.` its save_pretrained writes) with the head tying as the model has it."""
+    import json
+
+    from safetensors import safe_open
+
+    from agentenv.policies.audio_lm import AudioEmbedder, save_for_vllm
+
+    sample = episodes[0].samples[0]
+    captured = []
+    hook = policy.model.model.multi_modal_projector.register_forward_hook(lambda m, i, out: captured.append(out))
+    try:
+        manual_logprobs(policy.model, sample)
+    finally:
+        hook.remove()
+    embedded = AudioEmbedder(policy.model)(sample.inputs)
+    assert [e.shape[0] for e in embedded] == [policy.chat.audio_tokens(x) for x in sample.inputs]
+    for row, e in enumerate(embedded):
+        torch.testing.assert_close(e, captured[0][row, : e.shape[0]], rtol=0, atol=1e-6)
+    save_for_vllm(policy.model, policy.processor, tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+    assert {"language_model.model.embed_tokens.weight", "language_model.lm_head.weight", "audio_tower.conv1.weight",
+            "multi_modal_projector.linear.weight"} <= names
+    assert not any(n.startswith("model.") or ".model.model." in n for n in names)
+    config = json.loads((tmp_path / "config.json").read_text())
+    tied = policy.model.lm_head.weight.data_ptr() == policy.model.get_input_embeddings().weight.data_ptr()
+    assert config["text_config"]["tie_word_embeddings"] is tied and config["architectures"] == ["Qwen2AudioForConditionalGeneration"]

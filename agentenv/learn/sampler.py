@@ -42,6 +42,8 @@ class Sampler:
             from agentenv.policies.vllm import VLLMPolicy
 
             options = {"dtype": str(next(model.parameters()).dtype).removeprefix("torch."), **cfg.rollout.vllm}  # the learner's
+            if getattr(learner_policy, "hears_audio", False):  # its processor renders the audio the same way
+                options["processor"] = learner_policy.processor
             self.policy = VLLMPolicy(model, learner_policy.tokenizer, temperature=cfg.temperature, top_p=cfg.top_p,
                                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, **options)
         elif self.stale_steps > 0 or cfg.rollout.max_staleness > 0:

@@ -39,9 +39,6 @@ from agentenv.rollout import collect, demonstrations, input_path
 
 __all__ = ["TrainConfig", "RolloutConfig", "load_config", "train"]
 
-AUDIO_VLLM = ("rollout.engine=vllm does not take an audio-language model here: VLLMPolicy sends prompt ids only, and "
-              "vLLM would have to re-expand the audio placeholders and compute its own features (docs/vllm.md, audio); "
-              "use rollout.engine=hf")
 HELD_OUT_SEED_BASE = 1_000_000_000  # evaluation seeds start here; training seeds are always below it
 
 
@@ -298,8 +295,9 @@ def _build(cfg: TrainConfig, rank: int = 0):
     from agentenv.policies.tiny import TINY_SIZES, tiny_model
 
     if is_audio_model(cfg.model):  # hears the waveforms: audio features beside the ids, through the same learner
-        if cfg.rollout.engine == "vllm":
-            raise UserError(AUDIO_VLLM)
+        if cfg.rollout.engines:  # the Ray engine actors build text policies from the model spec
+            raise UserError("rollout.engines (generation in Ray actors) does not build audio-language models yet: "
+                            "leave it at 0 (rollout.engine=vllm runs one engine in this process)")
         if cfg.rollout.stale_steps or cfg.rollout.max_staleness:  # the Sampler's lagging copy is a text HFPolicy
             raise UserError("rollout.stale_steps / rollout.max_staleness sample with a separate HF copy of the model, which "
                             "is not built for audio-language models yet: leave both at 0")

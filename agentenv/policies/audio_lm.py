@@ -28,7 +28,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -37,8 +37,9 @@ from agentenv.policies.base import Generation, stack_inputs
 from agentenv.policies.chat_tokens import ChatTokens, Messages
 from agentenv.policies.hf import HFPolicy, _load_tokenizer
 
-__all__ = ["AUDIO_SIZES", "AUDIO_TOKENS", "AudioChatTokens", "AudioLMPolicy", "audio_tokenizer", "audio_lm_config",
-           "audio_lm_model", "audio_processor", "is_audio_model"]
+__all__ = ["AUDIO_SIZES", "AUDIO_TOKENS", "AudioChatTokens", "AudioEmbedder", "AudioLMPolicy", "audio_tokenizer",
+           "audio_lm_config", "audio_lm_model", "audio_processor", "is_audio_model", "load_audio_model", "save_for_vllm",
+           "vllm_weight_name"]
 
 AUDIO_TOKENS = ("<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>")  # Qwen2-Audio's names
 SAMPLING_RATE = 16_000
@@ -67,6 +68,100 @@ def is_audio_model(spec: Any) -> bool:
         return config.is_file() and "audio_config" in json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+
+
+def load_audio_model(spec: Any, processor: Any = None, model_seed: int = 0, max_seq_len: int = 4096,
+                     dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+    """(model, processor) for an `AUDIO_SIZES` name (random init, `model_seed`), a directory (saved with
+    `save_pretrained`, or a Qwen2-Audio checkpoint), or a loaded `Qwen2AudioForConditionalGeneration` (then
+    `processor` is required)."""
+    if isinstance(spec, (str, Path)) and str(spec) in AUDIO_SIZES:
+        tokenizer = processor.tokenizer if processor is not None else audio_tokenizer()
+        model = audio_lm_model(str(spec), seed=model_seed, tokenizer=tokenizer, max_seq_len=max_seq_len)
+        return model, processor if processor is not None else audio_processor(model.config, tokenizer)
+    if isinstance(spec, (str, Path)):
+        from transformers import Qwen2AudioForConditionalGeneration
+
+        path = Path(spec)
+        if not is_audio_model(path):
+            raise FileNotFoundError(f"{path} is not an audio-language model directory (config.json with an audio_config), "
+                                    f"nor one of {sorted(AUDIO_SIZES)}")
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(str(path), dtype=dtype or torch.float32, local_files_only=True)
+        return model, processor if processor is not None else _load_processor(path)
+    if processor is None:
+        raise ValueError("pass processor=... with a loaded model (audio_processor(model.config, tokenizer))")
+    return spec, processor
+
+
+# transformers 5 nests the parts under `model.`; the published Qwen2-Audio checkpoints (and so vLLM's loader) name
+# them as below. (transformers 5.19–5.25's save_pretrained writes `language_model.model.model.*`, which vLLM
+# cannot load: `save_for_vllm` writes the weights itself.)
+_VLLM_NAMES = (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
+               ("model.audio_tower.", "audio_tower."), ("model.multi_modal_projector.", "multi_modal_projector."))
+
+
+def vllm_weight_name(name: str) -> str:
+    """A Qwen2-Audio parameter's name as the model holds it → as vLLM loads it (other names unchanged)."""
+    for ours, theirs in _VLLM_NAMES:
+        if name.startswith(ours):
+            return theirs + name[len(ours):]
+    return name
+
+
+def save_for_vllm(model: Any, processor: Any, path: str | Path) -> None:
+    """A directory vLLM's Qwen2-Audio loads: config, processor (tokenizer + feature extractor) and weights under
+    the published names. The language model's head tying is written as the model has it: vLLM reads
+    `text_config.tie_word_embeddings`, which a Qwen2-Audio config leaves at True even when the head is separate."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    model.config.save_pretrained(str(path))
+    tied = model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    config.setdefault("text_config", {})["tie_word_embeddings"] = tied
+    config["architectures"] = [type(model).__name__]  # how vLLM picks its implementation (model.save_pretrained adds it)
+    (path / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    processor.save_pretrained(str(path))
+    tensors = {vllm_weight_name(k): v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+
+
+class AudioEmbedder:
+    """A copy of an audio LM's encoder and projector: log-mel features → the embeddings its placeholder ids take,
+    as the model's own forward computes and scatters them. For an engine that runs the language model alone on
+    given embeddings (vLLM's `audio_embeds` input), so it hears exactly the features the learner forwards.
+    `load(state_dict)` takes the model's new weights (its `model.audio_tower.*` / `model.multi_modal_projector.*`)."""
+
+    PARTS = ("model.audio_tower.", "model.multi_modal_projector.")
+
+    def __init__(self, model: Any):
+        import copy
+
+        inner = model.model
+        self.tower = copy.deepcopy(inner.audio_tower).eval().requires_grad_(False)
+        self.projector = copy.deepcopy(inner.multi_modal_projector).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, items: Sequence[dict[str, Any]]) -> list[torch.Tensor]:
+        """One `[N_i, H]` tensor per item (N_i = `AudioChatTokens.audio_tokens(item)`), on the CPU."""
+        if not items:
+            return []
+        from transformers.masking_utils import create_bidirectional_mask
+
+        parameter = next(self.tower.parameters())
+        features = torch.stack([item["input_features"] for item in items]).to(parameter.device, parameter.dtype)
+        masks = torch.stack([item["feature_attention_mask"] for item in items]).to(parameter.device)
+        lengths, outputs = self.tower._get_feat_extract_output_lengths(masks.sum(-1))
+        positions = (features.shape[-1] - 2) // 2 + 1
+        valid = (torch.arange(positions, device=parameter.device)[None] < lengths[:, None]).long()
+        attention = create_bidirectional_mask(config=self.tower.config, attention_mask=valid,
+                                              inputs_embeds=features.new_zeros(len(items), positions, 1))
+        hidden = self.projector(self.tower(features, attention_mask=attention).last_hidden_state)
+        return [h[: int(n)].float().cpu() for h, n in zip(hidden, outputs)]
+
+    def load(self, state: Mapping[str, torch.Tensor]) -> None:
+        for prefix, module in zip(self.PARTS, (self.tower, self.projector)):
+            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
 
 def audio_tokenizer():
@@ -280,25 +375,10 @@ class AudioLMPolicy(HFPolicy):
                  freeze_audio_encoder: bool = False, model_seed: int = 0, max_seq_len: int = 4096):
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        if isinstance(model_or_path, (str, Path)) and str(model_or_path) in AUDIO_SIZES:
-            tokenizer = processor.tokenizer if processor is not None else audio_tokenizer()
-            model = audio_lm_model(str(model_or_path), seed=model_seed, tokenizer=tokenizer, max_seq_len=max_seq_len)
-            processor = processor if processor is not None else audio_processor(model.config, tokenizer)
-        elif isinstance(model_or_path, (str, Path)):
-            from transformers import Qwen2AudioForConditionalGeneration
-
-            path = Path(model_or_path)
-            if not is_audio_model(path):
-                raise FileNotFoundError(f"{path} is not an audio-language model directory (config.json with an audio_config), "
-                                        f"nor one of {sorted(AUDIO_SIZES)}")
-            if dtype is None:
-                dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-            model = Qwen2AudioForConditionalGeneration.from_pretrained(str(path), dtype=dtype, local_files_only=True)
-            processor = processor if processor is not None else _load_processor(path)
-        else:
-            model = model_or_path
-            if processor is None:
-                raise ValueError("pass processor=... with a loaded model (audio_processor(model.config, tokenizer))")
+        if dtype is None and isinstance(model_or_path, (str, Path)) and str(model_or_path) not in AUDIO_SIZES:
+            dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        model, processor = load_audio_model(model_or_path, processor, model_seed=model_seed, max_seq_len=max_seq_len,
+                                            dtype=dtype)
         super().__init__(model, processor.tokenizer, device=device, temperature=temperature, top_p=top_p,
                          max_new_tokens=max_new_tokens, seed=seed, dtype=dtype, prefix_cache=False)
         self.processor = processor

@@ -37,6 +37,7 @@ import inspect
 import os
 import random
 import tempfile
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -57,6 +58,7 @@ _INSTALL_HINT = (
 # reserves `gpu_memory_utilization` × the machine's RAM).
 # enable_chunked_prefill=False: a prompt split over engine steps has its sampled token discarded, which rewinds
 # the request's seeded generator by an offset that CPU generators do not have (RuntimeError in vLLM 0.32).
+AUDIO_ITEMS_PER_PROMPT = 64  # audio chunks one prompt may hold (vLLM's limit_mm_per_prompt)
 CPU_DEFAULTS = {"enforce_eager": True, "kv_cache_memory_bytes": 512 << 20, "enable_chunked_prefill": False}
 
 
@@ -113,6 +115,9 @@ class VLLMPolicy(TokenPolicy):
             `agentenv.policies.tiny`), or a loaded `transformers` model; the last two are saved to a
             temporary directory first, since vLLM loads weights from disk.
         tokenizer: a tokenizer with a chat template; default: the model directory's, or the tiny one.
+        processor: for an audio-language model given loaded (Qwen2-Audio: tokenizer + feature extractor); an
+            audio model ("audio-tiny", a Qwen2-Audio directory or model) makes the policy hear (`hears_audio`):
+            see `generate_ids`.
         temperature, top_p: sampling; `temperature=0` is greedy.
         max_new_tokens: default limit of one turn.
         seed: seeds the per-request sampling seeds (and the engine).
@@ -152,6 +157,7 @@ class VLLMPolicy(TokenPolicy):
         enable_prefix_caching: bool = True,
         stop: Sequence[str] | None = None,
         inprocess: bool | None = None,
+        processor: Any = None,
         **llm_kwargs: Any,
     ):
         if temperature < 0 or not 0 < top_p <= 1:
@@ -162,9 +168,13 @@ class VLLMPolicy(TokenPolicy):
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._weights_tmp: tempfile.TemporaryDirectory | None = None
         self.llm = None
-        path, tokenizer = self._materialise(model_or_path, tokenizer)
+        self.audio: Any = None  # an audio model's AudioEmbedder
+        if _is_audio(model_or_path):
+            path, tokenizer = self._materialise_audio(model_or_path, processor)
+        else:
+            path, tokenizer = self._materialise(model_or_path, tokenizer)
+            self.chat = ChatTokens(tokenizer)
         self.tokenizer = tokenizer
-        self.chat = ChatTokens(tokenizer)
         self.stop_ids = {self.chat.end_id}
         self.stop = list(stop or [])
         self.temperature = temperature
@@ -185,6 +195,8 @@ class VLLMPolicy(TokenPolicy):
                 if key == "kv_cache_memory_bytes" and os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
                     continue
                 kwargs.setdefault(key, value)
+        if self.audio is not None:  # the prompts bring the audio as embeddings (generate_ids), never as waveforms
+            kwargs.update(limit_mm_per_prompt={"audio": AUDIO_ITEMS_PER_PROMPT}, enable_mm_embeds=True)
         kwargs.update(llm_kwargs)
         kwargs.setdefault("logprobs_mode", "processed_logprobs")
         if not self.reloads:  # only the legacy cross-process route needs the extension
@@ -216,7 +228,8 @@ class VLLMPolicy(TokenPolicy):
                     llm = vllm.LLM(**kwargs)
                     break
                 except TypeError as exc:  # an older vLLM: drop the option it does not know
-                    unknown = next((key for key in ("logprobs_mode", "worker_extension_cls", "kv_cache_memory_bytes")
+                    unknown = next((key for key in ("logprobs_mode", "worker_extension_cls", "kv_cache_memory_bytes",
+                                                    "enable_mm_embeds")
                                     if key in kwargs and key in str(exc)), None)
                     if unknown is None:
                         raise
@@ -268,6 +281,25 @@ class VLLMPolicy(TokenPolicy):
                 tokenizer = tiny_tokenizer()
         return self._save(model, tokenizer), tokenizer
 
+    def _materialise_audio(self, model_or_path: Any, processor: Any) -> tuple[Path, Any]:
+        """An audio LM: its checkpoint as vLLM loads it (`save_for_vllm`), the audio chat, and a copy of its encoder
+        and projector that turns each prompt's features into the embeddings vLLM's language model takes."""
+        from agentenv.policies.audio_lm import AudioChatTokens, AudioEmbedder, _audio_tokens_of, load_audio_model, save_for_vllm
+
+        model, processor = load_audio_model(model_or_path, processor)
+        self._tmp = tempfile.TemporaryDirectory(prefix="agentenv-vllm-")
+        save_for_vllm(model, processor, self._tmp.name)
+        tokens = _audio_tokens_of(processor)
+        self.chat = AudioChatTokens(processor.tokenizer, processor.feature_extractor, tokens)
+        self.audio = AudioEmbedder(model)
+        # never sampled, as in AudioLMPolicy: a sampled placeholder id would be read as audio on the next turn
+        self.suppressed_ids = sorted(processor.tokenizer.convert_tokens_to_ids(list(tokens)))
+        return Path(self._tmp.name), processor.tokenizer
+
+    @property
+    def hears_audio(self) -> bool:
+        return self.audio is not None
+
     def _save(self, model: Any, tokenizer: Any, source: Path | None = None) -> Path:
         import shutil
 
@@ -299,6 +331,8 @@ class VLLMPolicy(TokenPolicy):
             ignore_eos=True,  # only the end-of-turn id (and `stop`) ends a turn, as in HFPolicy
             skip_special_tokens=False,
         )
+        if self.audio is not None:
+            params["logit_bias"] = {i: -100.0 for i in self.suppressed_ids}
         if self.stop:
             params.update(stop=list(self.stop), include_stop_str_in_output=True)
         else:
@@ -308,12 +342,18 @@ class VLLMPolicy(TokenPolicy):
         return self._SamplingParams(**(params if keys is None else {k: v for k, v in params.items() if k in keys}))
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int] | None = None,
-                     n: int = 1) -> list[Generation]:
+                     n: int = 1, inputs: Sequence[Sequence[dict[str, Any]]] | None = None) -> list[Generation]:
         """Continue each prompt (token ids) until the end-of-turn id, a stop string or its token limit.
 
         Same contract as `HFPolicy.generate_ids`: `Generation`s with `prompt_ids`, `token_ids` (end id included
         when emitted), `logprobs` (one per token id), `text` (without the end id) and `finish_reason` ("stop",
         "stop_string" or "length"). With `n` > 1, `n` samples of every prompt: B·n generations, prompt by prompt.
+
+        An audio model takes each prompt's `inputs` (`Sample.inputs`: the features its chat rendered with it, one
+        item per run of placeholder ids). Their embeddings are computed here, with the encoder and projector
+        of the weights last loaded, and each run of placeholders goes to vLLM as one `<|AUDIO|>` id, which vLLM
+        expands back to the same run and fills with them: `prompt_ids` stay the expanded ids the learner trains
+        on, and the language model conditions on exactly the learner's embeddings.
         """
         if not prompts:
             return []
@@ -331,13 +371,40 @@ class VLLMPolicy(TokenPolicy):
             if k <= 0:  # vLLM needs max_tokens >= 1; no room means empty, cut-off turns
                 generations[i] = [Generation("", [], [], list(prompts[i]), "length") for _ in range(n)]
         if rows:
-            requests = [{"prompt_token_ids": list(prompts[i])} for i in rows]
+            requests = self._requests(prompts, rows, inputs)
             params = [self._sampling_params(limits[i], n) for i in rows]
             outputs = self.llm.generate(requests, params, use_tqdm=False)
             for i, output in zip(rows, outputs):
                 samples = sorted(output.outputs, key=lambda out: getattr(out, "index", 0))
                 generations[i] = [self._generation(list(prompts[i]), out) for out in samples]
         return [g for row in generations for g in row]
+
+    def _requests(self, prompts: Sequence[Sequence[int]], rows: list[int],
+                  inputs: Sequence[Sequence[dict[str, Any]]] | None) -> list[dict[str, Any]]:
+        if self.audio is None:
+            if inputs is not None and any(inputs):
+                raise ValueError("this model does not hear: it takes no inputs beside the ids")
+            return [{"prompt_token_ids": list(prompts[i])} for i in rows]
+        items = list(inputs) if inputs is not None else [[] for _ in prompts]
+        if len(items) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(items)} rows of inputs")
+        audio_id = self.chat.audio_id
+        embeddings = iter(self.audio([item for i in rows for item in items[i]]))
+        requests = []
+        for i in rows:
+            prompt, found = list(prompts[i]), sum(1 for t in prompts[i] if t == audio_id)
+            if found != sum(self.chat.audio_tokens(item) for item in items[i]):
+                raise ValueError(f"prompt {i} has {found} audio placeholder ids that its inputs do not fill: pass the "
+                                 "inputs its chat rendered with it (chat.prompt_and_inputs)")
+            request: dict[str, Any] = {"prompt_token_ids": [t for k, t in enumerate(prompt)
+                                                            if t != audio_id or k == 0 or prompt[k - 1] != audio_id]}
+            if items[i]:
+                request["multi_modal_data"] = {"audio": {"audio_embeds": [next(embeddings) for _ in items[i]]}}
+                # A fresh id per item: vLLM 0.32 shares encoder-cache entries between requests by content hash, and
+                # a GRPO group's G requests with the same clip then hit "Encoder cache miss" in its model runner.
+                request["multi_modal_uuids"] = {"audio": [uuid.uuid4().hex for _ in items[i]]}
+            requests.append(request)
+        return requests
 
     def _generation(self, prompt: list[int], out: Any) -> Generation:
         ids = list(out.token_ids)
@@ -360,6 +427,11 @@ class VLLMPolicy(TokenPolicy):
         """
         items = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
         items = [(name, tensor.detach()) for name, tensor in items]
+        if self.audio is not None:  # the embeddings come from these weights too; vLLM takes the published names
+            from agentenv.policies.audio_lm import vllm_weight_name
+
+            self.audio.load(dict(items))
+            items = [(vllm_weight_name(name), tensor) for name, tensor in items]
         if self.reloads and self.inprocess:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
         elif self.reloads:  # the workers live in other processes: through a safetensors file
@@ -452,6 +524,12 @@ class WeightLoaderExtension:
         runner = self.model_runner
         model = runner.get_model() if hasattr(runner, "get_model") else runner.model
         model.load_weights(weights=weights)  # vLLM's loaders copy_ into the (GPU) parameters
+
+
+def _is_audio(model_or_path: Any) -> bool:
+    from agentenv.policies.audio_lm import is_audio_model
+
+    return is_audio_model(model_or_path) or hasattr(getattr(model_or_path, "config", None), "audio_config")
 
 
 def sampled_logprobs(token_ids: Sequence[int], logprobs: Any) -> list[float]:
