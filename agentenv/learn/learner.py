@@ -74,11 +74,11 @@ class LearnerConfig:
     ppo_epochs: int = 1
     mini_batches: int = 1
     micro_batch_size: int = 8  # rows per forward/backward at most
-    # ... and at most this many padded tokens (rows × longest row; a single longer row runs alone). Long rows in
-    # big micro-batches thrash CPU caches: on 2 cores 32 rows × 560 tokens took 13.3 s, 8 × 560 7.8 s (same
-    # math: losses are normalised by mini-batch totals). 0: rows only. On a GPU, 16k–64k suits (verl's
-    # ppo_max_token_len_per_gpu).
-    micro_batch_tokens: int = 4096
+    # ... and at most this many padded tokens (rows × longest row; a single longer row runs alone); same math at
+    # any size (losses are normalised by mini-batch totals). None: 4,096 on CPU, where long rows in big
+    # micro-batches thrash caches (2 cores: 32 rows × 560 tokens 13.3 s, 8 × 560 7.8 s), and 16,384 on a GPU
+    # (verl's ppo_max_token_len_per_gpu; an H200, 0.5B model: 2.2× the tokens/s of 4,096, docs/vllm.md). 0: rows only.
+    micro_batch_tokens: int | None = None
     lr: float = 1e-5
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -91,7 +91,7 @@ class LearnerConfig:
     plugins: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.micro_batch_size < 1 or self.micro_batch_tokens < 0:
+        if self.micro_batch_size < 1 or (self.micro_batch_tokens or 0) < 0:
             raise UserError(f"learner.micro_batch_size must be >= 1 and learner.micro_batch_tokens >= 0, got "
                             f"{self.micro_batch_size} and {self.micro_batch_tokens}")
         self.plugins = plugin_configs(self.plugins)
@@ -416,16 +416,24 @@ def autocast(device: torch.device, cfg: LearnerConfig):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def token_budget(cfg: LearnerConfig, device: torch.device) -> int:
+    """`cfg.micro_batch_tokens`, or its default for `device` when None (see the field)."""
+    if cfg.micro_batch_tokens is not None:
+        return cfg.micro_batch_tokens
+    return 16_384 if device.type == "cuda" else 4_096
+
+
 def micro_batch_rows(batch: Batch, index: torch.Tensor, cfg: LearnerConfig) -> list[torch.Tensor]:
     """`index` cut in order into runs of at most `cfg.micro_batch_size` rows and `cfg.micro_batch_tokens` padded
     tokens. Order is kept, so a GRPO group's rows stay together and still share their prompt's forward."""
     lengths = batch.attention_mask.sum(-1)[index].tolist()
+    budget = token_budget(cfg, batch.input_ids.device)
     runs: list[torch.Tensor] = []
     start, longest = 0, 0
     for end, length in enumerate(lengths):
         longest = max(longest, length)
         count = end - start + 1
-        if count > 1 and (count > cfg.micro_batch_size or (cfg.micro_batch_tokens and count * longest > cfg.micro_batch_tokens)):
+        if count > 1 and (count > cfg.micro_batch_size or (budget and count * longest > budget)):
             runs.append(index[start:end])
             start, longest = end, length
     if start < len(lengths):
