@@ -194,9 +194,10 @@ class Batch:
         length = int(self.attention_mask[index].sum(-1).max())
         cut = lambda t, n: t[index, :n]  # noqa: E731
         inputs, input_rows = self.inputs, self.input_rows
-        if inputs:
-            new_row = torch.full((len(self),), -1, dtype=torch.long, device=index.device)
-            new_row[index] = torch.arange(len(index), device=index.device)
+        if inputs:  # on the items' device: `index` may come from a CPU generator while the batch is on a GPU
+            at = index.to(self.input_rows.device)
+            new_row = torch.full((len(self),), -1, dtype=torch.long, device=at.device)
+            new_row[at] = torch.arange(len(at), device=at.device)
             kept = (new_row[self.input_rows] >= 0).nonzero().squeeze(-1)
             kept = kept[torch.sort(new_row[self.input_rows[kept]], stable=True).indices]  # by new row, in-row order kept
             inputs, input_rows = {k: v[kept] for k, v in inputs.items()}, new_row[self.input_rows[kept]]
