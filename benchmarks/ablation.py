@@ -14,7 +14,7 @@ and averaged over the seeds. 95% CI: a two-level bootstrap (seeds with replaceme
 so it carries both the evaluation noise and the seed-to-seed spread of training.
 
     OMP_NUM_THREADS=1 python benchmarks/ablation.py [--seeds 0,1,2] [--steps 30] [--eval-tasks 200] [--jobs 2]
-    python benchmarks/ablation.py --from-json   # re-render ablation.{md,png} from ablation.json
+    python benchmarks/ablation.py --from-json [--reading FILE]   # re-render ablation.{md,png}; FILE: the Reading
 
 Runs go to runs/ablation/seed{N}/ (ignored by git); a finished run (its eval.json) is not run again, so an
 interrupted ablation resumes where it stopped. Writes benchmarks/ablation.{json,md,png} after every finished run.
@@ -228,6 +228,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {arm['label']} | {arm['seed']} | {arm['success_before']:.3f} → {arm['success_after']:.3f} | "
                      f"{arm['success_after'] - arm['success_before']:+.3f} | {arm['job_wall_s']:.0f} s | "
                      f"{arm['warm_wall_s'] or 0:.0f} s |")
+    if result.get("reading"):
+        lines += ["", "## Reading", "", result["reading"].strip()]
     lines += ["", "## Claims", ""] + [f"- **{name}**: {e['claim']}" for name, e in result["comparisons"].items()]
     return "\n".join(lines) + "\n"
 
@@ -271,9 +273,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--sft-steps", type=int, default=TrainConfig().sft_steps, help="the recipe's; less only to check the script")
     parser.add_argument("--from-json", action="store_true")
+    parser.add_argument("--reading", help="with --from-json: a file whose text becomes the table's Reading section")
     args = parser.parse_args()
     if args.from_json:
-        write(json.loads((OUT / "ablation.json").read_text()))
+        result = json.loads((OUT / "ablation.json").read_text())
+        if args.reading:
+            result["reading"] = Path(args.reading).read_text()
+        write(result)
         return
     args.seeds = [int(s) for s in args.seeds.split(",")]
     names = list(PAPER_COMPARISONS) if args.comparisons == "all" else args.comparisons.split(",")

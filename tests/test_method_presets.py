@@ -363,3 +363,25 @@ def test_every_paper_comparison_is_one_config():
     assert warm_start_key(occ) == warm_start_key(detach) and warm_start_key(occ)[1] == ("occ",)
     ih, immediate = comparison_configs(base, "ih_grpo")  # the paper's baseline executes at once: its own demos
     assert warm_start_key(ih) != warm_start_key(immediate) and immediate.env_kwargs["execution"] == "immediate"
+
+
+def test_ablation_paired_bootstrap_carries_task_and_seed_spread():
+    """benchmarks/ablation.py's interval: the mean over seeds of the paired per-task differences; resampling seeds
+    then tasks. No spread gives a zero-width interval; seeds that disagree widen it to their range, never beyond."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from ablation import paired_bootstrap
+
+    same = [np.full(200, 0.05)] * 3
+    assert paired_bootstrap(same) == pytest.approx((0.05, 0.05, 0.05))
+    spread = [np.full(200, -0.1), np.full(200, 0.0), np.full(200, 0.1)]  # no task noise: only the seeds differ
+    mean, low, high = paired_bootstrap(spread)
+    assert mean == pytest.approx(0.0) and -0.1 - 1e-9 <= low < -0.03 and 0.03 < high <= 0.1 + 1e-9
+    rng = np.random.default_rng(1)
+    noisy = [rng.choice([-1.0, 0.0, 0.0, 1.0], 200) + 0.0 for _ in range(3)]  # task noise alone, same mean per seed
+    mean, low, high = paired_bootstrap(noisy)
+    assert low < mean < high and high - low > 0.05
