@@ -98,6 +98,8 @@ def test_torchrun_trains_and_resumes_exactly_after_a_rank_is_killed(tmp_path, pa
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _rows(straight)
     assert [r["step"] for r in rows] == [0, 1, 2]  # rank 0 alone writes: one row per step
+    held_out = json.loads((straight / "eval.json").read_text())["held_out_after"]
+    assert len(held_out) == 2  # each rank ran one of the two tasks; eval.json has both, in seed order
     assert done.stdout.count("step 1/3 ") == 1  # and logs
 
     launcher = subprocess.Popen(_torchrun(killed, f"--parallel={parallel}"), env=TORCHRUN_ENV, stdout=subprocess.DEVNULL,
