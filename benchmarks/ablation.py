@@ -201,7 +201,7 @@ def markdown(result: dict) -> str:
         "",
         f"Measured {result['date']} on {result['machine']} (`benchmarks/ablation.py`, {r['jobs']} runs at a time, one "
         f"torch thread each). Recipe: the embedded default (`agentenv train`: tiny model, ToolReasoning-v0 counting "
-        f"with the calculator, {r['sft_steps']} SFT steps on the imperfect demonstrator {r['sft_teacher']}, "
+        f"with the calculator, {r['sft_steps']} SFT steps on the demonstrator {r['sft_teacher']}, "
         f"{r['tasks_per_step']} tasks × {r['group_size']} samples a step, lr {r['lr']}) with **{r['steps']} GRPO steps "
         f"per arm** and **{r['eval_tasks']} held-out tasks**, seeds {', '.join(map(str, r['seeds']))}. Each arm is its "
         "preset on that recipe; nothing is tuned per arm. Arms of one seed that can share a warm start resume from one "

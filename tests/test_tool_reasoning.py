@@ -54,6 +54,15 @@ def test_imperfect_demonstrator_calls_another_formula_on_the_same_numbers():
     assert 0.55 < sum(changed) / len(changed) < 0.78  # 2/3 of the calls use one of the two other formulas
     with pytest.raises(ValueError):
         ScriptedPolicy(wrong_formula=1.5)
+    # every_formula: three demonstrators, each question shown with the right formula and each of the two others
+    variants = ScriptedPolicy(every_formula=True).variants()
+    shown = [run(v) for v in variants]
+    assert all(l.success for l in shown[0]) and not any(l.success for v in shown[1:] for l in v)
+    for logs in zip(right, *shown):
+        calls = [call(log) for log in logs]
+        assert calls[0] == calls[1] and len(set(calls[1:])) == 3  # the right one, and all three formulas
+        assert len({tuple(numbers(c)) for c in calls}) == 1  # always on the right numbers
+    assert ScriptedPolicy().variants()[0].every_formula is False
 
 
 def test_every_task_kind_and_difficulty_is_generated():

@@ -97,12 +97,12 @@ class TrainConfig:
     sft_episodes: int = 1024
     sft_steps: int = 800  # long enough to learn copying numbers at every seed tried (benchmarks/default_train.md)
     sft_batch_size: int = 32
-    # Options of the env's scripted demonstrator. The default one knows the call format and the three counting
-    # formulas but not which question needs which (ScriptedPolicy(wrong_formula=2/3)): the warm start learns the
-    # format and the copying, and leaves that decision to RL. Measured on a fresh install (seeds 0/1/2, 120 steps):
-    # +0.46 / +0.085 / +0.25; at wrong_formula=0.5: +0.03 / +0.255 / −0.025 (benchmarks/default_train.md).
-    # {} for the perfect demonstrator.
-    sft_teacher: dict[str, Any] = field(default_factory=lambda: {"wrong_formula": 2 / 3})
+    # Options of the env's scripted demonstrator. The default shows every counting question three times, once
+    # with each formula (ScriptedPolicy(every_formula=True)): the warm start learns the call format and the copying,
+    # and its best fit leaves the formula choice uniform, which is the decision RL makes. (The previous default,
+    # a wrong formula chosen by a hash of the question for 2/3 of them, was learnt by heart and sampled
+    # deterministically at some seeds: no GRPO signal. benchmarks/default_train.md.) {} for the perfect one.
+    sft_teacher: dict[str, Any] = field(default_factory=lambda: {"every_formula": True})
     sft_lr: float = 3e-3
     eval_tasks: int = 200
     checkpoint_every: int = 5
@@ -354,9 +354,13 @@ def warm_start(cfg: TrainConfig, policy, model, log, plugins: Sequence[Any] = ()
         teacher = None
     except TypeError as err:
         raise UserError(f"sft_teacher {cfg.sft_teacher} does not fit the scripted agent of {env_id}: {err}") from None
-    # recorded by the policy's own chat: an audio policy's demonstrations keep the audio beside the ids
-    demos = demonstrations(cfg.env_id, cfg.sft_episodes, policy.chat, env_kwargs=cfg.env_kwargs, seed=cfg.seed + 7_000_000,
-                           policy=teacher)
+    # recorded by the policy's own chat: an audio policy's demonstrations keep the audio beside the ids. A teacher
+    # with variants (ScriptedPolicy(every_formula=True)) records each task once per variant, sft_episodes in all.
+    teachers = teacher.variants() if hasattr(teacher, "variants") else [teacher]
+    tasks = max(cfg.sft_episodes // len(teachers), 1)
+    demos = [episode for variant in teachers
+             for episode in demonstrations(cfg.env_id, tasks, policy.chat, env_kwargs=cfg.env_kwargs,
+                                           seed=cfg.seed + 7_000_000, policy=variant)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     zeros = torch.zeros(len(demos))

@@ -129,14 +129,16 @@ _FORMULAS = {"comb": "comb({}, {})", "perm": "perm({}, {})", "power": "{}^{}"}
 _COUNTING_CALL = re.compile(r"^(?:(?P<name>comb|perm)\((?P<a>\d+), (?P<b>\d+)\)|(?P<base>\d+)\^(?P<exp>\d+))$")
 
 
-def _other_formula(call: Call, draw: random.Random) -> Call:
-    """A counting call with one of the two other formulas on the same numbers; any other call unchanged."""
+def _other_formula(call: Call, draw: random.Random | None = None, shift: int = 0) -> Call:
+    """A counting call with another formula on the same numbers: one of the two others drawn by `draw`, or the
+    one `shift` places on in (comb, perm, power); any other call unchanged."""
     match = _COUNTING_CALL.match(call[1].get("expression", "")) if call[0] == "calculator" else None
     if match is None:
         return call
     name = match["name"] or "power"
     numbers = (match["a"], match["b"]) if match["name"] else (match["base"], match["exp"])
-    other = draw.choice(sorted(set(_FORMULAS) - {name}))
+    names = sorted(_FORMULAS)
+    other = draw.choice([n for n in names if n != name]) if draw is not None else names[(names.index(name) + shift) % 3]
     return _calc(_FORMULAS[other].format(*numbers))
 
 
@@ -156,10 +158,19 @@ class ScriptedPolicy:
     decision to RL.
     """
 
-    def __init__(self, wrong_formula: float = 0.0, seed: int = 0):
+    def __init__(self, wrong_formula: float = 0.0, seed: int = 0, every_formula: bool = False, formula_shift: int = 0):
         if not 0.0 <= wrong_formula <= 1.0:
             raise ValueError(f"wrong_formula must be in [0, 1], got {wrong_formula}")
         self.wrong_formula, self.seed = wrong_formula, seed
+        self.every_formula, self.formula_shift = every_formula, formula_shift % 3
+
+    def variants(self) -> list["ScriptedPolicy"]:
+        """The demonstrators a warm start records each task with: itself, or with `every_formula` three, one per
+        counting formula (the right one and the two others), so that every question is shown with every formula
+        and the best fit leaves the choice uniform — the decision RL is left to make."""
+        if not self.every_formula:
+            return [self]
+        return [ScriptedPolicy(seed=self.seed, formula_shift=shift) for shift in range(3)]
 
     def generate(self, contexts: Sequence[Messages]) -> list[Generation]:
         return [Generation(self.act(messages)) for messages in contexts]
@@ -178,7 +189,9 @@ class ScriptedPolicy:
         call = solve_tool_reasoning(question)
         if call is None:
             return "<answer>unknown</answer>"
-        if self.wrong_formula:
+        if self.formula_shift:
+            call = _other_formula(call, shift=self.formula_shift)
+        elif self.wrong_formula:
             draw = random.Random(zlib.crc32(question.encode()) ^ self.seed)
             if draw.random() < self.wrong_formula:
                 call = _other_formula(call, draw)
