@@ -46,11 +46,15 @@ def list_envs() -> list[str]:
     return sorted(env_id for env_id in gym.registry if env_id.startswith("agentenv/"))
 
 
-def scripted_policy(env_id: str, **options: Any):
-    """A fresh instance of the scripted (deterministic) agent written for `env_id`, built with `options`."""
+def scripted_policy(env_id: str, warm_start: bool = False, **options: Any):
+    """A fresh instance of the scripted (deterministic) agent written for `env_id`, built with `options`; with
+    `warm_start` and no options, with the options its class gives for demonstrations (`WARM_START_OPTIONS`)."""
     import importlib
 
     if env_id not in _SCRIPTED_POLICIES:
         raise ValueError(f"no scripted policy for {env_id}; envs with one: {', '.join(sorted(_SCRIPTED_POLICIES))}")
     module, _, name = _SCRIPTED_POLICIES[env_id].partition(":")
-    return getattr(importlib.import_module(module), name)(**options)
+    cls = getattr(importlib.import_module(module), name)
+    if warm_start and not options:
+        options = dict(getattr(cls, "WARM_START_OPTIONS", {}))
+    return cls(**options)

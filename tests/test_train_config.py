@@ -105,3 +105,15 @@ def test_eval_json_keeps_each_held_out_task_in_seed_order(tmp_path, capsys):
         assert len(outcomes) == 5 and set(outcomes) <= {0.0, 1.0}
         assert saved[f"success_{when}"] == pytest.approx(sum(outcomes) / 5) == summary[f"success_{when}"]
     assert "held_out" not in logged[-1]
+
+
+def test_warm_start_teacher_defaults_belong_to_the_envs_scripted_agent():
+    """An unset `sft_teacher` gives each env's scripted agent its own warm-start options (ToolReasoning-v0: every
+    formula for every question); an env whose agent takes none (Ledger-v0) still gets its agent, not an error."""
+    from agentenv.envs.ledger.scripted import LedgerReader
+    from agentenv.registration import scripted_policy
+
+    assert TrainConfig().sft_teacher == {}
+    assert scripted_policy("agentenv/ToolReasoning-v0", warm_start=True).every_formula is True
+    assert scripted_policy("agentenv/ToolReasoning-v0", warm_start=True, wrong_formula=0.5).every_formula is False
+    assert isinstance(scripted_policy("agentenv/Ledger-v0", warm_start=True), LedgerReader)

@@ -97,12 +97,13 @@ class TrainConfig:
     sft_episodes: int = 1024
     sft_steps: int = 800  # long enough to learn copying numbers at every seed tried (benchmarks/default_train.md)
     sft_batch_size: int = 32
-    # Options of the env's scripted demonstrator. The default shows every counting question three times, once
-    # with each formula (ScriptedPolicy(every_formula=True)): the warm start learns the call format and the copying,
-    # and its best fit leaves the formula choice uniform, which is the decision RL makes. (The previous default,
-    # a wrong formula chosen by a hash of the question for 2/3 of them, was learnt by heart and sampled
-    # deterministically at some seeds: no GRPO signal. benchmarks/default_train.md.) {} for the perfect one.
-    sft_teacher: dict[str, Any] = field(default_factory=lambda: {"every_formula": True})
+    # Options of the env's scripted demonstrator; none given: the ones its class gives for warm starts
+    # (`WARM_START_OPTIONS`). ToolReasoning-v0's shows every counting question three times, once with each formula
+    # (ScriptedPolicy(every_formula=True)): the warm start learns the call format and the copying, and its best
+    # fit leaves the formula choice uniform, which is the decision RL makes. (The previous default, a wrong
+    # formula chosen by a hash of the question for 2/3 of them, was learnt by heart and sampled deterministically
+    # at some seeds: no GRPO signal. benchmarks/default_train.md.) `every_formula: false` for the plain agent.
+    sft_teacher: dict[str, Any] = field(default_factory=dict)
     sft_lr: float = 3e-3
     eval_tasks: int = 200
     checkpoint_every: int = 5
@@ -349,7 +350,7 @@ def warm_start(cfg: TrainConfig, policy, model, log, plugins: Sequence[Any] = ()
 
     env_id = qualified_env_id(cfg.env_id)
     try:
-        teacher = scripted_policy(env_id, **cfg.sft_teacher)  # the env's own scripted agent
+        teacher = scripted_policy(env_id, warm_start=True, **cfg.sft_teacher)  # the env's own scripted agent
     except ValueError:
         teacher = None
     except TypeError as err:

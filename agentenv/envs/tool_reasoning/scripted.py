@@ -158,6 +158,9 @@ class ScriptedPolicy:
     decision to RL.
     """
 
+    # what `agentenv train` demonstrates with unless `sft_teacher` says otherwise (benchmarks/default_train.md)
+    WARM_START_OPTIONS = {"every_formula": True}
+
     def __init__(self, wrong_formula: float = 0.0, seed: int = 0, every_formula: bool = False, formula_shift: int = 0):
         if not 0.0 <= wrong_formula <= 1.0:
             raise ValueError(f"wrong_formula must be in [0, 1], got {wrong_formula}")
