@@ -107,7 +107,9 @@ def _job(kind: str, cfg: TrainConfig, warm_dir: str | None) -> dict:
             run_arm(Path(warm_dir), cfg, log)
     summary = finished(cfg.out_dir)
     summary["job_wall_s"] = time.perf_counter() - started
-    Path(cfg.out_dir, "eval.json").write_text(json.dumps(summary, indent=1))
+    tmp = Path(cfg.out_dir, "eval.json.tmp")  # replaced whole: `finished` reads it to decide what is done
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(Path(cfg.out_dir, "eval.json"))
     return summary
 
 

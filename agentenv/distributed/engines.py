@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Mapping, Sequence
 
-from agentenv.distributed.ray_rollout import close_actors, import_ray
+from agentenv.distributed.ray_rollout import close_actors, join_ray
 from agentenv.errors import UserError
 from agentenv.policies.base import TokenPolicy
 from agentenv.policies.chat_tokens import ChatTokens
@@ -134,11 +134,8 @@ class RayEngines(TokenPolicy):
             raise UserError(f"rollout.engine must be hf or vllm, got {kind!r}")
         if engines < 1:
             raise UserError(f"rollout.engines must be at least 1 for remote engines, got {engines}")
-        ray = import_ray()
+        ray, self._owns_ray = join_ray(address, init_kwargs)
         self._ray = ray
-        self._owns_ray = not ray.is_initialized()
-        if self._owns_ray:
-            ray.init(address=address, **(init_kwargs or {}))
         self.kind, self.tokenizer, self.chat = kind, tokenizer, ChatTokens(tokenizer)
         self.max_new_tokens = max_new_tokens
         placement = {"num_gpus": 1} if device == "cuda" else {}

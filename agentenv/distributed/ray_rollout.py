@@ -49,6 +49,16 @@ def import_ray():
     return ray
 
 
+def join_ray(address: str | None, init_kwargs: dict[str, Any] | None) -> tuple[Any, bool]:
+    """(`ray`, whether this call started it): the running Ray, or a new one (`address`: a cluster to join; None:
+    a local one). Whoever started it shuts it down again."""
+    ray = import_ray()
+    owns = not ray.is_initialized()
+    if owns:
+        ray.init(address=address, **(init_kwargs or {}))
+    return ray, owns
+
+
 class WorkerLost(RuntimeError):
     """A worker kept dying: it was restarted `max_restarts` times in one call and died again."""
 
@@ -134,11 +144,8 @@ class RayRollout:
                  actor_options: dict[str, Any] | None = None, init_kwargs: dict[str, Any] | None = None):
         if workers < 1:
             raise UserError(f"rollout.workers must be at least 1, got {workers}")
-        ray = import_ray()
+        ray, self._owns_ray = join_ray(address, init_kwargs)
         self._ray = ray
-        self._owns_ray = not ray.is_initialized()
-        if self._owns_ray:
-            ray.init(address=address, **(init_kwargs or {}))
         self.build = functools.partial(_make, qualified_env_id(env), dict(env_kwargs or {})) if isinstance(env, str) else env
         self.envs_per_worker, self.max_restarts = envs_per_worker, max_restarts
         self._actor = ray.remote(EnvWorker).options(max_restarts=0, **(actor_options or {}))

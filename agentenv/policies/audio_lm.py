@@ -57,10 +57,10 @@ AUDIO_SIZES = {
 
 
 def is_audio_model(spec: Any) -> bool:
-    """Whether `spec` names an audio-language model: an `AUDIO_SIZES` name, or a directory whose config has an
-    audio encoder (`audio_config`: Qwen2-Audio and its kind)."""
+    """Whether `spec` is or names an audio-language model: an `AUDIO_SIZES` name, a directory whose config has an
+    audio encoder (`audio_config`: Qwen2-Audio and its kind), or a loaded model with such a config."""
     if not isinstance(spec, (str, Path)):
-        return False
+        return hasattr(getattr(spec, "config", None), "audio_config")
     if str(spec) in AUDIO_SIZES:
         return True
     config = Path(spec) / "config.json"
@@ -260,6 +260,8 @@ class AudioChatTokens(ChatTokens):
             raise ValueError(f"the tokenizer lacks the audio tokens {missing}; add them (tokenizer.add_special_tokens)")
         self.audio_bos, self.audio_token, self.audio_eos = audio_tokens
         self.audio_id: int = vocab[self.audio_token]
+        # never sampled by a policy that hears: a sampled placeholder id would be read as audio on the next forward
+        self.audio_ids: list[int] = sorted(vocab[t] for t in audio_tokens)
         super().__init__(tokenizer)  # renders a dummy chat, with `_content` below
         self.extractor = feature_extractor
         self.sampling_rate: int = feature_extractor.sampling_rate
@@ -301,6 +303,20 @@ class AudioChatTokens(ChatTokens):
         for i in ids:
             out.extend([i] * self.audio_tokens(next(chunks)) if i == self.audio_id else [i])
         return out, items
+
+    def inputs_of(self, prompts: Sequence[Sequence[int]],
+                  inputs: Sequence[Sequence[dict[str, Any]]] | None) -> list[Sequence[dict[str, Any]]]:
+        """Each prompt's inputs (none given: no audio), checked to fill exactly the prompt's placeholder ids — a
+        prompt rendered without its inputs would otherwise be read with no audio at all."""
+        rows = list(inputs) if inputs is not None else [[] for _ in prompts]
+        if len(rows) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(rows)} rows of inputs")
+        for i, (prompt, items) in enumerate(zip(prompts, rows)):
+            found, filled = sum(1 for t in prompt if t == self.audio_id), sum(self.audio_tokens(x) for x in items)
+            if found != filled:
+                raise ValueError(f"prompt {i} has {found} audio placeholder ids and inputs that fill {filled}: pass the "
+                                 "inputs its chat rendered with it (chat.prompt_and_inputs)")
+        return rows
 
     @staticmethod
     def audio_tokens(item: dict[str, Any]) -> int:
@@ -397,7 +413,7 @@ class AudioLMPolicy(HFPolicy):
         # are never sampled. The sampling distribution is then the model's renormalised over the other ids:
         # its log-probs differ from the learner's full softmax by log(1 − p(audio ids)), which the learner
         # logs as sampler_kl (≈ 3/V at init, and it falls: these ids are never reinforced).
-        self.suppressed_ids = sorted(self.tokenizer.convert_tokens_to_ids(list(_audio_tokens_of(processor))))
+        self.suppressed_ids = self.chat.audio_ids
 
     def model_inputs(self, inputs: Sequence[Sequence[dict[str, Any]]]) -> dict[str, torch.Tensor]:
         return stack_inputs(inputs)[0]
@@ -405,15 +421,8 @@ class AudioLMPolicy(HFPolicy):
     def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int] | None = None,
                      inputs: Sequence[Sequence[dict[str, Any]]] | None = None) -> list[Generation]:
         """`HFPolicy.generate_ids`, after checking that each prompt's placeholder ids are exactly what its inputs fill
-        (a prompt rendered by this chat without its inputs would otherwise be read with no audio at all)."""
-        rows = list(inputs) if inputs is not None else [[] for _ in prompts]
-        if len(rows) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(rows)} rows of inputs")
-        for i, (prompt, items) in enumerate(zip(prompts, rows)):
-            found, filled = sum(1 for t in prompt if t == self.chat.audio_id), sum(self.chat.audio_tokens(x) for x in items)
-            if found != filled:
-                raise ValueError(f"prompt {i} has {found} audio placeholder ids and inputs that fill {filled}: pass the "
-                                 "inputs its chat rendered with it (chat.prompt_and_inputs)")
+        (`AudioChatTokens.inputs_of`)."""
+        self.chat.inputs_of(prompts, inputs)
         return super().generate_ids(prompts, max_new_tokens, inputs)
 
     def save_pretrained(self, path: str | Path) -> None:

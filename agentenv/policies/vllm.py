@@ -168,8 +168,10 @@ class VLLMPolicy(TokenPolicy):
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._weights_tmp: tempfile.TemporaryDirectory | None = None
         self.llm = None
+        from agentenv.policies.audio_lm import is_audio_model
+
         self.audio: Any = None  # an audio model's AudioEmbedder
-        if _is_audio(model_or_path):
+        if is_audio_model(model_or_path):
             path, tokenizer = self._materialise_audio(model_or_path, processor)
         else:
             path, tokenizer = self._materialise(model_or_path, tokenizer)
@@ -289,11 +291,9 @@ class VLLMPolicy(TokenPolicy):
         model, processor = load_audio_model(model_or_path, processor)
         self._tmp = tempfile.TemporaryDirectory(prefix="agentenv-vllm-")
         save_for_vllm(model, processor, self._tmp.name)
-        tokens = _audio_tokens_of(processor)
-        self.chat = AudioChatTokens(processor.tokenizer, processor.feature_extractor, tokens)
+        self.chat = AudioChatTokens(processor.tokenizer, processor.feature_extractor, _audio_tokens_of(processor))
         self.audio = AudioEmbedder(model)
-        # never sampled, as in AudioLMPolicy: a sampled placeholder id would be read as audio on the next turn
-        self.suppressed_ids = sorted(processor.tokenizer.convert_tokens_to_ids(list(tokens)))
+        self.suppressed_ids = self.chat.audio_ids  # never sampled, as in AudioLMPolicy
         return Path(self._tmp.name), processor.tokenizer
 
     @property
@@ -385,17 +385,12 @@ class VLLMPolicy(TokenPolicy):
             if inputs is not None and any(inputs):
                 raise ValueError("this model does not hear: it takes no inputs beside the ids")
             return [{"prompt_token_ids": list(prompts[i])} for i in rows]
-        items = list(inputs) if inputs is not None else [[] for _ in prompts]
-        if len(items) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(items)} rows of inputs")
+        items = self.chat.inputs_of(prompts, inputs)
         audio_id = self.chat.audio_id
         embeddings = iter(self.audio([item for i in rows for item in items[i]]))
         requests = []
         for i in rows:
-            prompt, found = list(prompts[i]), sum(1 for t in prompts[i] if t == audio_id)
-            if found != sum(self.chat.audio_tokens(item) for item in items[i]):
-                raise ValueError(f"prompt {i} has {found} audio placeholder ids that its inputs do not fill: pass the "
-                                 "inputs its chat rendered with it (chat.prompt_and_inputs)")
+            prompt = list(prompts[i])
             request: dict[str, Any] = {"prompt_token_ids": [t for k, t in enumerate(prompt)
                                                             if t != audio_id or k == 0 or prompt[k - 1] != audio_id]}
             if items[i]:
@@ -524,12 +519,6 @@ class WeightLoaderExtension:
         runner = self.model_runner
         model = runner.get_model() if hasattr(runner, "get_model") else runner.model
         model.load_weights(weights=weights)  # vLLM's loaders copy_ into the (GPU) parameters
-
-
-def _is_audio(model_or_path: Any) -> bool:
-    from agentenv.policies.audio_lm import is_audio_model
-
-    return is_audio_model(model_or_path) or hasattr(getattr(model_or_path, "config", None), "audio_config")
 
 
 def sampled_logprobs(token_ids: Sequence[int], logprobs: Any) -> list[float]:
