@@ -1,11 +1,12 @@
 """Ablation v2: each seed method against the baseline its paper compares it with, over several seeds, with paired
-bootstrap confidence intervals (`arms.PAPER_COMPARISONS`; hrr is compared in hrr_ledger.py).
+bootstrap confidence intervals (`arms.PAPER_COMPARISONS`), each comparison on its recipe (`arms.RECIPES`).
 
-Recipe: the embedded default (`agentenv train`, `TrainConfig`: tiny model, ToolReasoning-v0 counting tasks with the
-calculator, 800 SFT steps on the imperfect demonstrator, 8 tasks × 8 samples per step, lr 3e-4) with `--steps`
-GRPO steps per arm (the same budget for every arm) and `--eval-tasks` held-out tasks. Each arm is its preset on
-top of that recipe (`arms.arm_config`), nothing tuned per arm. Arms that can share a warm start (`warm_start_key`:
-same env after the plug-ins' options, same warm-start losses) resume from one step-0 checkpoint per seed, so within
+Recipes (`arms.RECIPES`): "default", the embedded default (`agentenv train`: tiny model, ToolReasoning-v0 counting
+with the calculator) with 30 GRPO steps and 200 held-out tasks; "ledger", a two-page Ledger-v0 with agent-driven zip
+compression for ZipRL's comparisons (HRR vs DAPO, the agent's own levels vs one uniform level). `--steps`,
+`--eval-tasks` and `--sft-steps` override every recipe's. Each arm is its preset on top of its comparison's recipe
+(`arms.arm_config`), nothing tuned per arm. Arms that can share a warm start (`warm_start_key`: same env after the
+plug-ins' options, same demonstrator, same warm-start losses) resume from one step-0 checkpoint per seed, so within
 a seed they start from the same weights, optimizer and RNG state; an arm used by several comparisons (dapo) runs
 once per seed.
 
@@ -13,11 +14,12 @@ Statistic: the held-out success after GRPO, method minus baseline, paired task b
 and averaged over the seeds. 95% CI: a two-level bootstrap (seeds with replacement, then tasks within each seed),
 so it carries both the evaluation noise and the seed-to-seed spread of training.
 
-    OMP_NUM_THREADS=1 python benchmarks/ablation.py [--seeds 0,1,2] [--steps 30] [--eval-tasks 200] [--jobs 2]
+    OMP_NUM_THREADS=1 python benchmarks/ablation.py [--seeds 0,1,2] [--comparisons a,b] [--steps N] [--jobs 2]
     python benchmarks/ablation.py --from-json [--reading FILE]   # re-render ablation.{md,png}; FILE: the Reading
 
 Runs go to runs/ablation/seed{N}/ (ignored by git); a finished run (its eval.json) is not run again, so an
-interrupted ablation resumes where it stopped. Writes benchmarks/ablation.{json,md,png} after every finished run.
+interrupted ablation resumes where it stopped. Writes benchmarks/ablation.{json,md,png} after every finished run,
+keeping the results of the comparisons not run this time.
 """
 
 from __future__ import annotations
@@ -41,16 +43,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from agentenv.learn.train import TrainConfig, train  # noqa: E402
-from arms import PAPER_COMPARISONS, comparison_configs, run_arm, warm_start_key  # noqa: E402
+from arms import PAPER_COMPARISONS, RECIPES, comparison_configs, run_arm, warm_start_key  # noqa: E402
 
 OUT = ROOT / "benchmarks"
 RUNS = ROOT / "runs" / "ablation"
 
 
-def base_config(seed: int, steps: int, eval_tasks: int, sft_steps: int) -> TrainConfig:
-    """The embedded default's recipe at `seed`, with `steps` GRPO steps and `eval_tasks` held-out tasks."""
-    return dataclasses.replace(TrainConfig(), seed=seed, steps=steps, eval_tasks=eval_tasks, sft_steps=sft_steps,
-                               device="cpu", checkpoint_every=10_000)
+def base_config(recipe: str, seed: int, overrides: dict) -> TrainConfig:
+    """Recipe `recipe` (`arms.RECIPES`) at `seed`, with the command line's overrides (steps, eval_tasks, sft_steps)."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return dataclasses.replace(RECIPES[recipe](), seed=seed, device="cpu", checkpoint_every=10_000, **given)
 
 
 def config_id(cfg: TrainConfig) -> str:
@@ -60,16 +62,17 @@ def config_id(cfg: TrainConfig) -> str:
     return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def plan(seeds: list[int], steps: int, eval_tasks: int, sft_steps: int, names: list[str]) -> tuple[dict, dict, dict]:
-    """(warm starts, arms, comparisons): warm id -> config; arm id -> (config, warm id, label); comparison name ->
-    seed -> (method arm id, baseline arm id)."""
+def plan(seeds: list[int], overrides: dict, names: list[str]) -> tuple[dict, dict, dict]:
+    """(warm starts, arms, comparisons): warm id -> config; arm id -> (config, warm id, label, recipe); comparison
+    name -> seed -> (method arm id, baseline arm id)."""
     warms: dict[str, TrainConfig] = {}
-    arms: dict[str, tuple[TrainConfig, str, str]] = {}
+    arms: dict[str, tuple[TrainConfig, str, str, str]] = {}
     comparisons: dict[str, dict[int, tuple[str, str]]] = {}
     for seed in seeds:
-        base = base_config(seed, steps, eval_tasks, sft_steps)
         warm_of_key: dict[tuple, str] = {}
         for name in names:
+            recipe = PAPER_COMPARISONS[name].recipe
+            base = base_config(recipe, seed, overrides)
             pair = []
             for cfg, arm in zip(comparison_configs(base, name), (PAPER_COMPARISONS[name].method, PAPER_COMPARISONS[name].baseline)):
                 key = warm_start_key(cfg)
@@ -79,9 +82,9 @@ def plan(seeds: list[int], steps: int, eval_tasks: int, sft_steps: int, names: l
                     warm_of_key[key] = warm_id
                     warms[warm_id] = dataclasses.replace(warm, out_dir=str(RUNS / f"seed{seed}" / f"warm-{warm_id}"))
                 arm_id = config_id(cfg)
-                label = arm.preset + "".join(f" {k}={v}" for k, v in {**arm.learner, **arm.env}.items())
+                label = arm.preset + "".join(f" {k}={v}" for k, v in {**arm.learner, **arm.env, **arm.train}.items())
                 arms[arm_id] = (dataclasses.replace(cfg, out_dir=str(RUNS / f"seed{seed}" / f"arm-{arm_id}")),
-                                warm_of_key[key], label)
+                                warm_of_key[key], label, recipe)
                 pair.append(arm_id)
             comparisons.setdefault(name, {})[seed] = tuple(pair)
     return warms, arms, comparisons
@@ -121,7 +124,7 @@ def execute(warms: dict, arms: dict, jobs: int, on_result) -> None:
         running: dict[Future, tuple[str, str]] = {}
 
         def submit_ready() -> None:
-            for arm_id, (cfg, warm_id, _) in list(pending_arms.items()):
+            for arm_id, (cfg, warm_id, _, _) in list(pending_arms.items()):
                 if finished(warms[warm_id].out_dir) is not None:
                     running[pool.submit(_job, "arm", cfg, warms[warm_id].out_dir)] = ("arm", arm_id)
                     del pending_arms[arm_id]
@@ -154,22 +157,38 @@ def paired_bootstrap(diffs: list[np.ndarray], resamples: int = 10_000, seed: int
     return float(np.mean([d.mean() for d in diffs])), float(low), float(high)
 
 
+def recipe_summary(cfg: TrainConfig, seeds: list[int], jobs: int) -> dict:
+    """What a recipe's runs are, for the table: the run's settings that every arm of the recipe shares."""
+    return {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "jobs": jobs,
+            "seeds": seeds, "env_id": cfg.env_id, "env_kwargs": cfg.env_kwargs, "model": cfg.model, "steps": cfg.steps,
+            "eval_tasks": cfg.eval_tasks, "tasks_per_step": cfg.tasks_per_step, "group_size": cfg.group_size,
+            "sft_steps": cfg.sft_steps, "sft_episodes": cfg.sft_episodes, "sft_teacher": cfg.sft_teacher, "lr": cfg.learner.lr}
+
+
+def previous_results() -> dict:
+    """ablation.json as last written (comparisons not run now keep their results), or an empty result."""
+    path = OUT / "ablation.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    if "recipe" in result:  # written before recipes had names: all on the default one
+        result["recipes"] = {"default": {"date": result.pop("date"), "machine": result.pop("machine"), **result.pop("recipe")}}
+    return {"recipes": {}, "arms": {}, "comparisons": {}, **result}
+
+
 def collect_results(args: argparse.Namespace, warms: dict, arms: dict, comparisons: dict) -> dict:
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "recipe": {"seeds": args.seeds, "steps": args.steps, "eval_tasks": args.eval_tasks,
-                         "tasks_per_step": TrainConfig().tasks_per_step, "group_size": TrainConfig().group_size,
-                         "sft_steps": args.sft_steps, "sft_teacher": TrainConfig().sft_teacher,
-                         "lr": TrainConfig().learner.lr, "jobs": args.jobs},
-              "arms": {}, "comparisons": {}}
-    for arm_id, (cfg, warm_id, label) in arms.items():
+    result = previous_results()
+    for name in comparisons:
+        recipe = PAPER_COMPARISONS[name].recipe
+        result["recipes"][recipe] = recipe_summary(base_config(recipe, 0, overrides(args)), args.seeds, args.jobs)
+    for arm_id, (cfg, warm_id, label, recipe) in arms.items():
         summary = finished(cfg.out_dir)
         warm = finished(warms[warm_id].out_dir)
-        result["arms"][arm_id] = {"label": label, "seed": cfg.seed, "warm": warm_id,
+        result["arms"][arm_id] = {"label": label, "recipe": recipe, "seed": cfg.seed, "warm": warm_id,
                                   "warm_wall_s": warm and warm.get("job_wall_s"),
                                   **({k: summary.get(k) for k in ("success_before", "success_after", "job_wall_s",
                                                                   "held_out_before", "held_out_after")} if summary else {})}
     for name, by_seed in comparisons.items():
-        entry = {"claim": PAPER_COMPARISONS[name].claim, "paper_sign": PAPER_COMPARISONS[name].paper_sign, "seeds": {}}
+        entry = {"claim": PAPER_COMPARISONS[name].claim, "paper_sign": PAPER_COMPARISONS[name].paper_sign,
+                 "recipe": PAPER_COMPARISONS[name].recipe, "seeds": {}}
         diffs = []
         for seed, (method, baseline) in by_seed.items():
             a, b = result["arms"][method], result["arms"][baseline]
@@ -196,38 +215,48 @@ def verdict(entry: dict) -> str:
     return "no difference resolved"
 
 
+def recipe_text(name: str, r: dict) -> str:
+    if name == "default":
+        setting = (f"the embedded default (`agentenv train`: tiny model, ToolReasoning-v0 counting with the calculator, "
+                   f"{r['sft_steps']} SFT steps on the demonstrator {r['sft_teacher']}")
+    else:
+        setting = (f"{r['env_id']} {r['env_kwargs']}, {r['model']} model, {r['sft_steps']} SFT steps on "
+                   f"{r['sft_episodes']} demonstrations by its scripted agent {r['sft_teacher']}")
+    return (f"**{name}** ({r['date']}, {r['machine']}, {r['jobs']} runs at a time, one torch thread each): {setting}, "
+            f"{r['tasks_per_step']} tasks × {r['group_size']} samples a step, lr {r['lr']}) with **{r['steps']} GRPO "
+            f"steps per arm** and **{r['eval_tasks']} held-out tasks**, seeds {', '.join(map(str, r['seeds']))}.")
+
+
 def markdown(result: dict) -> str:
-    r = result["recipe"]
     lines = [
         "# Ablation v2: each seed method against its paper's baseline",
         "",
-        f"Measured {result['date']} on {result['machine']} (`benchmarks/ablation.py`, {r['jobs']} runs at a time, one "
-        f"torch thread each). Recipe: the embedded default (`agentenv train`: tiny model, ToolReasoning-v0 counting "
-        f"with the calculator, {r['sft_steps']} SFT steps on the demonstrator {r['sft_teacher']}, "
-        f"{r['tasks_per_step']} tasks × {r['group_size']} samples a step, lr {r['lr']}) with **{r['steps']} GRPO steps "
-        f"per arm** and **{r['eval_tasks']} held-out tasks**, seeds {', '.join(map(str, r['seeds']))}. Each arm is its "
-        "preset on that recipe; nothing is tuned per arm. Arms of one seed that can share a warm start resume from one "
+        "Measured with `benchmarks/ablation.py` on the recipes (`arms.RECIPES`) below. Each arm is its preset on its "
+        "comparison's recipe; nothing is tuned per arm. Arms of one seed that can share a warm start resume from one "
         "step-0 checkpoint.",
+        "",
+        *[f"- {recipe_text(name, r)}" for name, r in result["recipes"].items()],
         "",
         "Δ = held-out success after GRPO, method − baseline, paired task by task and averaged over seeds; 95% CI from "
         "a two-level bootstrap (seeds, then tasks). *Paper* is the sign the paper reports; *ours* says whether the CI "
         "excludes 0 and on which side.",
         "",
-        "| comparison | method | baseline | Δ per seed | Δ mean [95% CI] | paper | ours |",
-        "|---|---|---|---|---|---|---|",
+        "| comparison | recipe | method | baseline | Δ per seed | Δ mean [95% CI] | paper | ours |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, e in result["comparisons"].items():
         per_seed = " / ".join(f"{s['diff']:+.3f}" for s in e["seeds"].values()) or "—"
         mean = f"{e['diff']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]" if "diff" in e else "—"
-        lines.append(f"| {name} | {e.get('method', '')} | {e.get('baseline', '')} | {per_seed} | {mean} | "
+        lines.append(f"| {name} | {e.get('recipe', 'default')} | {e.get('method', '')} | {e.get('baseline', '')} | {per_seed} | {mean} | "
                      f"{'+' if e['paper_sign'] > 0 else '−'} | {verdict(e)} |")
-    lines += ["", "## Arms", "", "| arm | seed | held-out before → after | gain | arm wall | warm start wall |",
-              "|---|---:|---|---:|---:|---:|"]
-    for arm in sorted(result["arms"].values(), key=lambda a: (a["label"], a["seed"])):
+    lines += ["", "## Arms", "", "| recipe | arm | seed | held-out before → after | gain | arm wall | warm start wall |",
+              "|---|---|---:|---|---:|---:|---:|"]
+    for arm in sorted(result["arms"].values(), key=lambda a: (a.get("recipe", "default"), a["label"], a["seed"])):
+        head = f"| {arm.get('recipe', 'default')} | {arm['label']} | {arm['seed']}"
         if arm.get("success_after") is None:
-            lines.append(f"| {arm['label']} | {arm['seed']} | not run | | | |")
+            lines.append(f"{head} | not run | | | |")
             continue
-        lines.append(f"| {arm['label']} | {arm['seed']} | {arm['success_before']:.3f} → {arm['success_after']:.3f} | "
+        lines.append(f"{head} | {arm['success_before']:.3f} → {arm['success_after']:.3f} | "
                      f"{arm['success_after'] - arm['success_before']:+.3f} | {arm['job_wall_s']:.0f} s | "
                      f"{arm['warm_wall_s'] or 0:.0f} s |")
     if result.get("reading"):
@@ -252,7 +281,7 @@ def plot(result: dict, path: Path) -> None:
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_yticks(range(len(entries)), [name for name, _ in entries])
     ax.set_xlabel("held-out success, method − paper baseline (95% CI)")
-    ax.set_title(f"{result['recipe']['steps']} GRPO steps, seeds {result['recipe']['seeds']}")
+    ax.set_title("each method vs its paper's baseline (recipes: benchmarks/ablation.md)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -266,26 +295,30 @@ def write(result: dict) -> None:
     plot(result, OUT / "ablation.png")
 
 
+def overrides(args: argparse.Namespace) -> dict:
+    return {"steps": args.steps, "eval_tasks": args.eval_tasks, "sft_steps": args.sft_steps}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--eval-tasks", type=int, default=200)
+    parser.add_argument("--steps", type=int, help="GRPO steps per arm (default: each recipe's, arms.RECIPES)")
+    parser.add_argument("--eval-tasks", type=int, help="held-out tasks (default: each recipe's)")
     parser.add_argument("--comparisons", default="all", help="comma-separated names of arms.PAPER_COMPARISONS")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--sft-steps", type=int, default=TrainConfig().sft_steps, help="the recipe's; less only to check the script")
+    parser.add_argument("--sft-steps", type=int, help="warm-start steps (default: each recipe's; less only to check the script)")
     parser.add_argument("--from-json", action="store_true")
     parser.add_argument("--reading", help="with --from-json: a file whose text becomes the table's Reading section")
     args = parser.parse_args()
     if args.from_json:
-        result = json.loads((OUT / "ablation.json").read_text())
+        result = previous_results()
         if args.reading:
             result["reading"] = Path(args.reading).read_text()
         write(result)
         return
     args.seeds = [int(s) for s in args.seeds.split(",")]
     names = list(PAPER_COMPARISONS) if args.comparisons == "all" else args.comparisons.split(",")
-    warms, arms, comparisons = plan(args.seeds, args.steps, args.eval_tasks, args.sft_steps, names)
+    warms, arms, comparisons = plan(args.seeds, overrides(args), names)
     print(f"{len(warms)} warm starts, {len(arms)} arms", file=sys.stderr, flush=True)
     refresh = lambda: write(collect_results(args, warms, arms, comparisons))  # noqa: E731
     execute(warms, arms, args.jobs, refresh)

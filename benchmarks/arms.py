@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agentenv.config import apply_overrides
+from agentenv.learn.learner import LearnerConfig
 from agentenv.learn.plugin import Plugin, build_plugins, with_env_options
 from agentenv.learn.presets import learner_preset
 from agentenv.learn.train import TrainConfig, train
@@ -27,12 +28,14 @@ from agentenv.learn.train import TrainConfig, train
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm: a learner preset (`presets.py`), learner overrides on top of it, and env options on top of the
-    run's `env_kwargs` (the preset's plug-ins add their own at train time, `Plugin.env_options`)."""
+    """One arm: a learner preset (`presets.py`), learner overrides on top of it, env options on top of the
+    run's `env_kwargs` (the preset's plug-ins add their own at train time, `Plugin.env_options`), and other
+    `TrainConfig` fields (`train`, e.g. the demonstrator of its warm start)."""
 
     preset: str
     learner: dict[str, Any] = field(default_factory=dict)
     env: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,38 @@ class Comparison:
     baseline: Arm
     paper_sign: int
     claim: str
+    recipe: str = "default"  # the run both arms are built on (`RECIPES`)
 
+
+def default_recipe() -> TrainConfig:
+    """The embedded default (`agentenv train`) with 30 GRPO steps and 200 held-out tasks."""
+    return dataclasses.replace(TrainConfig(), steps=30, eval_tasks=200)
+
+
+# Ledger-v0 made for ZipRL's claims on CPU: two short pages and one final probe, so the page read first is kept
+# at the level the agent's `<zip level=N/>` chose when the probe is answered, and that choice decides whether the
+# answer is still in context. The demonstrator shows every page at every level (`LedgerReader(every_level=True)`),
+# so the warm start learns the format and reading answers from context and leaves the level choice to RL.
+LEDGER_ENV = {"turns": 2, "ledgers": 1, "probe_every": 2, "noise_lines": [1, 3], "compressor": "zip",
+              "compressor_options": {"mode": "agent"}, "budget_tokens": 900, "max_turns": 4}
+# The uniform baseline: every page at level 3, the finest level that drops only lines no probe asks about
+# (4 adds look-alike keys, 5 is verbatim); fixed before any run. Its demonstrations carry no zip tags.
+UNIFORM = Arm("dapo", env={"compressor_options": {"mode": "uniform", "level": 3}}, train={"sft_teacher": {}})
+
+
+def ledger_recipe() -> TrainConfig:
+    return TrainConfig(env_id="agentenv/Ledger-v0", env_kwargs=dict(LEDGER_ENV), steps=30, tasks_per_step=4, group_size=8,
+                       max_seq_len=2048, sft_episodes=320, sft_steps=150, sft_batch_size=8,
+                       sft_teacher={"every_level": True}, eval_tasks=256,
+                       learner=LearnerConfig(lr=5e-4, micro_batch_size=16))
+
+
+RECIPES: dict[str, Callable[[], TrainConfig]] = {"default": default_recipe, "ledger": ledger_recipe}
 
 IH_ENV = {"execution": "delayed", "python_semantics": "session"}  # what the ih_grpo plug-in asks for
 MB4 = {"mini_batches": 4}  # the schedule of the plug-ins that act only when π_θ ≠ π_old (their presets' own)
 
 # Each method against its paper's baseline, one config apart (the baselines are presets: `Plugin.presets`).
-# hrr (ZipRL) is compared in benchmarks/hrr_ledger.py, with its compression baselines.
 PAPER_COMPARISONS: dict[str, Comparison] = {
     "ih_grpo": Comparison(Arm("ih_grpo"), Arm("dapo", env={**IH_ENV, "execution": "immediate"}), +1,
                           "IH-GRPO (2605.18500): +1.87/2.16/2.53 points on six math benchmarks (Qwen3-1.7B/4B/8B) over "
@@ -81,6 +109,12 @@ PAPER_COMPARISONS: dict[str, Comparison] = {
                                     "RLVR directions (2603.22117): reweighting low-probability tokens improves reasoning"),
     "amr_sd_vs_dapo": Comparison(Arm("amr_sd"), Arm("dapo"), +1,
                                  "AMR-SD (2605.18529): outperforms existing baselines, no late-stage collapse"),
+    "hrr_vs_dapo": Comparison(Arm("hrr"), Arm("dapo"), +1,
+                              "ZipRL (2605.28069): HRR's turn-level advantage reshaping densifies the sparse reward "
+                              "(+27.9% / +34.7% over five agent tasks, Qwen3-4B / 8B)", recipe="ledger"),
+    "zip_adaptive_vs_uniform": Comparison(Arm("dapo"), UNIFORM, +1,
+                                          "ZipRL: the agent choosing each document's level beats one uniform level",
+                                          recipe="ledger"),
 }
 
 
@@ -89,17 +123,18 @@ def arm_config(base: TrainConfig, arm: Arm, out_dir: str | Path | None = None) -
     lr and micro-batch size) and env options; `out_dir` if given."""
     learner = copy.deepcopy(base.learner)
     apply_overrides(learner, {**learner_preset(arm.preset), **arm.learner})
-    return dataclasses.replace(base, learner=learner, env_kwargs={**base.env_kwargs, **arm.env},
+    return dataclasses.replace(base, learner=learner, env_kwargs={**base.env_kwargs, **arm.env}, **arm.train,
                                out_dir=str(out_dir) if out_dir is not None else base.out_dir)
 
 
 def warm_start_key(cfg: TrainConfig) -> tuple:
     """Equal for two arm configs that can share one warm start: the env its demonstrations come from (after the
-    plug-ins' env options) and the plug-ins that add a warm-start loss (`Plugin.sft_loss`, e.g. an MTP head)."""
+    plug-ins' env options), the demonstrator, and the plug-ins that add a warm-start loss (`Plugin.sft_loss`,
+    e.g. an MTP head)."""
     plugins = build_plugins(cfg.learner)
     env = with_env_options(cfg.env_kwargs, plugins)
     sft = sorted(p.name for p in plugins if type(p).sft_loss is not Plugin.sft_loss)
-    return json.dumps(env, sort_keys=True, default=str), tuple(sft)
+    return json.dumps([cfg.env_id, env, cfg.sft_teacher], sort_keys=True, default=str), tuple(sft)
 
 
 def comparison_configs(base: TrainConfig, name: str) -> tuple[TrainConfig, TrainConfig]:

@@ -202,3 +202,27 @@ def test_seeds_whose_account_had_no_look_alike_reset_and_run(seed):
     assert env.observation_space.contains(obs)
     for twins in env.stream.names.account_twins.values():
         assert twins and all(t not in env.stream.names.accounts for t in twins)
+
+
+def test_every_level_demonstrator_shows_each_page_at_every_level():
+    """The warm start's variants (one per level shift) level the same page at 1..5, once each, and the zero shift
+    is the reader itself; the answers still come from the context as each variant compressed it."""
+    kwargs = {"turns": 2, "ledgers": 1, "probe_every": 2, "noise_lines": [1, 3], "compressor": "zip",
+              "compressor_options": {"mode": "agent"}, "budget_tokens": 900}
+    variants = LedgerReader(every_level=True).variants()
+    assert [v.level_shift for v in variants] == [0, 1, 2, 3, 4] and LedgerReader().variants()[0].level_shift == 0
+    for seed in range(4):
+        first_levels, rewards = [], []
+        for variant in variants:
+            env = gym.make("agentenv/Ledger-v0", **kwargs)
+            obs, _ = env.reset(seed=seed)
+            actions = []
+            while True:
+                actions.append(variant.act(obs))
+                obs, reward, terminated, truncated, _ = env.step(actions[-1])
+                if terminated or truncated:
+                    break
+            first_levels.append(int(actions[1].split("level=")[1].split("/")[0]))  # the reply after page 1
+            rewards.append(reward)
+        assert sorted(first_levels) == [1, 2, 3, 4, 5]
+        assert rewards[0] == 1.0  # the reader's own levels keep what the probe asks

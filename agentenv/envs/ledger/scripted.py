@@ -99,7 +99,22 @@ def _latest_turn(messages: Messages) -> Messages | None:
 
 class LedgerReader:
     """Deterministic Ledger-v0 agent: `read` every turn; answer a probe from the context when one is open;
-    with agent-driven compression, level the page just read first (`zip_level`)."""
+    with agent-driven compression, level the page just read first (`zip_level`).
+
+    `level_shift` k moves every level it chooses by k, cyclically over 1..5 (0: its own choice). With
+    `every_level`, a warm start records each task with all five shifts (`variants`): every kind of page is
+    shown at every level, once each, so the best fit leaves the level choice uniform — the compression decision
+    RL (and HRR's per-turn Q_com credit) is left to make; the answers still come from the context as compressed.
+    """
+
+    def __init__(self, level_shift: int = 0, every_level: bool = False):
+        self.level_shift, self.every_level = level_shift % 5, every_level
+
+    def variants(self) -> list["LedgerReader"]:
+        """The demonstrators a warm start records each task with: itself, or with `every_level` one per shift."""
+        if not self.every_level:
+            return [self]
+        return [type(self)(level_shift=shift) for shift in range(5)]
 
     def generate(self, contexts: Sequence[Messages]) -> list[Generation]:
         return [Generation(self.act(messages)) for messages in contexts]
@@ -114,7 +129,7 @@ class LedgerReader:
         tag = ""
         if messages and _AGENT_MARK in messages[0]["content"]:  # the system message asks for it
             level = self.zip_level(messages)
-            tag = "" if level is None else f"<zip level={level}/>"
+            tag = "" if level is None else f"<zip level={(level - 1 + self.level_shift) % 5 + 1}/>"
         if not probes:
             return tag + READ
         memory = _Memory(messages)
@@ -159,6 +174,7 @@ class LedgerOracle(LedgerReader):
     plays (`env`, or a wrapper of it), with zip in mode "agent"."""
 
     def __init__(self, env: Any):
+        super().__init__()
         self.env = env.unwrapped
 
     def zip_level(self, messages: Messages) -> int | None:
