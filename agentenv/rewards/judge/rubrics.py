@@ -17,11 +17,12 @@ from typing import Literal
 
 from agentenv.types import Messages
 
-__all__ = ["Rubric", "RUBRICS", "get_rubric", "parse_score", "parse_verdict", "MAX_RESPONSE_CHARS"]
+__all__ = ["Rubric", "RUBRICS", "get_rubric", "parse_score", "parse_verdict", "quote_untrusted", "MAX_RESPONSE_CHARS"]
 
 # A response longer than this is cut in the judge's prompt: the judge's context is finite, and a policy
 # must not be able to drown the rubric (or bury an injected "Score: 10") in a flood of text.
 MAX_RESPONSE_CHARS = 2000
+UNTRUSTED_FIELDS = ("response", "response_a", "response_b")  # written by the policy being judged
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Rubric:
     def messages(self, opinions: str = "", **fields: str) -> Messages:
         """The judge's chat: system message (if any), then the filled template; `opinions` (other judges'
         verdicts, in a debate or for a meta-judge) is appended as its own paragraph."""
-        fields = {key: _cut(value) for key, value in fields.items()}
+        fields = {key: quote_untrusted(value) if key in UNTRUSTED_FIELDS else _cut(value) for key, value in fields.items()}
         user = self.template.format(**fields)
         if opinions:
             user = f"{user}\nOther judges' verdicts: {opinions}"
@@ -75,6 +76,16 @@ class Rubric:
 def _cut(text: str) -> str:
     text = str(text)
     return text if len(text) <= MAX_RESPONSE_CHARS else text[:MAX_RESPONSE_CHARS] + " [...]"
+
+
+def quote_untrusted(text: str) -> str:
+    """A judged response as the judge's prompt shows it. The policy writes it, so it is hostile: cut to
+    `MAX_RESPONSE_CHARS`; every line after its first indented with "| ", so no line of it starts a field of the
+    template ("B: ...", "Reference: ...") — a response cannot forge the other response, the reference or another
+    judge's opinion; and double brackets spaced apart, so it cannot hand a text judge a verdict to copy ("[[A]]").
+    A one-line answer without double brackets is shown unchanged."""
+    text = _cut(text).replace("\r\n", "\n").replace("\r", "\n").replace("[[", "[ [").replace("]]", "] ]")
+    return "\n| ".join(text.split("\n"))
 
 
 _PAIRWISE_SYSTEM = "You are a strict judge. Decide which answer to the question is correct. Reply [[A]] or [[B]] only."
