@@ -107,6 +107,30 @@ def test_eval_json_keeps_each_held_out_task_in_seed_order(tmp_path, capsys):
     assert "held_out" not in logged[-1]
 
 
+def test_each_step_reports_its_truncated_episodes(tmp_path):
+    """`truncated_rate`: the share of the step's episodes cut by the turn limit or by max_seq_len (a Ledger-v0 run at
+    1,024 ids once trained on first turns only, unseen). A max_seq_len below every first prompt is a one-line
+    UserError, in the warm start and in a step, not a crash in the batch."""
+    import json
+
+    from agentenv.errors import UserError
+    from agentenv.learn.train import train
+
+    common = ["--steps=1", "--sft_episodes=4", "--eval_tasks=0", "--tasks_per_step=2", "--group_size=2", "--max_new_tokens=8"]
+    rows = {}
+    for max_seq_len in (240, 1024):  # first prompts are ~230 ids: 240 leaves room for one short turn only
+        out = tmp_path / str(max_seq_len)
+        train(load_config(None, [*common, "--sft_steps=1", f"--max_seq_len={max_seq_len}", f"--out_dir={out}"]),
+              log=lambda m: None)
+        rows[max_seq_len] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert rows[240]["truncated_rate"] == 1.0 and rows[240]["turns_mean"] == 1.0
+    assert rows[1024]["turns_mean"] > 1.0  # the same untrained policy, with room, takes more turns
+    for sft_steps in (1, 0):
+        with pytest.raises(UserError, match="max_seq_len=64 leaves no room"):
+            train(load_config(None, [*common, f"--sft_steps={sft_steps}", "--max_seq_len=64",
+                                     f"--out_dir={tmp_path / f'tiny{sft_steps}'}"]), log=lambda m: None)
+
+
 def test_warm_start_teacher_defaults_belong_to_the_envs_scripted_agent():
     """An unset `sft_teacher` gives each env's scripted agent its own warm-start options (ToolReasoning-v0: every
     formula for every question); an env whose agent takes none (Ledger-v0) still gets its agent, not an error."""

@@ -343,6 +343,13 @@ def _mean(values: Sequence[float]) -> float:
     return D.global_sum(sum(values)) / max(D.global_sum(len(values)), 1.0)
 
 
+def _check_room(episodes: Sequence[Any], cfg: TrainConfig) -> None:
+    """A clear error, not a crash in the batch, when max_seq_len leaves no room for any episode's first turn."""
+    if episodes and not any(e.samples for e in episodes):
+        raise UserError(f"max_seq_len={cfg.max_seq_len} leaves no room to generate: every episode's first prompt is at "
+                        "least that long; raise --max_seq_len")
+
+
 def warm_start(cfg: TrainConfig, policy, model, log, plugins: Sequence[Any] = ()) -> None:
     """Supervised steps on scripted demonstrations (tokenized once; env tokens masked out); `plugins` may add
     their own supervised terms (`Plugin.sft_loss`)."""
@@ -359,9 +366,10 @@ def warm_start(cfg: TrainConfig, policy, model, log, plugins: Sequence[Any] = ()
     # with variants (ScriptedPolicy(every_formula=True)) records each task once per variant, sft_episodes in all.
     teachers = teacher.variants() if hasattr(teacher, "variants") else [teacher]
     tasks = max(cfg.sft_episodes // len(teachers), 1)
-    demos = [episode for variant in teachers
+    demos = [episode for variant in teachers  # cut at the run's max_seq_len, like its rollouts
              for episode in demonstrations(cfg.env_id, tasks, policy.chat, env_kwargs=cfg.env_kwargs,
-                                           seed=cfg.seed + 7_000_000, policy=variant)]
+                                           seed=cfg.seed + 7_000_000, policy=variant, max_seq_len=cfg.max_seq_len)]
+    _check_room(demos, cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     zeros = torch.zeros(len(demos))
@@ -475,6 +483,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
             sampler.manual_seed(cfg.seed * 1_000_003 + step)  # mini-batch order depends only on (seed, step)
             with _whole_weights(model, policy):  # rollouts and plug-ins sample (and score) with the learner's policy
                 episodes, lag = pipeline.next(step) if pipeline is not None else (collect_step(step), None)
+                _check_room(episodes, cfg)
                 t1 = time.perf_counter()
                 # plug-ins that sample use the learner's own policy: the engine may be busy or stale
                 ctx = StepContext(cfg.learner, step, model=model, policy=policy, ref_model=ref_model, generator=sampler)
@@ -493,6 +502,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 "reward_mean": _mean([e.reward for e in episodes]),
                 "success_rate": _mean([e.reward_components.get("success", 0.0) for e in episodes]),
                 "turns_mean": _mean([len(e.turns) for e in episodes]),
+                "truncated_rate": _mean([float(e.truncated) for e in episodes]),  # turn limit or max_seq_len reached
                 "generated_tokens": int(D.global_sum(batch.loss_mask.sum())),
                 "tokens": tokens,
                 "rollout_s": t1 - t0,
@@ -508,7 +518,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
                 for key, value in row.items():
                     board.add_scalar(key, value, step)
             log(f"step {step + 1}/{cfg.steps} reward {row['reward_mean']:.3f} success {row['success_rate']:.3f} "
-                f"loss {row['loss']:+.4f} ({t2 - t0:.1f} s)")
+                f"truncated {row['truncated_rate']:.2f} loss {row['loss']:+.4f} ({t2 - t0:.1f} s)")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                 extra["plugins"] = {plugin.name: plugin.state_dict() for plugin in plugins}  # their state as of this step
                 _checkpoint(out_dir, step + 1, model, optimizer, engine, extra)
