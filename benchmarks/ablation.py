@@ -176,9 +176,11 @@ def previous_results() -> dict:
 
 def collect_results(args: argparse.Namespace, warms: dict, arms: dict, comparisons: dict) -> dict:
     result = previous_results()
-    for name in comparisons:
-        recipe = PAPER_COMPARISONS[name].recipe
+    recipes = {PAPER_COMPARISONS[name].recipe for name in comparisons}
+    for recipe in recipes:
         result["recipes"][recipe] = recipe_summary(base_config(recipe, 0, overrides(args)), args.seeds, args.jobs)
+    result["arms"] = {arm_id: arm for arm_id, arm in result["arms"].items()  # an earlier run's arms of these recipes
+                      if arm.get("recipe", "default") not in recipes or arm_id in arms}
     for arm_id, (cfg, warm_id, label, recipe) in arms.items():
         summary = finished(cfg.out_dir)
         warm = finished(warms[warm_id].out_dir)

@@ -131,6 +131,23 @@ def test_each_step_reports_its_truncated_episodes(tmp_path):
                                      f"--out_dir={tmp_path / f'tiny{sft_steps}'}"]), log=lambda m: None)
 
 
+def test_resume_takes_the_learning_rate_from_the_config_not_the_checkpoint(tmp_path):
+    """An arm resumed from a shared warm start (benchmarks/ablation.py) with another --learner.lr trains at that lr:
+    the optimizer's moments come from the checkpoint, its settings from the run's config."""
+    import torch
+
+    from agentenv.learn.train import train
+
+    common = ["--sft_steps=1", "--sft_episodes=4", "--eval_tasks=0", "--tasks_per_step=2", "--group_size=2",
+              "--max_new_tokens=8", f"--out_dir={tmp_path}"]
+    train(load_config(None, [*common, "--steps=0", "--learner.lr=5e-4"]), log=lambda m: None)
+    assert torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)["optimizer"]["param_groups"][0]["lr"] == 5e-4
+    train(load_config(None, [*common, "--steps=1", "--learner.lr=1e-4", "--learner.weight_decay=0.5"]), resume=True,
+          log=lambda m: None)
+    group = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)["optimizer"]["param_groups"][0]
+    assert (group["lr"], group["weight_decay"]) == (1e-4, 0.5)
+
+
 def test_warm_start_teacher_defaults_belong_to_the_envs_scripted_agent():
     """An unset `sft_teacher` gives each env's scripted agent its own warm-start options (ToolReasoning-v0: every
     formula for every question); an env whose agent takes none (Ledger-v0) still gets its agent, not an error."""

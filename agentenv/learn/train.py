@@ -441,6 +441,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay)
     if state is not None:
         D.load_optimizer_state_dict(optimizer, state["optimizer"])
+        for group in optimizer.param_groups:  # the run's config sets them (no schedule changes them), not the checkpoint
+            group["lr"], group["weight_decay"] = cfg.learner.lr, cfg.learner.weight_decay
         _set_rng_state(state.get("rng_ranks", [state["rng"]] * world)[rank], engine.policy)
         engine.resume(extra.pop("sampler_history", []), model)
         del state
