@@ -349,20 +349,28 @@ def test_every_paper_comparison_is_one_config():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from arms import PAPER_COMPARISONS, comparison_configs, warm_start_key
+    from arms import PAPER_COMPARISONS, RECIPES, comparison_configs, warm_start_key
 
     base = TrainConfig()
     for name, comparison in PAPER_COMPARISONS.items():
-        method, baseline = comparison_configs(base, name)
+        method, baseline = comparison_configs(RECIPES[comparison.recipe](), name)
         assert (method.learner, method.env_kwargs) != (baseline.learner, baseline.env_kwargs), name
         assert comparison.paper_sign in (-1, 0, 1) and comparison.claim
-    assert {c.method.preset for c in PAPER_COMPARISONS.values()} == set(registry()) - {"hrr"}
+    assert {c.method.preset for c in PAPER_COMPARISONS.values()} == set(registry()) | {"dapo"}  # dapo: adaptive levels
     assert {"care_pseudo_label", "care_random", "occ_detach", "occ_ce", "occ_fixed", "nsr_decay", "owpo_kl"} <= {
         c.baseline.preset for c in PAPER_COMPARISONS.values()}
     occ, detach = comparison_configs(base, "occ_vs_detach")  # one warm start, which trains the MTP head
     assert warm_start_key(occ) == warm_start_key(detach) and warm_start_key(occ)[1] == ("occ",)
     ih, immediate = comparison_configs(base, "ih_grpo")  # the paper's baseline executes at once: its own demos
     assert warm_start_key(ih) != warm_start_key(immediate) and immediate.env_kwargs["execution"] == "immediate"
+    # ZipRL on the ledger recipe: HRR and DAPO share the agent-driven env and its warm start; the uniform baseline
+    # compresses every page at one level and learns from the reader's own demonstrations (no zip tags to show)
+    hrr, dapo = comparison_configs(RECIPES["ledger"](), "hrr_vs_dapo")
+    assert warm_start_key(hrr) == warm_start_key(dapo) and dapo.env_kwargs["compressor_options"] == {"mode": "agent"}
+    adaptive, uniform = comparison_configs(RECIPES["ledger"](), "zip_adaptive_vs_uniform")
+    assert adaptive == dapo and uniform.env_kwargs["compressor_options"] == {"mode": "uniform", "level": 3}
+    assert (adaptive.sft_teacher, uniform.sft_teacher) == ({"every_level": True}, {})
+    assert warm_start_key(adaptive) != warm_start_key(uniform)
 
 
 def test_ablation_paired_bootstrap_carries_task_and_seed_spread():
