@@ -107,6 +107,9 @@ class LedgerReader:
     RL (and HRR's per-turn Q_com credit) is left to make; the answers still come from the context as compressed.
     """
 
+    level_shift = 0  # class defaults: a subclass that levels pages its own way need not call __init__
+    every_level = False
+
     def __init__(self, level_shift: int = 0, every_level: bool = False):
         self.level_shift, self.every_level = level_shift % 5, every_level
 
@@ -174,7 +177,6 @@ class LedgerOracle(LedgerReader):
     plays (`env`, or a wrapper of it), with zip in mode "agent"."""
 
     def __init__(self, env: Any):
-        super().__init__()
         self.env = env.unwrapped
 
     def zip_level(self, messages: Messages) -> int | None:
