@@ -220,7 +220,8 @@ def verdict(entry: dict) -> str:
 def recipe_text(name: str, r: dict) -> str:
     if name == "default":
         setting = (f"the embedded default (`agentenv train`: tiny model, ToolReasoning-v0 counting with the calculator, "
-                   f"{r['sft_steps']} SFT steps on the demonstrator {r['sft_teacher']}")
+                   f"{r['sft_steps']} SFT steps on the demonstrator "
+                   f"{r['sft_teacher'] or 'as shipped (every formula for every question)'}")
     else:
         setting = (f"{r['env_id']} {r['env_kwargs']}, {r['model']} model, {r['sft_steps']} SFT steps on "
                    f"{r['sft_episodes']} demonstrations by its scripted agent {r['sft_teacher']}")
