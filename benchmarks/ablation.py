@@ -169,8 +169,6 @@ def previous_results() -> dict:
     """ablation.json as last written (comparisons not run now keep their results), or an empty result."""
     path = OUT / "ablation.json"
     result = json.loads(path.read_text()) if path.exists() else {}
-    if "recipe" in result:  # written before recipes had names: all on the default one
-        result["recipes"] = {"default": {"date": result.pop("date"), "machine": result.pop("machine"), **result.pop("recipe")}}
     return {"recipes": {}, "arms": {}, "comparisons": {}, **result}
 
 

@@ -26,17 +26,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import agentenv  # noqa: E402,F401 - registers the envs
-from agentenv.learn.train import HELD_OUT_SEED_BASE, _build, load_config, train  # noqa: E402
+from agentenv.learn.train import held_out_seeds, load_config, train, trained_policy  # noqa: E402
 from agentenv.rollout import collect  # noqa: E402
 
 
-def per_kind_success(cfg, checkpoint: Path, n: int) -> dict[str, float]:
-    """Held-out success per task kind of the model in `checkpoint` (the train run's own evaluation seeds)."""
-    policy, model = _build(cfg)
-    model.load_state_dict(torch.load(checkpoint / "state.pt", weights_only=False)["model"])
+def per_kind_success(cfg, run_dir: Path, n: int) -> dict[str, float]:
+    """Held-out success per task kind of the model checkpointed in `run_dir` (the train run's own evaluation seeds)."""
+    policy, _ = trained_policy(cfg, run_dir)
     out = {}
     for kind in cfg.env_kwargs.get("kinds", []):
-        episodes = collect(cfg.env_id, policy, [HELD_OUT_SEED_BASE + i for i in range(n)], env_kwargs={**cfg.env_kwargs, "kinds": [kind]},
+        episodes = collect(cfg.env_id, policy, held_out_seeds(n), env_kwargs={**cfg.env_kwargs, "kinds": [kind]},
                            max_seq_len=cfg.max_seq_len)
         out[kind] = float(np.mean([e.success for e in episodes]))
     return out
@@ -46,13 +45,13 @@ def run(config: str, overrides: list[str], per_kind: int) -> dict:
     cfg = load_config(config, overrides)
     out_dir = Path(cfg.out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
-    warm = out_dir / "warm_start"
+    warm = out_dir / "warm_start"  # a run directory holding the step-0 checkpoint
 
     def log(message: str) -> None:
         print(f"[{Path(config).stem}] {message}", flush=True)
         # the step-0 checkpoint (the warm start) is replaced at step `checkpoint_every`: keep a copy for per-kind figures
         if message.startswith("step 1/") and not warm.exists():
-            shutil.copytree(out_dir / "checkpoint", warm)
+            shutil.copytree(out_dir / "checkpoint", warm / "checkpoint")
 
     load_before, started = os.getloadavg(), time.perf_counter()
     summary = train(cfg, log=log)
@@ -64,7 +63,7 @@ def run(config: str, overrides: list[str], per_kind: int) -> dict:
               "metrics": rows}
     if per_kind and warm.exists():
         result["per_kind"] = {"n": per_kind, "warm_start": per_kind_success(cfg, warm, per_kind),
-                              "after_rl": per_kind_success(cfg, out_dir / "checkpoint", per_kind)}
+                              "after_rl": per_kind_success(cfg, out_dir, per_kind)}
     return result
 
 

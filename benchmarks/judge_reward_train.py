@@ -35,7 +35,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from judge_models import train_judge  # noqa: E402
 
 from agentenv.learn.learner import LearnerConfig, make_batch, sft_update  # noqa: E402
-from agentenv.learn.train import HELD_OUT_SEED_BASE, TrainConfig, train  # noqa: E402
+from agentenv.learn.train import TrainConfig, held_out_seeds, train  # noqa: E402
 from agentenv.rewards.judge.probes import arithmetic_items  # noqa: E402
 from agentenv.rollout import collect, demonstrations  # noqa: E402
 from agentenv.types import Generation  # noqa: E402
@@ -61,7 +61,7 @@ def env_kwargs(tasks, reward: str | None = None) -> dict:
 
 
 def held_out(policy, kwargs, n: int) -> dict:
-    episodes = collect(ENV_ID, policy, [HELD_OUT_SEED_BASE + i for i in range(n)], group_size=1, env_kwargs=kwargs, max_seq_len=512)
+    episodes = collect(ENV_ID, policy, held_out_seeds(n), group_size=1, env_kwargs=kwargs, max_seq_len=512)
     return {"judge_reward": float(np.mean([e.reward for e in episodes])),
             "judge_score": float(np.mean([e.reward_components.get("judge", 0.0) for e in episodes])),
             "success": float(np.mean([e.success for e in episodes])),

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ablation import OUT, paired_bootstrap, plan  # noqa: E402
 
-from agentenv.learn.train import HELD_OUT_SEED_BASE, _build, find_checkpoint  # noqa: E402
+from agentenv.learn.train import held_out_seeds, trained_policy  # noqa: E402
 from agentenv.rollout import collect  # noqa: E402
 
 _LEVEL = re.compile(r"<zip level=(\d)/>")
@@ -44,10 +44,8 @@ _LEVEL = re.compile(r"<zip level=(\d)/>")
 def play(cfg, run_dir: Path, tasks: int) -> dict:
     """The model saved in `run_dir` on `tasks` held-out tasks: per task its decisions' mean Q_com (NaN without
     one), the level given to page 1, the context tokens at the answer, and success."""
-    policy, model = _build(cfg)
-    model.load_state_dict(torch.load(find_checkpoint(run_dir) / "state.pt", weights_only=False)["model"])
-    seeds = [HELD_OUT_SEED_BASE + i for i in range(tasks)]
-    episodes = collect(cfg.env_id, policy, seeds, group_size=1, env_kwargs=cfg.env_kwargs, max_seq_len=cfg.max_seq_len)
+    policy, _ = trained_policy(cfg, run_dir)
+    episodes = collect(cfg.env_id, policy, held_out_seeds(tasks), group_size=1, env_kwargs=cfg.env_kwargs, max_seq_len=cfg.max_seq_len)
     episodes.sort(key=lambda e: e.seed)
     q_com, first_level, tokens, success = [], [], [], []
     for episode in episodes:

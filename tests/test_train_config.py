@@ -148,6 +148,25 @@ def test_resume_takes_the_learning_rate_from_the_config_not_the_checkpoint(tmp_p
     assert (group["lr"], group["weight_decay"]) == (1e-4, 0.5)
 
 
+def test_trained_policy_loads_a_runs_newest_checkpoint(tmp_path):
+    """Benchmarks evaluate finished runs again (benchmarks/ledger_decisions.py, bench_audio_train.py): the policy has
+    the checkpoint's weights, and a directory without a checkpoint is a UserError."""
+    import torch
+
+    from agentenv.errors import UserError
+    from agentenv.learn.train import held_out_seeds, train, trained_policy
+
+    cfg = load_config(None, ["--steps=1", "--sft_steps=1", "--sft_episodes=4", "--eval_tasks=0", "--tasks_per_step=2",
+                             "--group_size=2", "--max_new_tokens=8", f"--out_dir={tmp_path}"])
+    train(cfg, log=lambda m: None)
+    saved = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)["model"]
+    _, model = trained_policy(cfg, tmp_path)
+    assert all(torch.equal(model.state_dict()[name], value) for name, value in saved.items())
+    with pytest.raises(UserError, match="no complete checkpoint"):
+        trained_policy(cfg, tmp_path / "empty")
+    assert held_out_seeds(3) == [HELD_OUT_SEED_BASE, HELD_OUT_SEED_BASE + 1, HELD_OUT_SEED_BASE + 2]
+
+
 def test_warm_start_teacher_defaults_belong_to_the_envs_scripted_agent():
     """An unset `sft_teacher` gives each env's scripted agent its own warm-start options (ToolReasoning-v0: every
     formula for every question); an env whose agent takes none (Ledger-v0) still gets its agent, not an error."""

@@ -37,9 +37,14 @@ from agentenv.learn.plugin import StepContext, build_plugins, with_env_options
 from agentenv.learn.sampler import AsyncRollouts, Sampler
 from agentenv.rollout import collect, demonstrations, input_path
 
-__all__ = ["TrainConfig", "RolloutConfig", "load_config", "train"]
+__all__ = ["TrainConfig", "RolloutConfig", "load_config", "train", "trained_policy", "held_out_seeds"]
 
 HELD_OUT_SEED_BASE = 1_000_000_000  # evaluation seeds start here; training seeds are always below it
+
+
+def held_out_seeds(n_tasks: int) -> list[int]:
+    """The env seeds of the first `n_tasks` held-out (evaluation) tasks, in order; never trained on."""
+    return [HELD_OUT_SEED_BASE + i for i in range(n_tasks)]
 
 
 def train_task_seed(run_seed: int, step: int, tasks_per_step: int, index: int) -> int:
@@ -312,6 +317,17 @@ def _build(cfg: TrainConfig, rank: int = 0):
     return policy, policy.model
 
 
+def trained_policy(cfg: TrainConfig, out_dir: str | Path):
+    """(policy, model) of run `cfg` with the weights of its newest complete checkpoint in `out_dir` (for evaluating
+    a finished run again)."""
+    checkpoint = find_checkpoint(Path(out_dir))
+    if checkpoint is None:
+        raise UserError(f"no complete checkpoint in {out_dir}")
+    policy, model = _build(cfg)
+    model.load_state_dict(torch.load(checkpoint / "state.pt", weights_only=False)["model"])
+    return policy, model
+
+
 def _input_path(cfg: TrainConfig, policy) -> str | None:
     """How the env's non-text observations reach the policy ("audio input", "tools only: …"; None for text envs);
     a `UserError` before anything runs when they cannot (an audio-only task for a text policy)."""
@@ -329,11 +345,11 @@ def evaluate(cfg: TrainConfig, policy, n_tasks: int) -> list[float]:
     training; data-parallel ranks each run every world-th task and every rank gets them all. Paired comparisons
     of two runs (benchmarks/ablation.py) match tasks by position."""
     rank, world = D.rank_and_world()
-    seeds = [HELD_OUT_SEED_BASE + i for i in range(n_tasks)][rank::world]
+    seeds = held_out_seeds(n_tasks)[rank::world]
     episodes = collect(cfg.env_id, policy, seeds, group_size=1, env_kwargs=cfg.env_kwargs, max_seq_len=cfg.max_seq_len)
     mine = {e.seed: float(e.reward_components.get("success", 0.0)) for e in episodes}
     every = {seed: value for part in D.gather_objects(mine) for seed, value in part.items()}
-    return [every[HELD_OUT_SEED_BASE + i] for i in range(n_tasks)]
+    return [every[seed] for seed in held_out_seeds(n_tasks)]
 
 
 def _mean(values: Sequence[float]) -> float:
