@@ -82,10 +82,10 @@ def quote_untrusted(text: str) -> str:
     """A judged response as the judge's prompt shows it. The policy writes it, so it is hostile: cut to
     `MAX_RESPONSE_CHARS`; every line after its first indented with "| ", so no line of it starts a field of the
     template ("B: ...", "Reference: ...") — a response cannot forge the other response, the reference or another
-    judge's opinion; and double brackets spaced apart, so it cannot hand a text judge a verdict to copy ("[[A]]").
+    judge's opinion; and runs of "[" or "]" spaced apart, so it cannot hand a text judge a verdict to copy ("[[A]]").
     A one-line answer without double brackets is shown unchanged."""
-    text = _cut(text).replace("\r\n", "\n").replace("\r", "\n").replace("[[", "[ [").replace("]]", "] ]")
-    return "\n| ".join(text.split("\n"))
+    text = re.sub(r"(\[(?=\[)|\](?=\]))", r"\1 ", _cut(text))  # "[[[A]]]" → "[ [ [A] ] ]"; "[]" stays
+    return "\n| ".join(text.splitlines())  # every line break a model may read as one: \r, \x0b, \x85, \u2028 ...
 
 
 _PAIRWISE_SYSTEM = "You are a strict judge. Decide which answer to the question is correct. Reply [[A]] or [[B]] only."
